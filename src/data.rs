@@ -1,0 +1,509 @@
+//! Embedding matrices: reading `.npy` files, validation, input normalisation and batches.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+
+use burn::config::Config;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use npyz::WriterBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A dense `[rows, d_in]` matrix of `f32` embeddings held on the host, every value finite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    data: Vec<f32>,
+    rows: usize,
+    d_in: usize,
+    name: String,
+}
+
+impl Embeddings {
+    /// Wraps a row-major buffer.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `data.len() != rows * d_in`; [`Error::EmptyData`] when there
+    /// are no rows or `d_in` is 0; [`Error::NonFinite`] naming the first row holding NaN or an
+    /// infinity.
+    pub fn from_vec(data: Vec<f32>, rows: usize, d_in: usize) -> Result<Self> {
+        Self::named(data, rows, d_in, "input".to_owned())
+    }
+
+    fn named(data: Vec<f32>, rows: usize, d_in: usize, name: String) -> Result<Self> {
+        if data.len() != rows * d_in {
+            return Err(Error::ShapeMismatch {
+                len: data.len(),
+                rows,
+                cols: d_in,
+            });
+        }
+        if rows == 0 || d_in == 0 {
+            return Err(Error::EmptyData { source_name: name });
+        }
+        if let Some(pos) = data.iter().position(|v| !v.is_finite()) {
+            let what = if data[pos].is_nan() {
+                "NaN"
+            } else {
+                "an infinite value"
+            };
+            return Err(Error::NonFinite {
+                row: pos / d_in,
+                what,
+                source_name: name,
+            });
+        }
+        Ok(Self {
+            data,
+            rows,
+            d_in,
+            name,
+        })
+    }
+
+    /// Reads a 2-D `.npy` file of `float32` or `float16` in C order (either byte order).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be opened; [`Error::Format`] when it is not a valid
+    /// `.npy`, is truncated, is not 2-D, is Fortran-ordered or holds another dtype; the errors of
+    /// [`Embeddings::from_vec`] for empty or non-finite data.
+    pub fn from_npy(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let format = |reason: String| Error::Format {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(|source| Error::Io {
+            action: "open",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        let npy = npyz::NpyFile::new(BufReader::new(file))
+            .map_err(|e| format(format!("not a valid .npy file: {e}")))?;
+        let shape = npy.shape().to_vec();
+        let [rows, d_in] = shape[..] else {
+            return Err(format(format!(
+                "expected a 2-D array [rows, d_in], found shape {shape:?}"
+            )));
+        };
+        if npy.order() != npyz::Order::C {
+            return Err(format(
+                "Fortran-ordered arrays are not supported; save in C order".into(),
+            ));
+        }
+        let npyz::DType::Plain(ty) = npy.dtype() else {
+            return Err(format(format!("unsupported dtype {}", npy.dtype().descr())));
+        };
+        let width = match (ty.type_char(), ty.size_field()) {
+            (npyz::TypeChar::Float, 4) => 4,
+            (npyz::TypeChar::Float, 2) => 2,
+            _ => {
+                return Err(format(format!(
+                    "unsupported dtype {ty}: expected float32 or float16"
+                )));
+            }
+        };
+        let count = rows
+            .checked_mul(d_in)
+            .filter(|n| n.checked_mul(width).is_some_and(|b| b <= file_len));
+        let Some(count) = count else {
+            return Err(format(format!(
+                "file is truncated: shape [{rows}, {d_in}] needs more bytes than its {file_len}"
+            )));
+        };
+        let read_err = |e: std::io::Error| format(format!("cannot read data: {e}"));
+        let data: Vec<f32> = if width == 4 {
+            npy.into_vec::<f32>().map_err(read_err)?
+        } else {
+            npy.into_vec::<half::f16>()
+                .map_err(read_err)?
+                .into_iter()
+                .map(f32::from)
+                .collect()
+        };
+        if data.len() as u64 != count {
+            return Err(format(format!(
+                "file is truncated: read {} of {count} values",
+                data.len()
+            )));
+        }
+        let name = path.display().to_string();
+        Self::named(data, rows as usize, d_in as usize, name)
+    }
+
+    /// Writes the matrix as a little-endian `float32` `.npy` file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be written.
+    pub fn write_npy(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_npy_f32(path.as_ref(), &self.data, self.rows, self.d_in)
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row width.
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    /// Where the rows came from: a file path, or `input`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The row-major values.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Row `i`.
+    ///
+    /// # Panics
+    /// If `i >= rows`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.d_in..(i + 1) * self.d_in]
+    }
+
+    /// Checks that rows are `d_in` wide.
+    ///
+    /// # Errors
+    /// [`Error::WidthMismatch`] naming both widths.
+    pub fn check_width(&self, d_in: usize) -> Result<()> {
+        if self.d_in == d_in {
+            Ok(())
+        } else {
+            Err(Error::WidthMismatch {
+                expected: d_in,
+                actual: self.d_in,
+                source_name: self.name.clone(),
+            })
+        }
+    }
+
+    /// Copies the given rows, in that order, into a tensor.
+    ///
+    /// # Shapes
+    /// - output: `[rows.len(), d_in]`
+    ///
+    /// # Panics
+    /// If a row index is out of range.
+    pub fn gather<B: Backend>(&self, rows: &[usize], device: &B::Device) -> Tensor<B, 2> {
+        let mut buf = Vec::with_capacity(rows.len() * self.d_in);
+        for &r in rows {
+            buf.extend_from_slice(self.row(r));
+        }
+        Tensor::from_data(TensorData::new(buf, [rows.len(), self.d_in]), device)
+    }
+
+    /// Copies the contiguous rows `start..end` into a tensor.
+    ///
+    /// # Shapes
+    /// - output: `[end - start, d_in]`
+    ///
+    /// # Panics
+    /// If the range is out of bounds or empty.
+    pub fn slice<B: Backend>(&self, start: usize, end: usize, device: &B::Device) -> Tensor<B, 2> {
+        let buf = self.data[start * self.d_in..end * self.d_in].to_vec();
+        Tensor::from_data(TensorData::new(buf, [end - start, self.d_in]), device)
+    }
+
+    /// Applies a fitted normalisation to every row in place.
+    pub fn normalize(&mut self, normalizer: &Normalizer) {
+        normalizer.apply_rows(&mut self.data, self.d_in);
+    }
+}
+
+/// Writes a row-major `[rows, cols]` buffer as a little-endian `float32` `.npy` file.
+pub(crate) fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {
+    let io = |source| Error::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::create(path).map_err(io)?;
+    let mut writer = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&[rows as u64, cols as u64])
+        .writer(BufWriter::new(file))
+        .begin_nd()
+        .map_err(io)?;
+    writer.extend(data.iter().copied()).map_err(io)?;
+    writer.finish().map_err(io)
+}
+
+/// Which input normalisation to fit on the training data and apply again at inference.
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum NormalizationKind {
+    /// Use the inputs as they are (the reference recipe: its embeddings arrive unit-norm).
+    None,
+    /// Subtract the training data's mean row.
+    Center,
+    /// Multiply by one scalar so the mean squared row norm of the training data is `d_in`.
+    ScaleToDIn,
+}
+
+/// A normalisation fitted on training data. Save it with the model and apply it to every input
+/// at inference, or the model sees inputs from another distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalizer {
+    /// Which normalisation this is.
+    pub kind: NormalizationKind,
+    /// Mean row subtracted by [`NormalizationKind::Center`] (`[d_in]`); empty otherwise.
+    pub mean: Vec<f32>,
+    /// Factor applied by [`NormalizationKind::ScaleToDIn`]; 1 otherwise.
+    pub scale: f32,
+}
+
+impl Normalizer {
+    /// The identity normalisation.
+    pub fn identity() -> Self {
+        Self {
+            kind: NormalizationKind::None,
+            mean: Vec::new(),
+            scale: 1.0,
+        }
+    }
+
+    /// Fits `kind` on `data`.
+    pub fn fit(kind: NormalizationKind, data: &Embeddings) -> Self {
+        let d_in = data.d_in();
+        match kind {
+            NormalizationKind::None => Self::identity(),
+            NormalizationKind::Center => {
+                let mut sum = vec![0.0f64; d_in];
+                for row in data.as_slice().chunks_exact(d_in) {
+                    sum.iter_mut()
+                        .zip(row)
+                        .for_each(|(s, v)| *s += f64::from(*v));
+                }
+                let n = data.rows() as f64;
+                Self {
+                    kind,
+                    mean: sum.into_iter().map(|s| (s / n) as f32).collect(),
+                    scale: 1.0,
+                }
+            }
+            NormalizationKind::ScaleToDIn => {
+                let sq: f64 = data.as_slice().iter().map(|v| f64::from(*v).powi(2)).sum();
+                let mean_sq_norm = sq / data.rows() as f64;
+                let scale = if mean_sq_norm > 0.0 {
+                    (d_in as f64 / mean_sq_norm).sqrt() as f32
+                } else {
+                    1.0
+                };
+                Self {
+                    kind,
+                    mean: Vec::new(),
+                    scale,
+                }
+            }
+        }
+    }
+
+    /// Applies the normalisation to row-major rows of width `d_in`, in place.
+    ///
+    /// # Panics
+    /// If the normaliser centres and `d_in` differs from its mean's length.
+    pub fn apply_rows(&self, rows: &mut [f32], d_in: usize) {
+        match self.kind {
+            NormalizationKind::None => {}
+            NormalizationKind::Center => {
+                assert_eq!(
+                    self.mean.len(),
+                    d_in,
+                    "normaliser was fitted on d_in = {}",
+                    self.mean.len()
+                );
+                for row in rows.chunks_exact_mut(d_in) {
+                    row.iter_mut().zip(&self.mean).for_each(|(v, m)| *v -= m);
+                }
+            }
+            NormalizationKind::ScaleToDIn => rows.iter_mut().for_each(|v| *v *= self.scale),
+        }
+    }
+
+    /// Applies the normalisation to a batch.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]` → `[batch, d_in]`
+    pub fn apply<B: Backend>(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.kind {
+            NormalizationKind::None => x,
+            NormalizationKind::Center => {
+                let mean = Tensor::<B, 1>::from_data(self.mean.as_slice(), &x.device());
+                x - mean.unsqueeze_dim(0)
+            }
+            NormalizationKind::ScaleToDIn => x.mul_scalar(self.scale),
+        }
+    }
+
+    /// Maps a reconstruction made in normalised space back to input space.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]` → `[batch, d_in]`
+    pub fn invert<B: Backend>(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.kind {
+            NormalizationKind::None => x,
+            NormalizationKind::Center => {
+                let mean = Tensor::<B, 1>::from_data(self.mean.as_slice(), &x.device());
+                x + mean.unsqueeze_dim(0)
+            }
+            NormalizationKind::ScaleToDIn => x.div_scalar(self.scale),
+        }
+    }
+}
+
+impl Default for Normalizer {
+    fn default() -> Self {
+        Self::identity()
+    }
+}
+
+/// Parameters of the synthetic data set generated by [`synthetic`].
+#[derive(Config, Debug, PartialEq)]
+pub struct SyntheticConfig {
+    /// Rows to generate.
+    #[config(default = 20_000)]
+    pub rows: usize,
+    /// Row width.
+    #[config(default = 128)]
+    pub d_in: usize,
+    /// Number of planted unit directions.
+    #[config(default = 256)]
+    pub n_directions: usize,
+    /// Planted directions active in each row.
+    #[config(default = 4)]
+    pub active: usize,
+    /// Weight of the shared mean direction (text embeddings share a large common component).
+    #[config(default = 0.4)]
+    pub mean_weight: f32,
+    /// Standard deviation of the isotropic noise, per coordinate.
+    #[config(default = 0.01)]
+    pub noise: f32,
+    /// Random seed.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+/// A synthetic data set shaped like text embeddings, with known ground truth.
+#[derive(Debug, Clone)]
+pub struct Synthetic {
+    /// The rows: unit-norm, a shared mean direction plus a non-negative sparse mix of planted
+    /// directions plus noise.
+    pub embeddings: Embeddings,
+    /// The planted unit directions, `[n_directions, d_in]` row-major.
+    pub directions: Vec<f32>,
+    /// Which planted directions each row mixes, `rows * active` entries.
+    pub active: Vec<u32>,
+}
+
+/// Generates the synthetic set described by `config`.
+///
+/// Each row is `mean_weight * m + sum_j c_j * d_j + noise`, scaled to unit norm, where `m` is a
+/// shared unit direction, the `d_j` are `active` distinct planted unit directions drawn with a
+/// Zipf-like frequency (some common, many rare, as topics in a corpus are) and `c_j` uniform in
+/// `[0.2, 1]`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] when a count is zero or `active > n_directions`.
+pub fn synthetic(config: &SyntheticConfig) -> Result<Synthetic> {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+    let c = config;
+    if c.rows == 0 || c.d_in == 0 || c.n_directions == 0 || c.active == 0 {
+        return Err(Error::invalid(
+            "rows/d_in/n_directions/active",
+            0,
+            "must all be >= 1",
+        ));
+    }
+    if c.active > c.n_directions {
+        return Err(Error::invalid(
+            "active",
+            c.active,
+            format!("must be <= n_directions ({})", c.n_directions),
+        ));
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(c.seed);
+    let normal = Normal::new(0.0f32, 1.0).expect("unit normal");
+    let unit = |rng: &mut rand_chacha::ChaCha8Rng| {
+        let mut v: Vec<f32> = (0..c.d_in).map(|_| normal.sample(rng)).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    };
+    let mean_dir = unit(&mut rng);
+    let directions: Vec<f32> = (0..c.n_directions).flat_map(|_| unit(&mut rng)).collect();
+    // Zipf-like weights 1/(j+10): the commonest direction is a few times more frequent than the rarest.
+    let weights: Vec<f64> = (0..c.n_directions)
+        .map(|j| 1.0 / (j as f64 + 10.0))
+        .collect();
+    let picker = rand_distr::weighted::WeightedIndex::new(&weights).expect("positive weights");
+    let noise = Normal::new(0.0f32, c.noise.max(0.0)).expect("non-negative std");
+    let mut data = Vec::with_capacity(c.rows * c.d_in);
+    let mut active = Vec::with_capacity(c.rows * c.active);
+    let mut row = vec![0.0f32; c.d_in];
+    let mut chosen: Vec<u32> = Vec::with_capacity(c.active);
+    for _ in 0..c.rows {
+        chosen.clear();
+        while chosen.len() < c.active {
+            let j = picker.sample(&mut rng) as u32;
+            if !chosen.contains(&j) {
+                chosen.push(j);
+            }
+        }
+        row.iter_mut()
+            .zip(&mean_dir)
+            .for_each(|(r, m)| *r = c.mean_weight * m + noise.sample(&mut rng));
+        for &j in &chosen {
+            let coef: f32 = rng.random_range(0.2..1.0);
+            let d = &directions[j as usize * c.d_in..(j as usize + 1) * c.d_in];
+            row.iter_mut().zip(d).for_each(|(r, x)| *r += coef * x);
+        }
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        data.extend(row.iter().map(|x| x / n));
+        active.extend_from_slice(&chosen);
+    }
+    let embeddings = Embeddings::named(data, c.rows, c.d_in, "synthetic".into())?;
+    Ok(Synthetic {
+        embeddings,
+        directions,
+        active,
+    })
+}
+
+impl Synthetic {
+    /// Fraction of planted directions that some decoder row matches with cosine above
+    /// `threshold` (0.9 is the usual bar). `w_dec` is row-major `[d_sae, d_in]`.
+    ///
+    /// # Panics
+    /// If `w_dec`'s length is not a multiple of `d_in`.
+    pub fn recovered_fraction(&self, w_dec: &[f32], threshold: f32) -> f64 {
+        let d_in = self.embeddings.d_in();
+        assert_eq!(
+            w_dec.len() % d_in,
+            0,
+            "w_dec must be [d_sae, d_in] with d_in = {d_in}"
+        );
+        let rows: Vec<(&[f32], f32)> = w_dec
+            .chunks_exact(d_in)
+            .map(|r| (r, r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12)))
+            .collect();
+        let planted: Vec<&[f32]> = self.directions.chunks_exact(d_in).collect();
+        let found = planted
+            .iter()
+            .filter(|d| {
+                rows.iter().any(|(r, norm)| {
+                    r.iter().zip(d.iter()).map(|(a, b)| a * b).sum::<f32>() / norm > threshold
+                })
+            })
+            .count();
+        found as f64 / planted.len() as f64
+    }
+}

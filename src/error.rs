@@ -1,0 +1,107 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Every fallible operation in this crate returns this error.
+///
+/// Variants carry the offending values (path, field, row, shape) so that a message is useful on
+/// its own. The enum is `#[non_exhaustive]`: match with a wildcard arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration field holds a value outside its valid range.
+    #[error("invalid config: {field} ({value}) {reason}")]
+    InvalidConfig {
+        /// Name of the field, as spelled in the config struct.
+        field: &'static str,
+        /// The rejected value, formatted.
+        value: String,
+        /// What the field must satisfy.
+        reason: String,
+    },
+    /// Reading or writing a file failed at the operating-system level.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done (`read`, `create`, ...).
+        action: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's content is not in the expected format.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file involved (empty for in-memory data).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Input data holds a NaN or infinite value.
+    #[error("row {row} of {source_name} holds {what}")]
+    NonFinite {
+        /// Zero-based row index of the first offending row.
+        row: usize,
+        /// `NaN` or `an infinite value`.
+        what: &'static str,
+        /// File name, or `input` for in-memory data.
+        source_name: String,
+    },
+    /// Input data has no rows.
+    #[error("{source_name} holds no rows")]
+    EmptyData {
+        /// File name, or `input` for in-memory data.
+        source_name: String,
+    },
+    /// Input width differs from what the model expects.
+    #[error("{source_name} has width {actual}, but the model expects d_in = {expected}")]
+    WidthMismatch {
+        /// The model's `d_in`.
+        expected: usize,
+        /// The data's width.
+        actual: usize,
+        /// File name, or `input` for in-memory data.
+        source_name: String,
+    },
+    /// A buffer's length does not match the shape it was given.
+    #[error("data of length {len} cannot be shaped as [{rows}, {cols}]")]
+    ShapeMismatch {
+        /// Number of values supplied.
+        len: usize,
+        /// Requested rows.
+        rows: usize,
+        /// Requested columns.
+        cols: usize,
+    },
+    /// Training produced a NaN or infinite loss or gradient.
+    #[error("training diverged at step {step}: {quantity} is {value}")]
+    Diverged {
+        /// The step (1-based) that failed.
+        step: u64,
+        /// `loss` or `gradient norm`.
+        quantity: &'static str,
+        /// The offending value.
+        value: f64,
+    },
+    /// Serialising or parsing JSON failed.
+    #[error("json: {0}")]
+    Json(String),
+}
+
+/// Shorthand for `std::result::Result<T, topk_sae::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::InvalidConfig {
+            field,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

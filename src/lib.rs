@@ -1,0 +1,86 @@
+//! # topk-sae
+//!
+//! Train, evaluate and use **top-k sparse autoencoders** (SAEs) on dense embeddings, such as
+//! sentence embeddings of scientific abstracts, on any [burn](https://burn.dev) backend:
+//! CPU through `burn-ndarray` (feature `ndarray`, the default), GPU through `burn-wgpu`
+//! (feature `wgpu`).
+//!
+//! The default recipe is the one of "Disentangling Dense Embeddings with Sparse Autoencoders"
+//! (O'Neill et al., 2024): `pre = (x - b_dec) @ w_enc + b_enc`, keep each row's `k` largest
+//! pre-activations and apply ReLU to them, decode with unit-norm decoder rows; loss = normalised
+//! MSE + AuxK on dead latents; Adam at 1e-4 with decoder-gradient projection, global-norm
+//! clipping and decoder renormalisation.
+//!
+//! ## Quick start
+//! ```
+//! use topk_sae::prelude::*;
+//! use topk_sae::data::{synthetic, SyntheticConfig};
+//! # fn main() -> topk_sae::Result<()> {
+//! type B = burn_ndarray::NdArray<f32>;
+//! let device = Default::default();
+//!
+//! // 2,000 unit-norm rows of width 32 mixing 64 planted directions.
+//! let data = synthetic(&SyntheticConfig::new().with_rows(2_000).with_d_in(32).with_n_directions(64))?
+//!     .embeddings;
+//!
+//! let config = TrainConfig::new(TopKSaeConfig::new(32, 128, 4))
+//!     .with_batch_size(256)
+//!     .with_epochs(2)
+//!     .with_optimizer(AdamConfig::new().with_lr(1e-3));
+//! let trained = train::<B>(config, &data, &device, |_report| {})?;
+//!
+//! let metrics = evaluate(&trained.model, &data, &trained.normalizer, 1024, &device, |_| {})?;
+//! assert!(metrics.nmse < 1.0 && metrics.l0 <= 4.0);
+//! println!("{}\n{metrics}", Metrics::table_header());
+//! # Ok(()) }
+//! ```
+//!
+//! ## Concepts
+//! - [`TopKSaeConfig`] → [`TopKSae`]: the model, a burn [`Module`](burn::module::Module) with
+//!   parameters `w_enc [d_in, d_sae]`, `b_enc [d_sae]`, `w_dec [d_sae, d_in]`, `b_dec [d_in]`.
+//!   Inference needs only `B: Backend`.
+//! - [`loss`]: the objective and its hand-derived gradient; training needs no autodiff backend.
+//! - [`train`](mod@train): [`TrainConfig`], [`Trainer`], per-step reports through a callback.
+//! - [`metrics`]: dataset NMSE, explained variance, Log FD, Act Mean, L0, dead and dense fractions.
+//! - [`data`]: `.npy` reading, validation, input normalisation ([`Normalizer`]), synthetic data.
+//!
+//! Top-k selection runs on the host by partial selection (O(d_sae) per row, ties keep the lower
+//! latent index); see `docs/architecture.md` for the equations and data flow.
+//!
+//! ## Features
+//! - `ndarray` (default): the CPU backend, re-exported as [`backend::NdArray`].
+//! - `wgpu`: the GPU backend, re-exported as [`backend::Wgpu`].
+//!
+//! ## Stability
+//! Pre-1.0: minor versions may change the API; every change is listed in `CHANGELOG.md`.
+
+pub mod data;
+pub mod error;
+pub mod loss;
+pub mod metrics;
+pub mod prelude;
+pub mod sae;
+mod topk;
+pub mod train;
+
+pub use data::{Embeddings, NormalizationKind, Normalizer};
+pub use error::{Error, Result};
+pub use loss::{LossParts, SaeLoss, SaeLossConfig, nmse};
+pub use metrics::{Metrics, MetricsAccumulator, evaluate};
+pub use sae::{DecoderBiasInit, SaeOutput, TopKLatents, TopKSae, TopKSaeConfig};
+pub use train::{AdamConfig, StepReport, TrainConfig, Trained, Trainer, train};
+
+/// Backends re-exported for convenience, each behind its feature.
+pub mod backend {
+    #[cfg(feature = "ndarray")]
+    pub use burn_ndarray::NdArray;
+    #[cfg(feature = "wgpu")]
+    pub use burn_wgpu::Wgpu;
+}
+
+/// Backend the unit tests run on.
+#[cfg(all(test, not(feature = "wgpu")))]
+pub(crate) type TestBackend = burn_ndarray::NdArray<f32>;
+/// Backend the unit tests run on.
+#[cfg(all(test, feature = "wgpu"))]
+pub(crate) type TestBackend = burn_wgpu::Wgpu;

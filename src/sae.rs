@@ -1,0 +1,524 @@
+//! The top-k sparse autoencoder: [`TopKSaeConfig`], [`TopKSae`] and its outputs.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::Embeddings;
+use crate::error::{Error, Result};
+use crate::topk::topk_rows;
+
+/// How the decoder bias `b_dec` is initialised from the training data.
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum DecoderBiasInit {
+    /// Coordinate-wise median of the first rows (the reference recipe; lower middle for an even
+    /// count).
+    Median,
+    /// Coordinate-wise mean of the first rows.
+    Mean,
+    /// Geometric median of the first rows (Weiszfeld iterations).
+    GeometricMedian,
+    /// All zeros (also what [`TopKSaeConfig::init`] uses, since it sees no data).
+    Zeros,
+}
+
+/// Configuration of a [`TopKSae`]. Required: `d_in`, `d_sae`, `k`; the rest has defaults.
+///
+/// ```
+/// use topk_sae::TopKSaeConfig;
+/// let config = TopKSaeConfig::new(384, 3072, 32).with_seed(7);
+/// assert!(config.validate().is_ok());
+/// assert!(TopKSaeConfig::new(384, 16, 32).validate().is_err()); // k > d_sae
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct TopKSaeConfig {
+    /// Input (embedding) dimension.
+    pub d_in: usize,
+    /// Number of latents (the dictionary size).
+    pub d_sae: usize,
+    /// Active latents per row; `1 <= k <= d_sae`.
+    pub k: usize,
+    /// How `b_dec` is initialised by [`TopKSaeConfig::try_init_from_data`].
+    #[config(default = "DecoderBiasInit::Median")]
+    pub b_dec_init: DecoderBiasInit,
+    /// How many leading rows of the data (in file order) initialise `b_dec`.
+    #[config(default = 10_000)]
+    pub b_dec_init_rows: usize,
+    /// Seed of the weight initialisation.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl TopKSaeConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first bad field: `d_in` or `d_sae` zero, `k` zero or
+    /// larger than `d_sae`, `b_dec_init_rows` zero.
+    pub fn validate(&self) -> Result<()> {
+        if self.d_in == 0 {
+            return Err(Error::invalid("d_in", self.d_in, "must be >= 1"));
+        }
+        if self.d_sae == 0 {
+            return Err(Error::invalid("d_sae", self.d_sae, "must be >= 1"));
+        }
+        if self.k == 0 {
+            return Err(Error::invalid("k", self.k, "must be >= 1"));
+        }
+        if self.k > self.d_sae {
+            return Err(Error::invalid(
+                "k",
+                self.k,
+                format!("must be <= d_sae ({})", self.d_sae),
+            ));
+        }
+        if self.b_dec_init_rows == 0 {
+            return Err(Error::invalid(
+                "b_dec_init_rows",
+                self.b_dec_init_rows,
+                "must be >= 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Initialises a model with `b_dec = 0` (no data seen): Xavier-uniform decoder rows scaled to
+    /// unit norm, encoder the decoder's transpose, `b_enc = 0`.
+    ///
+    /// # Errors
+    /// The errors of [`TopKSaeConfig::validate`].
+    pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<TopKSae<B>> {
+        self.validate()?;
+        Ok(self.build(vec![0.0; self.d_in], device))
+    }
+
+    /// Like [`TopKSaeConfig::try_init`], panicking on an invalid config.
+    ///
+    /// # Panics
+    /// If [`TopKSaeConfig::validate`] fails.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> TopKSae<B> {
+        match self.try_init(device) {
+            Ok(model) => model,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Initialises a model as the reference recipe does, with `b_dec` computed from the first
+    /// `b_dec_init_rows` rows of `data` by `b_dec_init`.
+    ///
+    /// # Errors
+    /// The errors of [`TopKSaeConfig::validate`]; [`Error::WidthMismatch`] when the data's width
+    /// is not `d_in`.
+    pub fn try_init_from_data<B: Backend>(
+        &self,
+        data: &Embeddings,
+        device: &B::Device,
+    ) -> Result<TopKSae<B>> {
+        self.validate()?;
+        data.check_width(self.d_in)?;
+        let rows = data.rows().min(self.b_dec_init_rows);
+        let head = &data.as_slice()[..rows * self.d_in];
+        let b_dec = match self.b_dec_init {
+            DecoderBiasInit::Median => coordinate_median(head, self.d_in),
+            DecoderBiasInit::Mean => coordinate_mean(head, self.d_in),
+            DecoderBiasInit::GeometricMedian => geometric_median(head, self.d_in),
+            DecoderBiasInit::Zeros => vec![0.0; self.d_in],
+        };
+        Ok(self.build(b_dec, device))
+    }
+
+    fn build<B: Backend>(&self, b_dec: Vec<f32>, device: &B::Device) -> TopKSae<B> {
+        let (d_in, d_sae) = (self.d_in, self.d_sae);
+        let bound = (6.0 / (d_in + d_sae) as f64).sqrt() as f32;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let mut w_dec: Vec<f32> = (0..d_sae * d_in)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        for row in w_dec.chunks_exact_mut(d_in) {
+            normalize(row);
+        }
+        let mut w_enc = vec![0.0; d_in * d_sae];
+        for (j, row) in w_dec.chunks_exact(d_in).enumerate() {
+            for (i, &w) in row.iter().enumerate() {
+                w_enc[i * d_sae + j] = w;
+            }
+        }
+        TopKSae::from_parts(
+            Tensor::from_data(TensorData::new(w_enc, [d_in, d_sae]), device),
+            Tensor::zeros([d_sae], device),
+            Tensor::from_data(TensorData::new(w_dec, [d_sae, d_in]), device),
+            Tensor::from_data(TensorData::new(b_dec, [d_in]), device),
+            self.k,
+        )
+    }
+}
+
+fn normalize(row: &mut [f32]) {
+    let norm = row
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt() as f32;
+    if norm > 0.0 {
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+fn coordinate_median(rows: &[f32], d_in: usize) -> Vec<f32> {
+    let n = rows.len() / d_in;
+    let mut column = Vec::with_capacity(n);
+    (0..d_in)
+        .map(|i| {
+            column.clear();
+            column.extend(rows.iter().skip(i).step_by(d_in).copied());
+            // Lower middle for an even count, as torch.median does.
+            let mid = (n - 1) / 2;
+            *column.select_nth_unstable_by(mid, f32::total_cmp).1
+        })
+        .collect()
+}
+
+fn coordinate_mean(rows: &[f32], d_in: usize) -> Vec<f32> {
+    let n = (rows.len() / d_in) as f64;
+    let mut sum = vec![0.0f64; d_in];
+    for row in rows.chunks_exact(d_in) {
+        sum.iter_mut()
+            .zip(row)
+            .for_each(|(s, v)| *s += f64::from(*v));
+    }
+    sum.into_iter().map(|s| (s / n) as f32).collect()
+}
+
+/// Weiszfeld's algorithm, started at the mean, at most 100 iterations or until the estimate
+/// moves less than 1e-7 (relative).
+fn geometric_median(rows: &[f32], d_in: usize) -> Vec<f32> {
+    let mut estimate: Vec<f64> = coordinate_mean(rows, d_in)
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    for _ in 0..100 {
+        let mut numerator = vec![0.0f64; d_in];
+        let mut denominator = 0.0f64;
+        for row in rows.chunks_exact(d_in) {
+            let dist = row
+                .iter()
+                .zip(&estimate)
+                .map(|(v, m)| (f64::from(*v) - m).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12);
+            numerator
+                .iter_mut()
+                .zip(row)
+                .for_each(|(s, v)| *s += f64::from(*v) / dist);
+            denominator += 1.0 / dist;
+        }
+        let next: Vec<f64> = numerator.iter().map(|s| s / denominator).collect();
+        let shift: f64 = next
+            .iter()
+            .zip(&estimate)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>();
+        let scale: f64 = next.iter().map(|a| a * a).sum::<f64>().max(1e-30);
+        estimate = next;
+        if shift.sqrt() < 1e-7 * scale.sqrt() {
+            break;
+        }
+    }
+    estimate.into_iter().map(|v| v as f32).collect()
+}
+
+/// A top-k sparse autoencoder (SPEC §1).
+///
+/// `pre = (x - b_dec) @ w_enc + b_enc`; keep each row's `k` largest pre-activations, apply ReLU
+/// to them; `x_hat = z @ w_dec + b_dec`. Ties among pre-activations keep the lower latent index.
+#[derive(Module, Debug)]
+pub struct TopKSae<B: Backend> {
+    /// Encoder, `[d_in, d_sae]`; initialised as the transpose of `w_dec`.
+    pub w_enc: Param<Tensor<B, 2>>,
+    /// Encoder bias, `[d_sae]`; initialised to zero.
+    pub b_enc: Param<Tensor<B, 1>>,
+    /// Decoder, `[d_sae, d_in]`: row `j` is latent `j`'s unit-norm direction.
+    pub w_dec: Param<Tensor<B, 2>>,
+    /// Decoder bias, `[d_in]`: subtracted before encoding, added after decoding.
+    pub b_dec: Param<Tensor<B, 1>>,
+    k: usize,
+}
+
+/// The top-k latents of a batch: indices and post-ReLU values, each `[batch, k]`, every row in
+/// descending order of pre-activation.
+#[derive(Debug, Clone)]
+pub struct TopKLatents<B: Backend> {
+    /// Latent indices, `[batch, k]`.
+    pub indices: Tensor<B, 2, Int>,
+    /// Post-ReLU activations, `[batch, k]` (a selected negative pre-activation becomes 0).
+    pub values: Tensor<B, 2>,
+}
+
+/// What [`TopKSae::forward`] returns.
+#[derive(Debug, Clone)]
+pub struct SaeOutput<B: Backend> {
+    /// Indices of the active latents, `[batch, k]`, descending by pre-activation.
+    pub indices: Tensor<B, 2, Int>,
+    /// Post-ReLU values of the active latents, `[batch, k]`.
+    pub values: Tensor<B, 2>,
+    /// Reconstruction `x_hat`, `[batch, d_in]`.
+    pub reconstruction: Tensor<B, 2>,
+    /// Dense latents `[batch, d_sae]`, only from [`TopKSae::forward_with_latents`].
+    pub latents: Option<Tensor<B, 2>>,
+}
+
+/// Top-k of a host copy of pre-activations, as device tensors plus the host copies.
+pub(crate) struct Selected<B: Backend> {
+    pub indices: Tensor<B, 2, Int>,
+    pub values: Tensor<B, 2>,
+    pub host_indices: Vec<i64>,
+}
+
+/// Selects the top `k` of each row of `pre` (host copy, `[rows, d_sae]`), restricted to
+/// `allowed` latents, and applies ReLU.
+pub(crate) fn select<B: Backend>(
+    pre: &[f32],
+    d_sae: usize,
+    k: usize,
+    allowed: Option<&[bool]>,
+    device: &B::Device,
+) -> Selected<B> {
+    let rows = pre.len() / d_sae;
+    let (host_indices, mut host_values) = topk_rows(pre, d_sae, k, allowed);
+    host_values.iter_mut().for_each(|v| *v = v.max(0.0));
+    Selected {
+        indices: Tensor::from_data(TensorData::new(host_indices.clone(), [rows, k]), device),
+        values: Tensor::from_data(TensorData::new(host_values, [rows, k]), device),
+        host_indices,
+    }
+}
+
+/// Copies a float tensor to the host as row-major `f32` values.
+///
+/// # Shapes
+/// - `tensor`: any shape → its element count
+pub fn to_host_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    to_host(tensor)
+}
+
+pub(crate) fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("a converted float tensor reads back as f32")
+}
+
+impl<B: Backend> TopKSae<B> {
+    /// Assembles a model from its four parameters.
+    ///
+    /// # Shapes
+    /// - `w_enc`: `[d_in, d_sae]`, `b_enc`: `[d_sae]`, `w_dec`: `[d_sae, d_in]`, `b_dec`: `[d_in]`
+    ///
+    /// # Panics
+    /// If the shapes disagree or `k` is not in `1..=d_sae`.
+    pub fn from_parts(
+        w_enc: Tensor<B, 2>,
+        b_enc: Tensor<B, 1>,
+        w_dec: Tensor<B, 2>,
+        b_dec: Tensor<B, 1>,
+        k: usize,
+    ) -> Self {
+        let [d_in, d_sae] = w_enc.dims();
+        assert_eq!(b_enc.dims(), [d_sae], "b_enc must be [d_sae] = [{d_sae}]");
+        assert_eq!(
+            w_dec.dims(),
+            [d_sae, d_in],
+            "w_dec must be [d_sae, d_in] = [{d_sae}, {d_in}]"
+        );
+        assert_eq!(b_dec.dims(), [d_in], "b_dec must be [d_in] = [{d_in}]");
+        assert!(
+            (1..=d_sae).contains(&k),
+            "k ({k}) must be in 1..=d_sae ({d_sae})"
+        );
+        Self {
+            w_enc: Param::from_tensor(w_enc),
+            b_enc: Param::from_tensor(b_enc),
+            w_dec: Param::from_tensor(w_dec),
+            b_dec: Param::from_tensor(b_dec),
+            k,
+        }
+    }
+
+    /// Input dimension.
+    pub fn d_in(&self) -> usize {
+        self.w_enc.dims()[0]
+    }
+
+    /// Number of latents.
+    pub fn d_sae(&self) -> usize {
+        self.w_enc.dims()[1]
+    }
+
+    /// Active latents per row.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The same model with another `k` (top-k SAEs are often evaluated at several k).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `k` is 0 or larger than `d_sae`.
+    pub fn with_k(mut self, k: usize) -> Result<Self> {
+        if k == 0 || k > self.d_sae() {
+            return Err(Error::invalid(
+                "k",
+                k,
+                format!("must be in 1..=d_sae ({})", self.d_sae()),
+            ));
+        }
+        self.k = k;
+        Ok(self)
+    }
+
+    fn check_input(&self, x: &Tensor<B, 2>) {
+        let [_, width] = x.dims();
+        assert_eq!(
+            width,
+            self.d_in(),
+            "input must be [batch, d_in] with d_in = {}",
+            self.d_in()
+        );
+    }
+
+    /// Encoder pre-activations `(x - b_dec) @ w_enc + b_enc`.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]` → `[batch, d_sae]`
+    ///
+    /// # Panics
+    /// If `x` is not `[batch, d_in]`.
+    pub fn pre_activations(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.check_input(&x);
+        (x - self.b_dec.val().unsqueeze_dim(0))
+            .matmul(self.w_enc.val())
+            .add(self.b_enc.val().unsqueeze_dim(0))
+    }
+
+    /// The `k` active latents of each row: indices and post-ReLU values.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]` → indices and values `[batch, k]`
+    ///
+    /// # Panics
+    /// If `x` is not `[batch, d_in]`.
+    pub fn encode_topk(&self, x: Tensor<B, 2>) -> TopKLatents<B> {
+        let device = x.device();
+        let pre = to_host(self.pre_activations(x));
+        let selected = select::<B>(&pre, self.d_sae(), self.k, None, &device);
+        TopKLatents {
+            indices: selected.indices,
+            values: selected.values,
+        }
+    }
+
+    /// Dense latents `z`: the top-k post-ReLU values scattered into zeros.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]` → `[batch, d_sae]`
+    ///
+    /// # Panics
+    /// If `x` is not `[batch, d_in]`.
+    pub fn encode(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let latents = self.encode_topk(x);
+        self.densify(latents.indices, latents.values)
+    }
+
+    fn densify(&self, indices: Tensor<B, 2, Int>, values: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [batch, _] = indices.dims();
+        Tensor::zeros([batch, self.d_sae()], &values.device()).scatter(
+            1,
+            indices,
+            values,
+            burn::tensor::IndexingUpdateOp::Add,
+        )
+    }
+
+    /// Decodes dense latents: `z @ w_dec + b_dec`.
+    ///
+    /// # Shapes
+    /// - `z`: `[batch, d_sae]` → `[batch, d_in]`
+    pub fn decode(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
+        z.matmul(self.w_dec.val())
+            .add(self.b_dec.val().unsqueeze_dim(0))
+    }
+
+    /// Decodes sparse latents by gathering the `k` decoder rows of each row:
+    /// `x_hat[b] = sum_j values[b, j] * w_dec[indices[b, j]] + b_dec`. Never builds a
+    /// `[batch, d_sae]` matrix.
+    ///
+    /// # Shapes
+    /// - `indices`: `[batch, k]`, `values`: `[batch, k]` → `[batch, d_in]`
+    ///
+    /// # Panics
+    /// If `indices` and `values` differ in shape; indices out of `0..d_sae` are undefined
+    /// behaviour of the backend (some panic, some read garbage).
+    pub fn decode_sparse(&self, indices: Tensor<B, 2, Int>, values: Tensor<B, 2>) -> Tensor<B, 2> {
+        decode_rows(&self.w_dec.val(), indices, values).add(self.b_dec.val().unsqueeze_dim(0))
+    }
+
+    /// Encodes and decodes a batch without building dense latents.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]` → indices, values `[batch, k]`; reconstruction `[batch, d_in]`
+    ///
+    /// # Panics
+    /// If `x` is not `[batch, d_in]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> SaeOutput<B> {
+        let TopKLatents { indices, values } = self.encode_topk(x);
+        let reconstruction = self.decode_sparse(indices.clone(), values.clone());
+        SaeOutput {
+            indices,
+            values,
+            reconstruction,
+            latents: None,
+        }
+    }
+
+    /// [`TopKSae::forward`], also returning the dense latents `[batch, d_sae]`.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]` → as [`TopKSae::forward`], plus latents `[batch, d_sae]`
+    ///
+    /// # Panics
+    /// If `x` is not `[batch, d_in]`.
+    pub fn forward_with_latents(&self, x: Tensor<B, 2>) -> SaeOutput<B> {
+        let mut out = self.forward(x);
+        out.latents = Some(self.densify(out.indices.clone(), out.values.clone()));
+        out
+    }
+}
+
+/// `sum_j values[b, j] * w_dec[indices[b, j]]` without a bias.
+///
+/// # Shapes
+/// - `w_dec`: `[d_sae, d_in]`, `indices` and `values`: `[batch, k]` → `[batch, d_in]`
+pub(crate) fn decode_rows<B: Backend>(
+    w_dec: &Tensor<B, 2>,
+    indices: Tensor<B, 2, Int>,
+    values: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let [batch, k] = indices.dims();
+    assert_eq!(
+        values.dims(),
+        [batch, k],
+        "values must be [batch, k] like indices"
+    );
+    let [_, d_in] = w_dec.dims();
+    let rows = w_dec
+        .clone()
+        .select(0, indices.reshape([batch * k]))
+        .reshape([batch, k, d_in]);
+    (rows * values.unsqueeze_dim::<3>(2))
+        .sum_dim(1)
+        .reshape([batch, d_in])
+}

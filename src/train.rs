@@ -1,0 +1,492 @@
+//! Training (SPEC §3): [`TrainConfig`], the [`Trainer`] and its step.
+//!
+//! Each step, in order: forward and loss with the hand-derived gradient ([`crate::loss`]);
+//! remove from each decoder row's gradient its component along the row; clip the global
+//! gradient norm; Adam; renormalise every decoder row to unit norm; update the dead-latent
+//! counters (counted in samples).
+
+use burn::config::Config;
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::{Embeddings, NormalizationKind, Normalizer};
+use crate::error::{Error, Result};
+use crate::loss::{LossParts, SaeGradients, SaeLoss, SaeLossConfig};
+use crate::sae::{TopKSae, TopKSaeConfig, to_host};
+
+/// Adam hyper-parameters (PyTorch's formula: bias-corrected moments, `eps` outside the root).
+#[derive(Config, Debug, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    #[config(default = 1e-4)]
+    pub lr: f64,
+    /// First-moment decay.
+    #[config(default = 0.9)]
+    pub beta_1: f64,
+    /// Second-moment decay.
+    #[config(default = 0.999)]
+    pub beta_2: f64,
+    /// Added to the root of the second moment.
+    #[config(default = 1e-8)]
+    pub epsilon: f64,
+}
+
+/// Everything that defines a training run. Defaults are the reference recipe.
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// The model to train.
+    pub model: TopKSaeConfig,
+    /// The loss.
+    #[config(default = "SaeLossConfig::new()")]
+    pub loss: SaeLossConfig,
+    /// The optimiser.
+    #[config(default = "AdamConfig::new()")]
+    pub optimizer: AdamConfig,
+    /// Rows per step; the last partial batch of an epoch is kept.
+    #[config(default = 1024)]
+    pub batch_size: usize,
+    /// Passes over the data; training stops after `epochs` or `max_steps`, whichever comes first.
+    #[config(default = 1)]
+    pub epochs: usize,
+    /// Optional cap on the number of steps.
+    #[config(default = "None")]
+    pub max_steps: Option<u64>,
+    /// Clip the global gradient L2 norm to this value (`None`: no clipping).
+    #[config(default = "Some(1.0)")]
+    pub clip_grad_norm: Option<f64>,
+    /// A latent is dead once it has not fired for more than this many samples.
+    #[config(default = 272_384)]
+    pub dead_threshold_samples: u64,
+    /// Input normalisation fitted on the training data and kept with the model.
+    #[config(default = "NormalizationKind::None")]
+    pub normalization: NormalizationKind,
+    /// Seed of the per-epoch shuffles.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Checks every field, the model's and the loss's included.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.loss.validate(self.model.d_sae)?;
+        let opt = &self.optimizer;
+        if !(opt.lr.is_finite() && opt.lr > 0.0) {
+            return Err(Error::invalid(
+                "optimizer.lr",
+                opt.lr,
+                "must be finite and > 0",
+            ));
+        }
+        for (field, beta) in [
+            ("optimizer.beta_1", opt.beta_1),
+            ("optimizer.beta_2", opt.beta_2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(Error::invalid(field, beta, "must be in [0, 1)"));
+            }
+        }
+        if !(opt.epsilon.is_finite() && opt.epsilon > 0.0) {
+            return Err(Error::invalid(
+                "optimizer.epsilon",
+                opt.epsilon,
+                "must be finite and > 0",
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid(
+                "batch_size",
+                self.batch_size,
+                "must be >= 1",
+            ));
+        }
+        if self.epochs == 0 {
+            return Err(Error::invalid("epochs", self.epochs, "must be >= 1"));
+        }
+        if self.max_steps == Some(0) {
+            return Err(Error::invalid("max_steps", 0, "must be >= 1 when given"));
+        }
+        if let Some(clip) = self.clip_grad_norm
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            return Err(Error::invalid(
+                "clip_grad_norm",
+                clip,
+                "must be finite and > 0 when given",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Steps a run over `rows` rows takes: `epochs * ceil(rows / batch_size)`, capped by `max_steps`.
+    pub fn total_steps(&self, rows: usize) -> u64 {
+        let per_epoch = rows.div_ceil(self.batch_size.max(1)) as u64;
+        let steps = per_epoch.saturating_mul(self.epochs as u64);
+        self.max_steps.map_or(steps, |m| steps.min(m))
+    }
+}
+
+/// What the trainer reports after each step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Steps done, this one included (1-based).
+    pub step: u64,
+    /// Zero-based epoch of this step.
+    pub epoch: usize,
+    /// Rows in this step's batch.
+    pub batch: usize,
+    /// Loss terms of this step (before the update).
+    pub loss: LossParts,
+    /// Fraction of latents dead after this step.
+    pub dead_frac: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Moments<B: Backend, const D: usize> {
+    m: Tensor<B, D>,
+    v: Tensor<B, D>,
+}
+
+impl<B: Backend, const D: usize> Moments<B, D> {
+    fn zeros_like(t: &Tensor<B, D>) -> Self {
+        Self {
+            m: t.zeros_like(),
+            v: t.zeros_like(),
+        }
+    }
+
+    /// One Adam update of `param` with `grad`; `c1`, `c2` are the bias corrections `1 - beta^t`.
+    fn update(
+        &mut self,
+        param: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        opt: &AdamConfig,
+        c1: f64,
+        c2: f64,
+    ) -> Tensor<B, D> {
+        let (b1, b2) = (opt.beta_1, opt.beta_2);
+        self.m = self.m.clone().mul_scalar(b1) + grad.clone().mul_scalar(1.0 - b1);
+        self.v = self.v.clone().mul_scalar(b2) + grad.powi_scalar(2).mul_scalar(1.0 - b2);
+        let denom = self.v.clone().div_scalar(c2).sqrt().add_scalar(opt.epsilon);
+        param - self.m.clone().div_scalar(c1).div(denom).mul_scalar(opt.lr)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AdamState<B: Backend> {
+    step: u64,
+    w_enc: Moments<B, 2>,
+    b_enc: Moments<B, 1>,
+    w_dec: Moments<B, 2>,
+    b_dec: Moments<B, 1>,
+}
+
+/// Trains a [`TopKSae`] with the hand-derived gradient. Generic over any backend: no autodiff
+/// is involved.
+#[derive(Debug)]
+pub struct Trainer<B: Backend> {
+    config: TrainConfig,
+    model: TopKSae<B>,
+    loss: SaeLoss,
+    adam: AdamState<B>,
+    normalizer: Normalizer,
+    since_fired: Vec<u64>,
+    step: u64,
+    epoch: usize,
+    rng: ChaCha8Rng,
+    device: B::Device,
+}
+
+/// A trained model with what is needed to use it.
+#[derive(Debug, Clone)]
+pub struct Trained<B: Backend> {
+    /// The model.
+    pub model: TopKSae<B>,
+    /// The normalisation to apply to every input before the model.
+    pub normalizer: Normalizer,
+    /// Steps run.
+    pub steps: u64,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// Validates `config`, fits the normalisation on `data` and initialises the model from it.
+    ///
+    /// # Errors
+    /// The errors of [`TrainConfig::validate`]; [`Error::WidthMismatch`] when `data` is not
+    /// `model.d_in` wide.
+    pub fn new(config: TrainConfig, data: &Embeddings, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        data.check_width(config.model.d_in)?;
+        let normalizer = Normalizer::fit(config.normalization, data);
+        let head_rows = data.rows().min(config.model.b_dec_init_rows);
+        let mut head = data.as_slice()[..head_rows * data.d_in()].to_vec();
+        normalizer.apply_rows(&mut head, data.d_in());
+        let head = Embeddings::from_vec(head, head_rows, data.d_in())?;
+        let model = config.model.try_init_from_data::<B>(&head, device)?;
+        Self::from_model(config, model, normalizer, device)
+    }
+
+    /// Starts training an existing model (fresh optimiser state and dead-latent counters).
+    ///
+    /// # Errors
+    /// The errors of [`TrainConfig::validate`]; [`Error::InvalidConfig`] when the model's
+    /// dimensions differ from `config.model`.
+    pub fn from_model(
+        config: TrainConfig,
+        model: TopKSae<B>,
+        normalizer: Normalizer,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let m = &config.model;
+        if (model.d_in(), model.d_sae(), model.k()) != (m.d_in, m.d_sae, m.k) {
+            return Err(Error::invalid(
+                "model",
+                format!(
+                    "[d_in {}, d_sae {}, k {}]",
+                    model.d_in(),
+                    model.d_sae(),
+                    model.k()
+                ),
+                format!(
+                    "must match the config's [d_in {}, d_sae {}, k {}]",
+                    m.d_in, m.d_sae, m.k
+                ),
+            ));
+        }
+        let loss = config.loss.init(m.k, m.d_sae)?;
+        let adam = AdamState {
+            step: 0,
+            w_enc: Moments::zeros_like(&model.w_enc.val()),
+            b_enc: Moments::zeros_like(&model.b_enc.val()),
+            w_dec: Moments::zeros_like(&model.w_dec.val()),
+            b_dec: Moments::zeros_like(&model.b_dec.val()),
+        };
+        Ok(Self {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            since_fired: vec![0; m.d_sae],
+            loss,
+            adam,
+            normalizer,
+            model,
+            step: 0,
+            epoch: 0,
+            device: device.clone(),
+            config,
+        })
+    }
+
+    /// The model as trained so far.
+    pub fn model(&self) -> &TopKSae<B> {
+        &self.model
+    }
+
+    /// The fitted input normalisation.
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Steps done.
+    pub fn steps_done(&self) -> u64 {
+        self.step
+    }
+
+    /// Which latents are dead now (not fired for more than the threshold), `d_sae` entries.
+    pub fn dead_mask(&self) -> Vec<bool> {
+        self.since_fired
+            .iter()
+            .map(|&s| s > self.config.dead_threshold_samples)
+            .collect()
+    }
+
+    /// Trains for `epochs` passes (or until `max_steps`), reshuffling every epoch, calling
+    /// `on_step` after each step. Returns the trained model.
+    ///
+    /// # Errors
+    /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::Diverged`] naming the
+    /// step whose loss or gradient was NaN or infinite.
+    pub fn fit(
+        mut self,
+        data: &Embeddings,
+        mut on_step: impl FnMut(&StepReport),
+    ) -> Result<Trained<B>> {
+        data.check_width(self.config.model.d_in)?;
+        let total = self.config.total_steps(data.rows());
+        let mut order: Vec<usize> = (0..data.rows()).collect();
+        let batch_size = self.config.batch_size;
+        'epochs: while self.epoch < self.config.epochs {
+            order.shuffle(&mut self.rng);
+            for rows in order.chunks(batch_size) {
+                if self.step >= total {
+                    break 'epochs;
+                }
+                let mut buf = Vec::with_capacity(rows.len() * data.d_in());
+                for &r in rows {
+                    buf.extend_from_slice(data.row(r));
+                }
+                self.normalizer.apply_rows(&mut buf, data.d_in());
+                let x = Tensor::from_data(
+                    TensorData::new(buf, [rows.len(), data.d_in()]),
+                    &self.device,
+                );
+                let report = self.step(x)?;
+                on_step(&report);
+            }
+            self.epoch += 1;
+        }
+        Ok(Trained {
+            model: self.model,
+            normalizer: self.normalizer,
+            steps: self.step,
+        })
+    }
+
+    /// One training step on an already normalised batch.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]`
+    ///
+    /// # Errors
+    /// [`Error::Diverged`] when the loss or the gradient norm is NaN or infinite; the model and the
+    /// trainer's state are then unchanged.
+    ///
+    /// # Panics
+    /// If `x` is not `[batch, d_in]`.
+    pub fn step(&mut self, x: Tensor<B, 2>) -> Result<StepReport> {
+        let [batch, _] = x.dims();
+        let step = self.step + 1;
+        // Latents that will be past the threshold once this batch is counted; those that fire
+        // in this batch are excluded by the loss.
+        let candidates: Vec<bool> = self
+            .since_fired
+            .iter()
+            .map(|&s| s + batch as u64 > self.config.dead_threshold_samples)
+            .collect();
+        let out = self.loss.evaluate(&self.model, x, Some(&candidates), true);
+        if !out.parts.total.is_finite() {
+            return Err(Error::Diverged {
+                step,
+                quantity: "loss",
+                value: f64::from(out.parts.total),
+            });
+        }
+        let grads = out.grads.expect("gradients were requested");
+        let (grads, grad_norm) = self.process_gradients(grads);
+        if !grad_norm.is_finite() {
+            return Err(Error::Diverged {
+                step,
+                quantity: "gradient norm",
+                value: grad_norm,
+            });
+        }
+        self.since_fired.iter_mut().for_each(|s| *s += batch as u64);
+        for &j in &out.indices {
+            self.since_fired[j as usize] = 0;
+        }
+        self.apply(grads);
+        self.step = step;
+        let dead = self.dead_mask().iter().filter(|d| **d).count();
+        Ok(StepReport {
+            step,
+            epoch: self.epoch,
+            batch,
+            loss: out.parts,
+            dead_frac: dead as f64 / self.since_fired.len() as f64,
+            grad_norm,
+        })
+    }
+
+    /// Projects the decoder gradient orthogonal to its rows and clips the global norm.
+    fn process_gradients(&self, mut g: SaeGradients<B>) -> (SaeGradients<B>, f64) {
+        g.w_dec = project_rows(g.w_dec, &self.model.w_dec.val());
+        let squares = Tensor::cat(
+            vec![
+                g.w_enc.clone().powi_scalar(2).sum(),
+                g.b_enc.clone().powi_scalar(2).sum(),
+                g.w_dec.clone().powi_scalar(2).sum(),
+                g.b_dec.clone().powi_scalar(2).sum(),
+            ],
+            0,
+        );
+        let norm = to_host(squares)
+            .iter()
+            .map(|v| f64::from(*v))
+            .sum::<f64>()
+            .sqrt();
+        if let Some(max_norm) = self.config.clip_grad_norm {
+            // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when below 1.
+            let coef = max_norm / (norm + 1e-6);
+            if coef < 1.0 {
+                g.w_enc = g.w_enc.mul_scalar(coef);
+                g.b_enc = g.b_enc.mul_scalar(coef);
+                g.w_dec = g.w_dec.mul_scalar(coef);
+                g.b_dec = g.b_dec.mul_scalar(coef);
+            }
+        }
+        (g, norm)
+    }
+
+    fn apply(&mut self, g: SaeGradients<B>) {
+        let opt = &self.config.optimizer;
+        let adam = &mut self.adam;
+        adam.step += 1;
+        let t = i32::try_from(adam.step).unwrap_or(i32::MAX);
+        let c1 = 1.0 - opt.beta_1.powi(t);
+        let c2 = 1.0 - opt.beta_2.powi(t);
+        let m = &mut self.model;
+        let w_enc = adam.w_enc.update(m.w_enc.val(), g.w_enc, opt, c1, c2);
+        let b_enc = adam.b_enc.update(m.b_enc.val(), g.b_enc, opt, c1, c2);
+        let w_dec = normalize_rows(adam.w_dec.update(m.w_dec.val(), g.w_dec, opt, c1, c2));
+        let b_dec = adam.b_dec.update(m.b_dec.val(), g.b_dec, opt, c1, c2);
+        m.w_enc = Param::initialized(m.w_enc.id, w_enc);
+        m.b_enc = Param::initialized(m.b_enc.id, b_enc);
+        m.w_dec = Param::initialized(m.w_dec.id, w_dec);
+        m.b_dec = Param::initialized(m.b_dec.id, b_dec);
+    }
+}
+
+/// Removes from each row of `grad` its component along the matching (unit-norm) row of `w`:
+/// `g_j -= (w_j . g_j) w_j`.
+///
+/// # Shapes
+/// - `grad`, `w`: `[d_sae, d_in]` → `[d_sae, d_in]`
+pub fn project_rows<B: Backend>(grad: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
+    let along = (grad.clone() * w.clone()).sum_dim(1);
+    grad - w.clone() * along
+}
+
+/// Scales every row to unit L2 norm (rows of norm below 1e-12 are left as they are).
+///
+/// # Shapes
+/// - `w`: `[d_sae, d_in]` → `[d_sae, d_in]`
+pub fn normalize_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = w.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+    w / norm
+}
+
+/// Trains a model on `data` with `config`: [`Trainer::new`] then [`Trainer::fit`].
+///
+/// # Errors
+/// The errors of [`Trainer::new`] and [`Trainer::fit`].
+pub fn train<B: Backend>(
+    config: TrainConfig,
+    data: &Embeddings,
+    device: &B::Device,
+    on_step: impl FnMut(&StepReport),
+) -> Result<Trained<B>> {
+    Trainer::new(config, data, device)?.fit(data, on_step)
+}

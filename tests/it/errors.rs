@@ -1,0 +1,303 @@
+//! One test for every error path a user can hit: bad files, bad data, bad configs.
+
+use std::io::Write;
+
+use topk_sae::{Embeddings, Error, TopKSaeConfig, TrainConfig, Trainer};
+
+use crate::TestBackend;
+
+fn npy_bytes(descr: &str, shape: &str, fortran: bool, data: &[u8]) -> Vec<u8> {
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+        if fortran { "True" } else { "False" }
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+    path
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn reads_f32_and_f16_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "a.npy",
+        &npy_bytes(
+            "<f4",
+            "(2, 3)",
+            false,
+            &f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+        ),
+    );
+    let e = Embeddings::from_npy(&p).unwrap();
+    assert_eq!(
+        (e.rows(), e.d_in(), e.row(1)),
+        (2, 3, &[4.0f32, 5.0, 6.0][..])
+    );
+    let halfs: Vec<u8> = [1.0f32, -2.5, 0.125, 8.0]
+        .iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .collect();
+    let p = write(&dir, "h.npy", &npy_bytes("<f2", "(2, 2)", false, &halfs));
+    assert_eq!(
+        Embeddings::from_npy(&p).unwrap().as_slice(),
+        &[1.0, -2.5, 0.125, 8.0]
+    );
+    // Round trip through our writer.
+    let out = dir.path().join("out.npy");
+    e.write_npy(&out).unwrap();
+    assert_eq!(Embeddings::from_npy(&out).unwrap().as_slice(), e.as_slice());
+}
+
+#[test]
+fn missing_file_is_an_io_error_naming_the_path() {
+    let err = Embeddings::from_npy("/nonexistent/emb.npy").unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("/nonexistent/emb.npy"));
+}
+
+#[test]
+fn garbage_file_is_a_format_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "bad.npy", b"this is not numpy at all, just text");
+    let err = Embeddings::from_npy(&p).unwrap_err();
+    assert!(matches!(err, Error::Format { .. }), "{err:?}");
+    assert!(err.to_string().contains("bad.npy"));
+}
+
+#[test]
+fn truncated_file_is_a_format_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "t.npy",
+        &npy_bytes("<f4", "(1000, 3)", false, &f32_bytes(&[1.0, 2.0])),
+    );
+    let err = Embeddings::from_npy(&p).unwrap_err();
+    assert!(
+        matches!(err, Error::Format { ref reason, .. } if reason.contains("truncated")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn other_dtypes_orders_and_ranks_are_format_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "f8.npy",
+            npy_bytes("<f8", "(1, 2)", false, &[0; 16]),
+            "dtype",
+        ),
+        (
+            "i4.npy",
+            npy_bytes("<i4", "(1, 2)", false, &[0; 8]),
+            "dtype",
+        ),
+        (
+            "fortran.npy",
+            npy_bytes("<f4", "(2, 2)", true, &[0; 16]),
+            "Fortran",
+        ),
+        (
+            "rank1.npy",
+            npy_bytes("<f4", "(4,)", false, &[0; 16]),
+            "2-D",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let err = Embeddings::from_npy(write(&dir, name, &bytes)).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{name}: {err:?}");
+        assert!(err.to_string().contains(needle), "{name}: {err}");
+    }
+}
+
+#[test]
+fn nan_row_is_reported_by_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vec![0.5f32; 12];
+    v[7] = f32::NAN;
+    let p = write(
+        &dir,
+        "nan.npy",
+        &npy_bytes("<f4", "(4, 3)", false, &f32_bytes(&v)),
+    );
+    let err = Embeddings::from_npy(&p).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NonFinite {
+                row: 2,
+                what: "NaN",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("row 2 of") && err.to_string().contains("nan.npy"));
+    let err = Embeddings::from_vec(vec![1.0, f32::INFINITY], 1, 2).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NonFinite {
+                row: 0,
+                what: "an infinite value",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn empty_data_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "empty.npy", &npy_bytes("<f4", "(0, 3)", false, &[]));
+    assert!(matches!(
+        Embeddings::from_npy(&p).unwrap_err(),
+        Error::EmptyData { .. }
+    ));
+    assert!(matches!(
+        Embeddings::from_vec(vec![], 0, 3).unwrap_err(),
+        Error::EmptyData { .. }
+    ));
+    assert!(matches!(
+        Embeddings::from_vec(vec![1.0; 5], 2, 3).unwrap_err(),
+        Error::ShapeMismatch { .. }
+    ));
+}
+
+#[test]
+fn wrong_width_is_rejected_with_both_widths() {
+    let data = Embeddings::from_vec(vec![0.1; 20], 4, 5).unwrap();
+    let config = TrainConfig::new(TopKSaeConfig::new(6, 12, 2));
+    let err = Trainer::<TestBackend>::new(config, &data, &Default::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WidthMismatch {
+                expected: 6,
+                actual: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "input has width 5, but the model expects d_in = 6"
+    );
+}
+
+#[test]
+fn k_zero_and_k_above_d_sae_are_invalid() {
+    let err = TopKSaeConfig::new(8, 16, 0).validate().unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig { field: "k", .. }),
+        "{err:?}"
+    );
+    let err = TopKSaeConfig::new(8, 16, 40)
+        .try_init::<TestBackend>(&Default::default())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid config: k (40) must be <= d_sae (16)"
+    );
+}
+
+#[test]
+fn every_config_field_is_checked() {
+    let base = || TrainConfig::new(TopKSaeConfig::new(8, 16, 2));
+    let cases: Vec<(TrainConfig, &str)> = vec![
+        (TrainConfig::new(TopKSaeConfig::new(0, 16, 2)), "d_in"),
+        (TrainConfig::new(TopKSaeConfig::new(8, 0, 2)), "d_sae"),
+        (
+            TrainConfig::new(TopKSaeConfig::new(8, 16, 2).with_b_dec_init_rows(0)),
+            "b_dec_init_rows",
+        ),
+        (base().with_batch_size(0), "batch_size"),
+        (base().with_epochs(0), "epochs"),
+        (base().with_max_steps(Some(0)), "max_steps"),
+        (base().with_clip_grad_norm(Some(-1.0)), "clip_grad_norm"),
+        (
+            base().with_optimizer(topk_sae::AdamConfig::new().with_lr(0.0)),
+            "optimizer.lr",
+        ),
+        (
+            base().with_optimizer(topk_sae::AdamConfig::new().with_beta_1(1.0)),
+            "optimizer.beta_1",
+        ),
+        (
+            base().with_optimizer(topk_sae::AdamConfig::new().with_beta_2(-0.1)),
+            "optimizer.beta_2",
+        ),
+        (
+            base().with_optimizer(topk_sae::AdamConfig::new().with_epsilon(0.0)),
+            "optimizer.epsilon",
+        ),
+        (
+            base().with_loss(topk_sae::SaeLossConfig::new().with_k_aux(Some(17))),
+            "k_aux",
+        ),
+        (
+            base().with_loss(topk_sae::SaeLossConfig::new().with_aux_coef(f32::NAN)),
+            "aux_coef",
+        ),
+        (
+            base().with_loss(topk_sae::SaeLossConfig::new().with_multi_k_factor(0)),
+            "multi_k_factor",
+        ),
+        (
+            base().with_loss(topk_sae::SaeLossConfig::new().with_multi_k_coef(-1.0)),
+            "multi_k_coef",
+        ),
+    ];
+    for (config, field) in cases {
+        match config.validate() {
+            Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected InvalidConfig, got {other:?}"),
+        }
+    }
+    assert!(base().validate().is_ok());
+}
+
+#[test]
+fn nan_loss_stops_training_naming_the_step() {
+    // A model whose weights hold NaN produces a NaN loss at the first step.
+    let device = Default::default();
+    let model = TopKSaeConfig::new(4, 8, 2).init::<TestBackend>(&device);
+    let model = topk_sae::TopKSae::from_parts(
+        model.w_enc.val().mul_scalar(f32::NAN),
+        model.b_enc.val(),
+        model.w_dec.val(),
+        model.b_dec.val(),
+        2,
+    );
+    let config = TrainConfig::new(TopKSaeConfig::new(4, 8, 2));
+    let mut trainer =
+        Trainer::from_model(config, model, topk_sae::Normalizer::identity(), &device).unwrap();
+    let err = trainer
+        .step(crate::tensor(&crate::random_rows(5, 4, 1), 4))
+        .unwrap_err();
+    assert!(matches!(err, Error::Diverged { step: 1, .. }), "{err:?}");
+    assert_eq!(trainer.steps_done(), 0);
+}

@@ -1,0 +1,127 @@
+//! Forward pass against the naive f64 reference (tolerance 1e-5 absolute on values of order 1).
+
+use approx::assert_abs_diff_eq;
+use burn::tensor::Tensor;
+use topk_sae::sae::to_host_vec;
+
+use crate::reference::NaiveSae;
+use crate::{random_model, random_rows, tensor};
+
+const TOL: f64 = 1e-5;
+
+fn ints(t: Tensor<crate::TestBackend, 2, burn::tensor::Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().into_vec().unwrap()
+}
+
+#[test]
+fn forward_matches_naive_reference() {
+    let (d_in, d_sae, k, batch) = (12, 40, 5, 9);
+    let model = random_model(d_in, d_sae, k, 3);
+    let naive = NaiveSae::from_model(&model);
+    let x = random_rows(batch, d_in, 4);
+    let out = model.forward(tensor(&x, d_in));
+    let (idx, vals, recon) = (
+        ints(out.indices),
+        to_host_vec(out.values),
+        to_host_vec(out.reconstruction),
+    );
+    for b in 0..batch {
+        let pre = naive.pre(&x[b * d_in..(b + 1) * d_in]);
+        let top = NaiveSae::topk(&pre, k, None);
+        let want_idx: Vec<i64> = top.iter().map(|&j| j as i64).collect();
+        assert_eq!(&idx[b * k..(b + 1) * k], &want_idx[..], "row {b}");
+        for (slot, &j) in top.iter().enumerate() {
+            assert_abs_diff_eq!(
+                f64::from(vals[b * k + slot]),
+                pre[j].max(0.0),
+                epsilon = TOL
+            );
+        }
+        let want = naive.decode(&pre, &top, true);
+        for i in 0..d_in {
+            assert_abs_diff_eq!(f64::from(recon[b * d_in + i]), want[i], epsilon = TOL);
+        }
+    }
+}
+
+#[test]
+fn dense_and_sparse_paths_agree() {
+    let (d_in, d_sae, k) = (8, 32, 4);
+    let model = random_model(d_in, d_sae, k, 5);
+    let x = tensor(&random_rows(6, d_in, 6), d_in);
+    let out = model.forward_with_latents(x.clone());
+    let dense = out.latents.expect("latents were requested");
+    assert_eq!(to_host_vec(dense.clone()), to_host_vec(model.encode(x)));
+    let via_dense = to_host_vec(model.decode(dense));
+    let via_sparse = to_host_vec(out.reconstruction);
+    for (a, b) in via_dense.iter().zip(&via_sparse) {
+        assert_abs_diff_eq!(a, b, epsilon = 1e-5);
+    }
+}
+
+#[test]
+fn init_follows_the_reference_recipe() {
+    let (d_in, d_sae) = (6, 20);
+    // 5 rows: the median of each column is the 3rd smallest value.
+    let rows: Vec<f32> = (0..5)
+        .flat_map(|r| (0..d_in).map(move |c| ((r * 7 + c * 3) % 5) as f32 - (c as f32)))
+        .collect();
+    let data = topk_sae::Embeddings::from_vec(rows.clone(), 5, d_in).unwrap();
+    let model = topk_sae::TopKSaeConfig::new(d_in, d_sae, 3)
+        .try_init_from_data::<crate::TestBackend>(&data, &Default::default())
+        .unwrap();
+    let b_dec = to_host_vec(model.b_dec.val());
+    for c in 0..d_in {
+        let mut col: Vec<f32> = (0..5).map(|r| rows[r * d_in + c]).collect();
+        col.sort_by(f32::total_cmp);
+        assert_eq!(b_dec[c], col[2], "column {c}");
+    }
+    let w_dec = to_host_vec(model.w_dec.val());
+    let w_enc = to_host_vec(model.w_enc.val());
+    let bound = (6.0f32 / (d_in + d_sae) as f32).sqrt();
+    for j in 0..d_sae {
+        let row = &w_dec[j * d_in..(j + 1) * d_in];
+        assert_abs_diff_eq!(row.iter().map(|v| v * v).sum::<f32>(), 1.0, epsilon = 1e-5);
+        for i in 0..d_in {
+            assert_eq!(
+                w_enc[i * d_sae + j],
+                row[i],
+                "encoder is the decoder's transpose"
+            );
+        }
+    }
+    // Rows were Xavier-uniform before scaling: not all of one sign, and the scaling factor
+    // (1 / norm of a Xavier row) is at least 1 / (bound * sqrt(d_in)).
+    assert!(w_dec.iter().any(|v| *v < 0.0) && w_dec.iter().any(|v| *v > 0.0));
+    assert!(w_dec.iter().all(|v| v.abs() <= 1.0 && v.is_finite()) && bound > 0.0);
+    assert!(to_host_vec(model.b_enc.val()).iter().all(|v| *v == 0.0));
+}
+
+#[test]
+fn median_of_an_even_count_is_the_lower_middle() {
+    let data = topk_sae::Embeddings::from_vec(vec![4.0, 1.0, 3.0, 2.0], 4, 1).unwrap();
+    let model = topk_sae::TopKSaeConfig::new(1, 2, 1)
+        .try_init_from_data::<crate::TestBackend>(&data, &Default::default())
+        .unwrap();
+    assert_eq!(to_host_vec(model.b_dec.val()), vec![2.0]);
+}
+
+#[test]
+fn mean_and_geometric_median_options() {
+    use topk_sae::DecoderBiasInit;
+    // Three points on a line and one far outlier: the geometric median stays near the cluster.
+    let data = topk_sae::Embeddings::from_vec(vec![0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 100.0, 0.0], 4, 2)
+        .unwrap();
+    let init = |how| {
+        let m = topk_sae::TopKSaeConfig::new(2, 4, 1)
+            .with_b_dec_init(how)
+            .try_init_from_data::<crate::TestBackend>(&data, &Default::default())
+            .unwrap();
+        to_host_vec(m.b_dec.val())
+    };
+    assert_abs_diff_eq!(init(DecoderBiasInit::Mean)[0], 25.75, epsilon = 1e-5);
+    let gm = init(DecoderBiasInit::GeometricMedian);
+    // Any point in [1, 2] minimises the sum of distances of {0, 1, 2, 100} on a line.
+    assert!((1.0..=2.0).contains(&gm[0]), "geometric median {gm:?}");
+    assert_eq!(init(DecoderBiasInit::Zeros), vec![0.0, 0.0]);
+}

@@ -1,0 +1,47 @@
+//! One integration-test binary (burn links once). Each module tests one topic.
+
+mod errors;
+mod forward;
+mod gradients;
+mod properties;
+mod reference;
+mod training;
+
+/// Backend the integration tests run on.
+pub type TestBackend = topk_sae::backend::NdArray<f32>;
+
+/// A small model with random (seeded) weights and a non-zero `b_enc`/`b_dec`, so every term of
+/// the forward pass matters.
+pub fn random_model(
+    d_in: usize,
+    d_sae: usize,
+    k: usize,
+    seed: u64,
+) -> topk_sae::TopKSae<TestBackend> {
+    use burn::tensor::{Distribution, Tensor};
+    let device = Default::default();
+    let model = topk_sae::TopKSaeConfig::new(d_in, d_sae, k)
+        .with_seed(seed)
+        .init::<TestBackend>(&device);
+    <TestBackend as burn::tensor::backend::Backend>::seed(&device, seed);
+    let b_enc = Tensor::random([d_sae], Distribution::Uniform(-0.1, 0.1), &device);
+    let b_dec = Tensor::random([d_in], Distribution::Uniform(-0.2, 0.2), &device);
+    topk_sae::TopKSae::from_parts(model.w_enc.val(), b_enc, model.w_dec.val(), b_dec, k)
+}
+
+/// `rows x d_in` standard-normal values, seeded.
+pub fn random_rows(rows: usize, d_in: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..rows * d_in)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect()
+}
+
+/// Uploads a row-major buffer as a `[rows, d_in]` tensor.
+pub fn tensor(data: &[f32], d_in: usize) -> burn::tensor::Tensor<TestBackend, 2> {
+    burn::tensor::Tensor::from_data(
+        burn::tensor::TensorData::new(data.to_vec(), [data.len() / d_in, d_in]),
+        &Default::default(),
+    )
+}

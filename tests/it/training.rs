@@ -1,0 +1,180 @@
+//! End-to-end training on the synthetic set, determinism, epochs and normalisation.
+
+use topk_sae::data::{SyntheticConfig, synthetic};
+use topk_sae::sae::to_host_vec;
+use topk_sae::{AdamConfig, NormalizationKind, TopKSaeConfig, TrainConfig, evaluate, train};
+
+use crate::TestBackend;
+
+fn small_set() -> topk_sae::data::Synthetic {
+    synthetic(
+        &SyntheticConfig::new()
+            .with_rows(4_000)
+            .with_d_in(32)
+            .with_n_directions(48)
+            .with_active(3)
+            .with_seed(1),
+    )
+    .unwrap()
+}
+
+fn small_config() -> TrainConfig {
+    TrainConfig::new(TopKSaeConfig::new(32, 128, 4))
+        .with_batch_size(256)
+        .with_epochs(30)
+        .with_optimizer(AdamConfig::new().with_lr(2e-3))
+}
+
+#[test]
+fn training_recovers_planted_directions() {
+    let set = small_set();
+    let device = Default::default();
+    let mut reports = Vec::new();
+    let trained = train::<TestBackend>(small_config(), &set.embeddings, &device, |r| {
+        reports.push(*r)
+    })
+    .unwrap();
+    // 4000 rows / 256 = 15.6: 16 steps per epoch, the last one partial (160 rows).
+    assert_eq!(trained.steps, 30 * 16);
+    assert_eq!(reports.len(), 480);
+    assert_eq!(reports[15].batch, 4_000 - 15 * 256);
+    assert_eq!((reports[15].epoch, reports[16].epoch), (0, 1));
+    let metrics = evaluate(
+        &trained.model,
+        &set.embeddings,
+        &trained.normalizer,
+        1000,
+        &device,
+        |_| {},
+    )
+    .unwrap();
+    let recovered = set.recovered_fraction(&to_host_vec(trained.model.w_dec.val()), 0.9);
+    assert!(metrics.nmse < 0.2, "nmse {}", metrics.nmse);
+    assert!(recovered >= 0.9, "recovered {recovered}");
+}
+
+#[test]
+fn same_seed_same_data_same_weights() {
+    let set = synthetic(
+        &SyntheticConfig::new()
+            .with_rows(600)
+            .with_d_in(16)
+            .with_n_directions(20),
+    )
+    .unwrap();
+    let config = TrainConfig::new(TopKSaeConfig::new(16, 40, 3))
+        .with_batch_size(128)
+        .with_epochs(3)
+        .with_seed(9);
+    let run = |config: TrainConfig| {
+        let t = train::<TestBackend>(config, &set.embeddings, &Default::default(), |_| {}).unwrap();
+        (
+            to_host_vec(t.model.w_enc.val()),
+            to_host_vec(t.model.w_dec.val()),
+            to_host_vec(t.model.b_dec.val()),
+        )
+    };
+    let a = run(config.clone());
+    assert_eq!(a, run(config.clone()));
+    assert_ne!(
+        a,
+        run(config.with_seed(10)),
+        "another shuffle seed must give another model"
+    );
+}
+
+#[test]
+fn max_steps_caps_training() {
+    let set = synthetic(
+        &SyntheticConfig::new()
+            .with_rows(500)
+            .with_d_in(8)
+            .with_n_directions(10),
+    )
+    .unwrap();
+    let config = TrainConfig::new(TopKSaeConfig::new(8, 16, 2))
+        .with_batch_size(100)
+        .with_epochs(10)
+        .with_max_steps(Some(7));
+    let t = train::<TestBackend>(config, &set.embeddings, &Default::default(), |_| {}).unwrap();
+    assert_eq!(t.steps, 7);
+}
+
+#[test]
+fn dead_latents_are_counted_in_samples() {
+    // With a threshold of 0 samples, latents that did not fire in a batch are dead at once.
+    let set = synthetic(
+        &SyntheticConfig::new()
+            .with_rows(64)
+            .with_d_in(8)
+            .with_n_directions(6),
+    )
+    .unwrap();
+    let config = TrainConfig::new(TopKSaeConfig::new(8, 64, 1))
+        .with_batch_size(64)
+        .with_dead_threshold_samples(0);
+    let mut dead = Vec::new();
+    train::<TestBackend>(config.clone(), &set.embeddings, &Default::default(), |r| {
+        dead.push((r.dead_frac, r.loss.aux))
+    })
+    .unwrap();
+    assert!(dead[0].0 > 0.5 && dead[0].1 > 0.0, "{dead:?}");
+    // With the default threshold (272,384 samples) nothing is dead after 64.
+    let config = config.with_dead_threshold_samples(272_384);
+    train::<TestBackend>(config, &set.embeddings, &Default::default(), |r| {
+        dead.push((r.dead_frac, r.loss.aux))
+    })
+    .unwrap();
+    assert_eq!(dead[1], (0.0, 0.0));
+}
+
+#[test]
+fn normalisation_is_fitted_and_kept_with_the_model() {
+    let set = synthetic(
+        &SyntheticConfig::new()
+            .with_rows(300)
+            .with_d_in(8)
+            .with_n_directions(10),
+    )
+    .unwrap();
+    for kind in [NormalizationKind::Center, NormalizationKind::ScaleToDIn] {
+        let config = TrainConfig::new(TopKSaeConfig::new(8, 16, 2))
+            .with_batch_size(100)
+            .with_normalization(kind);
+        let t = train::<TestBackend>(config, &set.embeddings, &Default::default(), |_| {}).unwrap();
+        assert_eq!(t.normalizer.kind, kind);
+        let mut normalised = set.embeddings.clone();
+        normalised.normalize(&t.normalizer);
+        let rows = normalised.rows() as f64;
+        match kind {
+            NormalizationKind::Center => {
+                for i in 0..8 {
+                    let mean: f64 = (0..normalised.rows())
+                        .map(|r| f64::from(normalised.row(r)[i]))
+                        .sum::<f64>()
+                        / rows;
+                    assert!(mean.abs() < 1e-6, "column {i} mean {mean}");
+                }
+            }
+            _ => {
+                let msn: f64 = normalised
+                    .as_slice()
+                    .iter()
+                    .map(|v| f64::from(*v).powi(2))
+                    .sum::<f64>()
+                    / rows;
+                assert!((msn - 8.0).abs() < 1e-3, "mean squared norm {msn}");
+            }
+        }
+        // The tensor form applies and inverts the same map.
+        let x = crate::tensor(set.embeddings.as_slice(), 8);
+        let there = to_host_vec(t.normalizer.apply(x.clone()));
+        for (a, b) in there.iter().zip(normalised.as_slice()) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        let back = to_host_vec(t.normalizer.invert(t.normalizer.apply(x)));
+        for (a, b) in back.iter().zip(set.embeddings.as_slice()) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+}
