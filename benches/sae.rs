@@ -1,1 +1,66 @@
-fn main() {}
+//! Criterion benches: top-k alone, encode, forward and a full training step, at the sizes in the
+//! bench ids (`d_in x d_sae, k, batch`). Inputs are built outside the timer; every timed closure
+//! reads its result back to the host, so lazy or asynchronous backends are synchronised.
+
+// criterion_main! writes an undocumented `main`.
+#![allow(missing_docs)]
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use topk_sae::sae::to_host_vec;
+use topk_sae::{TopKSaeConfig, TrainConfig, Trainer};
+
+type B = topk_sae::backend::NdArray<f32>;
+
+const SIZES: [(usize, usize, usize, usize); 2] = [(384, 3072, 32, 1024), (1536, 12288, 64, 1024)];
+
+fn rows(n: usize, d: usize) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn input(batch: usize, d_in: usize) -> burn::tensor::Tensor<B, 2> {
+    burn::tensor::Tensor::from_data(
+        burn::tensor::TensorData::new(rows(batch, d_in), [batch, d_in]),
+        &Default::default(),
+    )
+}
+
+fn benches(c: &mut Criterion) {
+    let device = Default::default();
+    let mut group = c.benchmark_group("sae");
+    group.sample_size(10);
+    for (d_in, d_sae, k, batch) in SIZES {
+        let id = format!("{d_in}x{d_sae}_k{k}_b{batch}");
+        let model = TopKSaeConfig::new(d_in, d_sae, k).init::<B>(&device);
+        let x = input(batch, d_in);
+        let pre = rows(batch, d_sae);
+        group.bench_function(BenchmarkId::new("topk", &id), |b| {
+            b.iter(|| topk_sae::topk::topk_rows(&pre, d_sae, k, None));
+        });
+        group.bench_function(BenchmarkId::new("encode", &id), |b| {
+            b.iter(|| to_host_vec(model.encode_topk(x.clone()).values));
+        });
+        group.bench_function(BenchmarkId::new("forward", &id), |b| {
+            b.iter(|| to_host_vec(model.forward(x.clone()).reconstruction));
+        });
+        let config = TrainConfig::new(TopKSaeConfig::new(d_in, d_sae, k));
+        let mut trainer = Trainer::from_model(
+            config,
+            model.clone(),
+            topk_sae::Normalizer::identity(),
+            &device,
+        )
+        .expect("valid config");
+        group.bench_function(BenchmarkId::new("train_step", &id), |b| {
+            b.iter(|| {
+                trainer.step(x.clone()).expect("finite loss");
+                to_host_vec(trainer.model().b_dec.val())
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(sae, benches);
+criterion_main!(sae);

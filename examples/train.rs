@@ -39,14 +39,14 @@ struct Args {
     /// Rows per step.
     #[arg(long, default_value_t = 1024)]
     batch: usize,
-    /// Passes over the data [default: 5 on real data, 20 on synthetic data; unlimited when only
+    /// Passes over the data [default: 5 on real data, 30 on synthetic data; unlimited when only
     /// --max-steps is given].
     #[arg(long)]
     epochs: Option<usize>,
     /// Stop after this many steps.
     #[arg(long = "max-steps")]
     max_steps: Option<u64>,
-    /// Adam learning rate [default: 1e-4, the reference recipe; 1e-3 on synthetic data].
+    /// Adam learning rate [default: 1e-4, the reference recipe; 2e-3 on synthetic data].
     #[arg(long)]
     lr: Option<f64>,
     /// Seed of initialisation and shuffling.
@@ -75,6 +75,7 @@ fn main() {
     }
 }
 
+#[allow(clippy::too_many_lines)] // one linear script: load, configure, train, report
 fn run(args: &Args) -> Result<()> {
     let device = Default::default();
     let synthetic_set: Option<Synthetic> = match &args.data {
@@ -94,13 +95,13 @@ fn run(args: &Args) -> Result<()> {
         (None, Some(_)) => usize::MAX,
         (None, None) => {
             if is_synthetic {
-                20
+                30
             } else {
                 5
             }
         }
     };
-    let lr = args.lr.unwrap_or(if is_synthetic { 1e-3 } else { 1e-4 });
+    let lr = args.lr.unwrap_or(if is_synthetic { 2e-3 } else { 1e-4 });
     let normalization = match args.normalize.as_str() {
         "none" => NormalizationKind::None,
         "center" => NormalizationKind::Center,

@@ -80,7 +80,7 @@ impl Embeddings {
             path: path.to_path_buf(),
             source,
         })?;
-        let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        let file_len = file.metadata().map_or(u64::MAX, |m| m.len());
         let npy = npyz::NpyFile::new(BufReader::new(file))
             .map_err(|e| format(format!("not a valid .npy file: {e}")))?;
         let shape = npy.shape().to_vec();
@@ -435,7 +435,9 @@ pub fn synthetic(config: &SyntheticConfig) -> Result<Synthetic> {
     let unit = |rng: &mut rand_chacha::ChaCha8Rng| {
         let mut v: Vec<f32> = (0..c.d_in).map(|_| normal.sample(rng)).collect();
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
+        for x in &mut v {
+            *x /= n;
+        }
         v
     };
     let mean_dir = unit(&mut rng);

@@ -49,7 +49,7 @@
 //!
 //! ## Features
 //! - `ndarray` (default): the CPU backend, re-exported as [`backend::NdArray`].
-//! - `wgpu`: the GPU backend, re-exported as [`backend::Wgpu`].
+//! - `wgpu`: the GPU backend, re-exported as `backend::Wgpu`.
 //!
 //! ## Stability
 //! Pre-1.0: minor versions may change the API; every change is listed in `CHANGELOG.md`.
@@ -60,7 +60,7 @@ pub mod loss;
 pub mod metrics;
 pub mod prelude;
 pub mod sae;
-mod topk;
+pub mod topk;
 pub mod train;
 
 pub use data::{Embeddings, NormalizationKind, Normalizer};
@@ -78,9 +78,7 @@ pub mod backend {
     pub use burn_wgpu::Wgpu;
 }
 
-/// Backend the unit tests run on.
-#[cfg(all(test, not(feature = "wgpu")))]
-pub(crate) type TestBackend = burn_ndarray::NdArray<f32>;
-/// Backend the unit tests run on.
-#[cfg(all(test, feature = "wgpu"))]
-pub(crate) type TestBackend = burn_wgpu::Wgpu;
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -211,7 +211,9 @@ impl SaeLoss {
                 "dead mask must have d_sae = {d_sae} entries"
             );
             let mut d = d.to_vec();
-            indices.iter().for_each(|&j| d[j as usize] = false);
+            for &j in &indices {
+                d[j as usize] = false;
+            }
             d
         });
         let dead = dead.as_deref();

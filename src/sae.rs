@@ -163,7 +163,9 @@ fn normalize(row: &mut [f32]) {
         .sum::<f64>()
         .sqrt() as f32;
     if norm > 0.0 {
-        row.iter_mut().for_each(|v| *v /= norm);
+        for v in row.iter_mut() {
+            *v /= norm;
+        }
     }
 }
 
@@ -289,7 +291,9 @@ pub(crate) fn select<B: Backend>(
 ) -> Selected<B> {
     let rows = pre.len() / d_sae;
     let (host_indices, mut host_values) = topk_rows(pre, d_sae, k, allowed);
-    host_values.iter_mut().for_each(|v| *v = v.max(0.0));
+    for v in &mut host_values {
+        *v = v.max(0.0);
+    }
     Selected {
         indices: Tensor::from_data(TensorData::new(host_indices.clone(), [rows, k]), device),
         values: Tensor::from_data(TensorData::new(host_values, [rows, k]), device),

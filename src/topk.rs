@@ -14,14 +14,23 @@ fn rank(a: (f32, u32), b: (f32, u32)) -> Ordering {
 /// where `allowed` is true when it is given.
 ///
 /// Returns `(indices, values)`, each `rows * k` long, every row in descending order of value with
-/// ties broken by the lower column index. `k` must not exceed the number of allowed columns.
-pub(crate) fn topk_rows(
+/// ties broken by the lower column index.
+///
+/// ```
+/// let (indices, values) = topk_sae::topk::topk_rows(&[0.5, 2.0, 2.0, -1.0], 4, 2, None);
+/// assert_eq!(indices, vec![1, 2]);
+/// assert_eq!(values, vec![2.0, 2.0]);
+/// ```
+///
+/// # Panics
+/// If `k` exceeds the number of allowed columns, or `allowed` is shorter than a row.
+pub fn topk_rows(
     data: &[f32],
     cols: usize,
     k: usize,
     allowed: Option<&[bool]>,
 ) -> (Vec<i64>, Vec<f32>) {
-    let rows = if cols == 0 { 0 } else { data.len() / cols };
+    let rows = data.len().checked_div(cols).unwrap_or(0);
     let mut indices = vec![0i64; rows * k];
     let mut values = vec![0f32; rows * k];
     if rows == 0 || k == 0 {

@@ -125,3 +125,55 @@ fn mean_and_geometric_median_options() {
     assert!((1.0..=2.0).contains(&gm[0]), "geometric median {gm:?}");
     assert_eq!(init(DecoderBiasInit::Zeros), vec![0.0, 0.0]);
 }
+
+#[test]
+fn loss_terms_match_naive_reference() {
+    use crate::reference::nmse;
+    let (d_in, d_sae, k, batch) = (10, 30, 4, 8);
+    let model = random_model(d_in, d_sae, k, 31);
+    let naive = NaiveSae::from_model(&model);
+    let x = random_rows(batch, d_in, 32);
+    // Every odd latent is a dead candidate; the loss drops those firing in this batch.
+    let dead: Vec<bool> = (0..d_sae).map(|j| j % 2 == 1).collect();
+    let loss = topk_sae::SaeLossConfig::new()
+        .with_k_aux(Some(3))
+        .init(k, d_sae)
+        .unwrap();
+    let out = loss.evaluate(&model, tensor(&x, d_in), Some(&dead), false);
+
+    let rows: Vec<Vec<f64>> = x
+        .chunks(d_in)
+        .map(|r| r.iter().map(|v| f64::from(*v)).collect())
+        .collect();
+    let pres: Vec<Vec<f64>> = x.chunks(d_in).map(|r| naive.pre(r)).collect();
+    let mains: Vec<Vec<usize>> = pres.iter().map(|p| NaiveSae::topk(p, k, None)).collect();
+    let x_hat: Vec<Vec<f64>> = pres
+        .iter()
+        .zip(&mains)
+        .map(|(p, i)| naive.decode(p, i, true))
+        .collect();
+    let recon = nmse(&x_hat, &rows);
+    let mut allowed = dead.clone();
+    mains.iter().flatten().for_each(|&j| allowed[j] = false);
+    let residual: Vec<Vec<f64>> = rows
+        .iter()
+        .zip(&x_hat)
+        .map(|(a, b)| a.iter().zip(b).map(|(p, q)| p - q).collect())
+        .collect();
+    let e_hat: Vec<Vec<f64>> = pres
+        .iter()
+        .map(|p| naive.decode(p, &NaiveSae::topk(p, 3, Some(&allowed)), false))
+        .collect();
+    let aux = nmse(&e_hat, &residual);
+    assert_abs_diff_eq!(
+        f64::from(out.parts.recon),
+        recon,
+        epsilon = 1e-5 * recon.max(1.0)
+    );
+    assert_abs_diff_eq!(f64::from(out.parts.aux), aux, epsilon = 1e-5 * aux.max(1.0));
+    assert_abs_diff_eq!(
+        f64::from(out.parts.total),
+        recon + aux / 32.0,
+        epsilon = 1e-5 * recon.max(1.0)
+    );
+}

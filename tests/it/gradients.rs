@@ -276,7 +276,9 @@ fn full_step_matches_reference() {
         .collect();
     for row in want[2].chunks_exact_mut(d_in) {
         let n = row.iter().map(|v| v * v).sum::<f64>().sqrt();
-        row.iter_mut().for_each(|v| *v /= n);
+        for v in row.iter_mut() {
+            *v /= n;
+        }
     }
     let m = trainer.model();
     let got = [

@@ -1,4 +1,6 @@
 //! A naive f64 implementation of SPEC §1-2, written from the equations, used as the reference.
+// Index loops mirror the equations on purpose.
+#![allow(clippy::needless_range_loop)]
 
 use topk_sae::TopKSae;
 use topk_sae::sae::to_host_vec;

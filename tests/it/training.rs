@@ -31,7 +31,7 @@ fn training_recovers_planted_directions() {
     let device = Default::default();
     let mut reports = Vec::new();
     let trained = train::<TestBackend>(small_config(), &set.embeddings, &device, |r| {
-        reports.push(*r)
+        reports.push(*r);
     })
     .unwrap();
     // 4000 rows / 256 = 15.6: 16 steps per epoch, the last one partial (160 rows).
@@ -115,14 +115,14 @@ fn dead_latents_are_counted_in_samples() {
         .with_dead_threshold_samples(0);
     let mut dead = Vec::new();
     train::<TestBackend>(config.clone(), &set.embeddings, &Default::default(), |r| {
-        dead.push((r.dead_frac, r.loss.aux))
+        dead.push((r.dead_frac, r.loss.aux));
     })
     .unwrap();
     assert!(dead[0].0 > 0.5 && dead[0].1 > 0.0, "{dead:?}");
     // With the default threshold (272,384 samples) nothing is dead after 64.
     let config = config.with_dead_threshold_samples(272_384);
     train::<TestBackend>(config, &set.embeddings, &Default::default(), |r| {
-        dead.push((r.dead_frac, r.loss.aux))
+        dead.push((r.dead_frac, r.loss.aux));
     })
     .unwrap();
     assert_eq!(dead[1], (0.0, 0.0));
@@ -146,25 +146,22 @@ fn normalisation_is_fitted_and_kept_with_the_model() {
         let mut normalised = set.embeddings.clone();
         normalised.normalize(&t.normalizer);
         let rows = normalised.rows() as f64;
-        match kind {
-            NormalizationKind::Center => {
-                for i in 0..8 {
-                    let mean: f64 = (0..normalised.rows())
-                        .map(|r| f64::from(normalised.row(r)[i]))
-                        .sum::<f64>()
-                        / rows;
-                    assert!(mean.abs() < 1e-6, "column {i} mean {mean}");
-                }
-            }
-            _ => {
-                let msn: f64 = normalised
-                    .as_slice()
-                    .iter()
-                    .map(|v| f64::from(*v).powi(2))
+        if kind == NormalizationKind::Center {
+            for i in 0..8 {
+                let mean: f64 = (0..normalised.rows())
+                    .map(|r| f64::from(normalised.row(r)[i]))
                     .sum::<f64>()
                     / rows;
-                assert!((msn - 8.0).abs() < 1e-3, "mean squared norm {msn}");
+                assert!(mean.abs() < 1e-6, "column {i} mean {mean}");
             }
+        } else {
+            let msn: f64 = normalised
+                .as_slice()
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                / rows;
+            assert!((msn - 8.0).abs() < 1e-3, "mean squared norm {msn}");
         }
         // The tensor form applies and inverts the same map.
         let x = crate::tensor(set.embeddings.as_slice(), 8);
