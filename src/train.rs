@@ -13,6 +13,13 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+use std::path::Path;
+
+use crate::checkpoint::io::{
+    OutTensor, format_err, read_json, read_safetensors, safetensors_bytes, to_json,
+    write_dir_atomically,
+};
+use crate::checkpoint::{self, CheckpointPolicy};
 use crate::data::{Embeddings, NormalizationKind, Normalizer};
 use crate::error::{Error, Result};
 use crate::loss::{LossParts, SaeGradients, SaeLoss, SaeLossConfig};
@@ -201,10 +208,33 @@ pub struct Trainer<B: Backend> {
     normalizer: Normalizer,
     since_fired: Vec<u64>,
     step: u64,
+    samples_seen: u64,
     epoch: usize,
+    /// This epoch's row order (empty before the first epoch starts).
+    order: Vec<usize>,
+    /// Index in `order` of the next batch's first row.
+    position: usize,
+    /// Shuffles drawn from `rng` so far (replayed on resume).
+    shuffles: u64,
     rng: ChaCha8Rng,
+    checkpoints: Option<CheckpointPolicy>,
     device: B::Device,
 }
+
+/// `trainer.json` of a checkpoint saved by a trainer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct TrainerState {
+    step: u64,
+    samples_seen: u64,
+    adam_step: u64,
+    epoch: usize,
+    position: usize,
+    shuffles: u64,
+    rows: usize,
+}
+
+const TRAINER_JSON: &str = "trainer.json";
+const TRAINER_TENSORS: &str = "trainer.safetensors";
 
 /// A trained model with what is needed to use it.
 #[derive(Debug, Clone)]
@@ -279,10 +309,194 @@ impl<B: Backend> Trainer<B> {
             normalizer,
             model,
             step: 0,
+            samples_seen: 0,
             epoch: 0,
+            order: Vec::new(),
+            position: 0,
+            shuffles: 0,
+            checkpoints: None,
             device: device.clone(),
             config,
         })
+    }
+
+    /// Saves a checkpoint every `policy.every_steps` steps and at the end of [`Trainer::fit`].
+    #[must_use]
+    pub fn with_checkpoints(mut self, policy: CheckpointPolicy) -> Self {
+        self.checkpoints = Some(policy);
+        self
+    }
+
+    /// Saves the model, its configuration and the full trainer state (Adam moments, dead-latent
+    /// counters, shuffle position) into the directory `dir`, atomically.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the directory cannot be written.
+    pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let mut files = checkpoint::native_files(
+            &self.model,
+            &self.normalizer,
+            Some(&self.config),
+            self.step,
+            self.samples_seen,
+        );
+        let state = TrainerState {
+            step: self.step,
+            samples_seen: self.samples_seen,
+            adam_step: self.adam.step,
+            epoch: self.epoch,
+            position: self.position,
+            shuffles: self.shuffles,
+            rows: self.order.len(),
+        };
+        let a = &self.adam;
+        let host = [
+            (
+                "adam.w_enc.m",
+                to_host(a.w_enc.m.clone()),
+                a.w_enc.m.dims().to_vec(),
+            ),
+            (
+                "adam.w_enc.v",
+                to_host(a.w_enc.v.clone()),
+                a.w_enc.v.dims().to_vec(),
+            ),
+            (
+                "adam.b_enc.m",
+                to_host(a.b_enc.m.clone()),
+                a.b_enc.m.dims().to_vec(),
+            ),
+            (
+                "adam.b_enc.v",
+                to_host(a.b_enc.v.clone()),
+                a.b_enc.v.dims().to_vec(),
+            ),
+            (
+                "adam.w_dec.m",
+                to_host(a.w_dec.m.clone()),
+                a.w_dec.m.dims().to_vec(),
+            ),
+            (
+                "adam.w_dec.v",
+                to_host(a.w_dec.v.clone()),
+                a.w_dec.v.dims().to_vec(),
+            ),
+            (
+                "adam.b_dec.m",
+                to_host(a.b_dec.m.clone()),
+                a.b_dec.m.dims().to_vec(),
+            ),
+            (
+                "adam.b_dec.v",
+                to_host(a.b_dec.v.clone()),
+                a.b_dec.v.dims().to_vec(),
+            ),
+        ];
+        let counters_shape = [self.since_fired.len()];
+        let mut tensors: Vec<(&str, OutTensor<'_>)> = host
+            .iter()
+            .map(|(n, v, s)| (*n, OutTensor::F32(s, v)))
+            .collect();
+        tensors.push((
+            "since_fired",
+            OutTensor::U64(&counters_shape, &self.since_fired),
+        ));
+        files.push((TRAINER_TENSORS, safetensors_bytes(&tensors)));
+        files.push((TRAINER_JSON, to_json(&state)));
+        write_dir_atomically(dir.as_ref(), &files)
+    }
+
+    /// Restores a trainer from a checkpoint written by [`Trainer::save_checkpoint`]. Continuing
+    /// with [`Trainer::fit`] on the same data gives the same weights, bit for bit, as a run that
+    /// was never interrupted (same backend).
+    ///
+    /// # Errors
+    /// The errors of [`checkpoint::load`]; [`Error::Format`] when the directory holds no trainer
+    /// state or no training configuration, or a state tensor has the wrong shape.
+    pub fn resume(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let ckpt = checkpoint::load::<B>(dir, device)?;
+        let config_path = dir.join(checkpoint::CONFIG_FILE);
+        let config = ckpt
+            .config
+            .train
+            .clone()
+            .ok_or_else(|| format_err(&config_path, "no training configuration to resume"))?;
+        let state: TrainerState = read_json(&dir.join(TRAINER_JSON))?;
+        let tensor_path = dir.join(TRAINER_TENSORS);
+        let (mut floats, mut ints) = read_safetensors(&tensor_path)?;
+        let mut trainer = Self::from_model(config, ckpt.model, ckpt.normalizer, device)?;
+        let mut take = |name: &str, dims: Vec<usize>| -> Result<TensorData> {
+            let t = floats
+                .remove(name)
+                .ok_or_else(|| format_err(&tensor_path, format!("missing tensor '{name}'")))?;
+            if t.shape != dims {
+                return Err(format_err(
+                    &tensor_path,
+                    format!("{name} has shape {:?}; expected {dims:?}", t.shape),
+                ));
+            }
+            Ok(TensorData::new(t.data, dims))
+        };
+        let a = &mut trainer.adam;
+        let moments2 = |m: TensorData, v: TensorData| Moments {
+            m: Tensor::from_data(m, device),
+            v: Tensor::from_data(v, device),
+        };
+        let moments1 = |m: TensorData, v: TensorData| Moments {
+            m: Tensor::from_data(m, device),
+            v: Tensor::from_data(v, device),
+        };
+        a.w_enc = moments2(
+            take("adam.w_enc.m", a.w_enc.m.dims().to_vec())?,
+            take("adam.w_enc.v", a.w_enc.v.dims().to_vec())?,
+        );
+        a.w_dec = moments2(
+            take("adam.w_dec.m", a.w_dec.m.dims().to_vec())?,
+            take("adam.w_dec.v", a.w_dec.v.dims().to_vec())?,
+        );
+        a.b_enc = moments1(
+            take("adam.b_enc.m", a.b_enc.m.dims().to_vec())?,
+            take("adam.b_enc.v", a.b_enc.v.dims().to_vec())?,
+        );
+        a.b_dec = moments1(
+            take("adam.b_dec.m", a.b_dec.m.dims().to_vec())?,
+            take("adam.b_dec.v", a.b_dec.v.dims().to_vec())?,
+        );
+        a.step = state.adam_step;
+        let since_fired = ints
+            .remove("since_fired")
+            .ok_or_else(|| format_err(&tensor_path, "missing tensor 'since_fired'"))?;
+        if since_fired.len() != trainer.since_fired.len() {
+            return Err(format_err(
+                &tensor_path,
+                format!(
+                    "since_fired has {} entries; expected d_sae = {}",
+                    since_fired.len(),
+                    trainer.since_fired.len()
+                ),
+            ));
+        }
+        if state.position > state.rows {
+            return Err(format_err(
+                &dir.join(TRAINER_JSON),
+                format!("position {} exceeds rows {}", state.position, state.rows),
+            ));
+        }
+        trainer.since_fired = since_fired;
+        trainer.step = state.step;
+        trainer.samples_seen = state.samples_seen;
+        trainer.epoch = state.epoch;
+        trainer.position = state.position;
+        // Replay the shuffles so that this epoch's order and the generator's state match.
+        if state.rows > 0 {
+            trainer.order = (0..state.rows).collect();
+            for _ in 0..state.shuffles {
+                trainer.order.shuffle(&mut trainer.rng);
+            }
+        }
+        trainer.shuffles = state.shuffles;
+        Ok(trainer)
     }
 
     /// The model as trained so far.
@@ -325,28 +539,58 @@ impl<B: Backend> Trainer<B> {
         mut on_step: impl FnMut(&StepReport),
     ) -> Result<Trained<B>> {
         data.check_width(self.config.model.d_in)?;
-        let total = self.config.total_steps(data.rows());
-        let mut order: Vec<usize> = (0..data.rows()).collect();
-        let batch_size = self.config.batch_size;
-        'epochs: while self.epoch < self.config.epochs {
-            order.shuffle(&mut self.rng);
-            for rows in order.chunks(batch_size) {
-                if self.step >= total {
-                    break 'epochs;
+        let n = data.rows();
+        if !self.order.is_empty() && self.order.len() != n {
+            return Err(Error::invalid(
+                "data",
+                format!("{n} rows"),
+                format!(
+                    "must be the {} rows this run was checkpointed with",
+                    self.order.len()
+                ),
+            ));
+        }
+        let total = self.config.total_steps(n);
+        let d_in = data.d_in();
+        let mut last_saved = None;
+        while self.step < total && self.epoch < self.config.epochs {
+            if self.position == 0 {
+                if self.order.len() != n {
+                    self.order = (0..n).collect();
                 }
-                let mut buf = Vec::with_capacity(rows.len() * data.d_in());
-                for &r in rows {
-                    buf.extend_from_slice(data.row(r));
-                }
-                self.normalizer.apply_rows(&mut buf, data.d_in());
-                let x = Tensor::from_data(
-                    TensorData::new(buf, [rows.len(), data.d_in()]),
-                    &self.device,
-                );
-                let report = self.step(x)?;
-                on_step(&report);
+                self.order.shuffle(&mut self.rng);
+                self.shuffles += 1;
             }
-            self.epoch += 1;
+            let end = (self.position + self.config.batch_size).min(n);
+            let mut buf = Vec::with_capacity((end - self.position) * d_in);
+            for &r in &self.order[self.position..end] {
+                buf.extend_from_slice(data.row(r));
+            }
+            self.normalizer.apply_rows(&mut buf, d_in);
+            let x = Tensor::from_data(
+                TensorData::new(buf, [end - self.position, d_in]),
+                &self.device,
+            );
+            let report = self.step(x)?;
+            self.position = end;
+            if end == n {
+                self.position = 0;
+                self.epoch += 1;
+            }
+            on_step(&report);
+            if let Some(policy) = &self.checkpoints
+                && self.step % policy.every_steps == 0
+            {
+                self.save_checkpoint(policy.step_dir(self.step))?;
+                policy.prune()?;
+                last_saved = Some(self.step);
+            }
+        }
+        if let Some(policy) = &self.checkpoints
+            && last_saved != Some(self.step)
+        {
+            self.save_checkpoint(policy.step_dir(self.step))?;
+            policy.prune()?;
         }
         Ok(Trained {
             model: self.model,
@@ -399,6 +643,7 @@ impl<B: Backend> Trainer<B> {
         }
         self.apply(grads);
         self.step = step;
+        self.samples_seen += batch as u64;
         let dead = self.dead_mask().iter().filter(|d| **d).count();
         Ok(StepReport {
             step,
