@@ -18,6 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use topk_sae::data::{Synthetic, SyntheticConfig, synthetic};
 use topk_sae::prelude::*;
 use topk_sae::sae::to_host_vec;
+use topk_sae::checkpoint::{self, CheckpointPolicy};
 use topk_sae::train::Trainer;
 
 /// Train a top-k sparse autoencoder and print its metrics.
@@ -61,6 +62,19 @@ struct Args {
     /// Write a JSON summary here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Save checkpoints (model + trainer state) under this folder, as step-NNNNNNNNNN.
+    #[arg(long = "checkpoint-dir")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Save a checkpoint every this many steps (and at the end).
+    #[arg(long = "save-every", default_value_t = 500)]
+    save_every: u64,
+    /// Keep only the newest this many checkpoints.
+    #[arg(long = "keep-last", default_value_t = 3)]
+    keep_last: usize,
+    /// Resume from this checkpoint folder (a step-NNNNNNNNNN folder, or a --checkpoint-dir whose
+    /// newest checkpoint is taken); the training configuration then comes from the checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// No progress bar (for logs).
     #[arg(long)]
     quiet: bool,
@@ -123,13 +137,31 @@ fn run(args: &Args) -> Result<()> {
         .with_dead_threshold_samples(args.dead_threshold)
         .with_normalization(normalization)
         .with_seed(args.seed);
+    let mut trainer = match &args.resume {
+        Some(path) => {
+            let dir = match checkpoint::latest(path) {
+                Ok(Some(newest)) => newest,
+                _ => path.clone(),
+            };
+            eprintln!("resuming from {}", dir.display());
+            Trainer::<B>::resume(&dir, &device)?
+        }
+        None => Trainer::<B>::new(config, &data, &device)?,
+    };
+    if let Some(dir) = &args.checkpoint_dir {
+        trainer = trainer.with_checkpoints(
+            CheckpointPolicy::new(dir, args.save_every).with_keep_last(args.keep_last),
+        );
+    }
+    let config = trainer.config().clone();
+    let (k, d_sae, lr) = (config.model.k, config.model.d_sae, config.optimizer.lr);
     let total = config.total_steps(data.rows());
     eprintln!(
         "data: {} ({} rows x {}), d_sae {d_sae}, k {k}, batch {}, {total} steps, lr {lr}",
         data.name(),
         data.rows(),
         data.d_in(),
-        args.batch
+        config.batch_size
     );
 
     let bar = if args.quiet {
@@ -146,7 +178,8 @@ fn run(args: &Args) -> Result<()> {
     let mut step_ms = Vec::with_capacity(total as usize);
     let started = Instant::now();
     let mut last = Instant::now();
-    let trained = Trainer::<B>::new(config.clone(), &data, &device)?.fit(&data, |r| {
+    bar.set_position(trainer.steps_done());
+    let trained = trainer.fit(&data, |r| {
         step_ms.push(last.elapsed().as_secs_f64() * 1e3);
         last = Instant::now();
         bar.set_position(r.step);
@@ -190,7 +223,7 @@ fn run(args: &Args) -> Result<()> {
             "train_seconds": train_seconds,
             "ms_per_step_median": median,
             "data": data.name(),
-            "batch": args.batch,
+            "batch": config.batch_size,
             "lr": lr,
             "seed": args.seed,
             "recovered_fraction": recovered,

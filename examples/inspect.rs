@@ -1,0 +1,169 @@
+//! Inspects a checkpoint in any supported layout: config, shapes, decoder norms; optionally
+//! reconstructs an input set and exports to SAELens.
+//!
+//! ```text
+//! cargo run --release --example inspect -- --checkpoint csLG_64_9216_128.pth \
+//!     --input X.npy --output Y.npy --export-saelens out_dir
+//! ```
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use topk_sae::checkpoint::{self, Format, LoadOptions};
+use topk_sae::prelude::*;
+use topk_sae::sae::to_host_vec;
+
+/// Inspect a top-k SAE checkpoint.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Checkpoint: a native or SAELens/sparsify folder, or a saerch/OpenAI .pth/.pt file.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Layout: auto, native, saerch, openai, saelens or sparsify.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Active latents (required for saerch files not named {domain}_{k}_{d_sae}_{k_aux}.pth).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Embeddings to reconstruct (2-D float32/float16 .npy).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Where to write the reconstructions of --input (float32 .npy).
+    #[arg(long, requires = "input")]
+    output: Option<PathBuf>,
+    /// Compare the reconstructions of --input with this reference (.npy, e.g. PyTorch's output)
+    /// and fail when any value differs by more than --tolerance.
+    #[arg(long, requires = "input")]
+    expect: Option<PathBuf>,
+    /// Largest absolute difference --expect accepts.
+    #[arg(long, default_value_t = 1e-5)]
+    tolerance: f32,
+    /// Also write the model as a SAELens v6 folder here.
+    #[arg(long = "export-saelens")]
+    export_saelens: Option<PathBuf>,
+    /// Rows per batch when reconstructing.
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+}
+
+type B = topk_sae::backend::NdArray<f32>;
+
+fn main() {
+    if let Err(e) = run(&Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let device = Default::default();
+    let options = LoadOptions {
+        format: args.format.parse::<Format>()?,
+        k: args.k,
+    };
+    let ckpt = checkpoint::load_any::<B>(&args.checkpoint, &options, &device)?;
+    let model = &ckpt.model;
+    println!("checkpoint: {}", args.checkpoint.display());
+    println!(
+        "d_in {}  d_sae {}  k {}",
+        model.d_in(),
+        model.d_sae(),
+        model.k()
+    );
+    println!(
+        "shapes: w_enc {:?}  b_enc {:?}  w_dec {:?}  b_dec {:?}",
+        model.w_enc.dims(),
+        model.b_enc.dims(),
+        model.w_dec.dims(),
+        model.b_dec.dims()
+    );
+    println!("normalisation: {:?}", ckpt.normalizer.kind);
+    if ckpt.meta.step > 0 || !ckpt.meta.crate_version.is_empty() {
+        println!(
+            "step {}  samples seen {}  written by topk-sae {}",
+            ckpt.meta.step, ckpt.meta.samples_seen, ckpt.meta.crate_version
+        );
+    }
+    if let Some(train) = &ckpt.config.train {
+        println!(
+            "training config: {}",
+            serde_json::to_string(train).map_err(|e| Error::Json(e.to_string()))?
+        );
+    }
+    let w_dec = to_host_vec(model.w_dec.val());
+    let mut norms: Vec<f32> = w_dec
+        .chunks_exact(model.d_in())
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect();
+    norms.sort_by(f32::total_cmp);
+    let mean = norms.iter().sum::<f32>() / norms.len() as f32;
+    println!(
+        "decoder row norms: min {:.6}  median {:.6}  mean {:.6}  max {:.6}",
+        norms[0],
+        norms[norms.len() / 2],
+        mean,
+        norms[norms.len() - 1]
+    );
+
+    if let Some(input) = &args.input {
+        let data = Embeddings::from_npy(input)?;
+        data.check_width(model.d_in())?;
+        if args.output.is_some() || args.expect.is_some() {
+            let mut recon = Vec::with_capacity(data.rows() * data.d_in());
+            let mut start = 0;
+            while start < data.rows() {
+                let end = (start + args.batch.max(1)).min(data.rows());
+                let x = ckpt.normalizer.apply(data.slice::<B>(start, end, &device));
+                recon.extend(to_host_vec(
+                    ckpt.normalizer.invert(model.forward(x).reconstruction),
+                ));
+                start = end;
+            }
+            let recon = Embeddings::from_vec(recon, data.rows(), data.d_in())?;
+            if let Some(output) = &args.output {
+                recon.write_npy(output)?;
+                println!("reconstructions written to {}", output.display());
+            }
+            if let Some(expect) = &args.expect {
+                let want = Embeddings::from_npy(expect)?;
+                want.check_width(recon.d_in())?;
+                if want.rows() != recon.rows() {
+                    return Err(Error::ShapeMismatch {
+                        len: want.as_slice().len(),
+                        rows: recon.rows(),
+                        cols: recon.d_in(),
+                    });
+                }
+                let worst = recon
+                    .as_slice()
+                    .iter()
+                    .zip(want.as_slice())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                println!(
+                    "max |reconstruction - {}| = {worst:e} (tolerance {:e})",
+                    expect.display(),
+                    args.tolerance
+                );
+                if worst > args.tolerance {
+                    return Err(Error::Format {
+                        path: expect.clone(),
+                        reason: format!(
+                            "reconstructions differ by {worst:e} > {:e}",
+                            args.tolerance
+                        ),
+                    });
+                }
+            }
+        }
+        let metrics = evaluate(model, &data, &ckpt.normalizer, args.batch, &device, |_| {})?;
+        println!("metrics over {} ({} rows):", input.display(), data.rows());
+        println!("{}\n{metrics}", Metrics::table_header());
+    }
+    if let Some(dir) = &args.export_saelens {
+        checkpoint::export_saelens(dir, model, &ckpt.normalizer)?;
+        println!("SAELens v6 folder written to {}", dir.display());
+    }
+    Ok(())
+}
