@@ -110,52 +110,7 @@ fn run(args: &Args) -> Result<()> {
         let data = Embeddings::from_npy(input)?;
         data.check_width(model.d_in())?;
         if args.output.is_some() || args.expect.is_some() {
-            let mut recon = Vec::with_capacity(data.rows() * data.d_in());
-            let mut start = 0;
-            while start < data.rows() {
-                let end = (start + args.batch.max(1)).min(data.rows());
-                let x = ckpt.normalizer.apply(data.slice::<B>(start, end, &device));
-                recon.extend(to_host_vec(
-                    ckpt.normalizer.invert(model.forward(x).reconstruction),
-                ));
-                start = end;
-            }
-            let recon = Embeddings::from_vec(recon, data.rows(), data.d_in())?;
-            if let Some(output) = &args.output {
-                recon.write_npy(output)?;
-                println!("reconstructions written to {}", output.display());
-            }
-            if let Some(expect) = &args.expect {
-                let want = Embeddings::from_npy(expect)?;
-                want.check_width(recon.d_in())?;
-                if want.rows() != recon.rows() {
-                    return Err(Error::ShapeMismatch {
-                        len: want.as_slice().len(),
-                        rows: recon.rows(),
-                        cols: recon.d_in(),
-                    });
-                }
-                let worst = recon
-                    .as_slice()
-                    .iter()
-                    .zip(want.as_slice())
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0f32, f32::max);
-                println!(
-                    "max |reconstruction - {}| = {worst:e} (tolerance {:e})",
-                    expect.display(),
-                    args.tolerance
-                );
-                if worst > args.tolerance {
-                    return Err(Error::Format {
-                        path: expect.clone(),
-                        reason: format!(
-                            "reconstructions differ by {worst:e} > {:e}",
-                            args.tolerance
-                        ),
-                    });
-                }
-            }
+            reconstruct(args, &ckpt, &data)?;
         }
         let metrics = evaluate(model, &data, &ckpt.normalizer, args.batch, &device, |_| {})?;
         println!("metrics over {} ({} rows):", input.display(), data.rows());
@@ -164,6 +119,56 @@ fn run(args: &Args) -> Result<()> {
     if let Some(dir) = &args.export_saelens {
         checkpoint::export_saelens(dir, model, &ckpt.normalizer)?;
         println!("SAELens v6 folder written to {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Reconstructs `data` in input space; writes it (--output) and/or compares it (--expect).
+fn reconstruct(args: &Args, ckpt: &checkpoint::Checkpoint<B>, data: &Embeddings) -> Result<()> {
+    let device = Default::default();
+    let model = &ckpt.model;
+    let mut recon = Vec::with_capacity(data.rows() * data.d_in());
+    let mut start = 0;
+    while start < data.rows() {
+        let end = (start + args.batch.max(1)).min(data.rows());
+        let x = ckpt.normalizer.apply(data.slice::<B>(start, end, &device));
+        recon.extend(to_host_vec(
+            ckpt.normalizer.invert(model.forward(x).reconstruction),
+        ));
+        start = end;
+    }
+    let recon = Embeddings::from_vec(recon, data.rows(), data.d_in())?;
+    if let Some(output) = &args.output {
+        recon.write_npy(output)?;
+        println!("reconstructions written to {}", output.display());
+    }
+    if let Some(expect) = &args.expect {
+        let want = Embeddings::from_npy(expect)?;
+        want.check_width(recon.d_in())?;
+        if want.rows() != recon.rows() {
+            return Err(Error::ShapeMismatch {
+                len: want.as_slice().len(),
+                rows: recon.rows(),
+                cols: recon.d_in(),
+            });
+        }
+        let worst = recon
+            .as_slice()
+            .iter()
+            .zip(want.as_slice())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        println!(
+            "max |reconstruction - {}| = {worst:e} (tolerance {:e})",
+            expect.display(),
+            args.tolerance
+        );
+        if worst > args.tolerance {
+            return Err(Error::Format {
+                path: expect.clone(),
+                reason: format!("reconstructions differ by {worst:e} > {:e}", args.tolerance),
+            });
+        }
     }
     Ok(())
 }

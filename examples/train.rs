@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use topk_sae::checkpoint::{self, CheckpointPolicy};
 use topk_sae::data::{Synthetic, SyntheticConfig, synthetic};
 use topk_sae::prelude::*;
 use topk_sae::sae::to_host_vec;
-use topk_sae::checkpoint::{self, CheckpointPolicy};
 use topk_sae::train::Trainer;
 
 /// Train a top-k sparse autoencoder and print its metrics.

@@ -579,7 +579,7 @@ impl<B: Backend> Trainer<B> {
             }
             on_step(&report);
             if let Some(policy) = &self.checkpoints
-                && self.step % policy.every_steps == 0
+                && self.step.is_multiple_of(policy.every_steps)
             {
                 self.save_checkpoint(policy.step_dir(self.step))?;
                 policy.prune()?;

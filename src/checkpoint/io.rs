@@ -63,11 +63,12 @@ pub(crate) fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec_pretty(value).expect("our config types serialise to JSON")
 }
 
-/// Reads every tensor of a safetensors file as `f32` (F32, F16, BF16 and F64 are converted;
-/// `ints` lists names that may hold U64/I64 values, returned separately).
-pub(crate) fn read_safetensors(
-    path: &Path,
-) -> Result<(HashMap<String, HostTensor>, HashMap<String, Vec<u64>>)> {
+/// Float tensors (as f32) and 64-bit integer tensors of a safetensors file, by name.
+pub(crate) type SafetensorsContent = (HashMap<String, HostTensor>, HashMap<String, Vec<u64>>);
+
+/// Reads every tensor of a safetensors file: float tensors as `f32` (F32, F16, BF16 and F64 are
+/// converted), U64/I64 tensors separately; any other dtype is an error.
+pub(crate) fn read_safetensors(path: &Path) -> Result<SafetensorsContent> {
     let bytes = read_bytes(path)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| format_err(path, format!("corrupt safetensors file: {e}")))?;

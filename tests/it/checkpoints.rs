@@ -229,7 +229,7 @@ fn bad_native_checkpoints_are_typed_errors() {
     });
     assert_format_error(&err, "model.safetensors", "corrupt");
     let err = load_error(|p| {
-        std::fs::write(model_file(p), b"\xff\xff\xff\xff\xff\xff\xff\x7f{garbage").unwrap()
+        std::fs::write(model_file(p), b"\xff\xff\xff\xff\xff\xff\xff\x7f{garbage").unwrap();
     });
     assert_format_error(&err, "model.safetensors", "corrupt");
     let err = load_error(|p| {
@@ -265,7 +265,7 @@ fn bad_native_checkpoints_are_typed_errors() {
             model_file(p),
             full(Some(("extra", F32, vec![1], zeros(1))), vec![8, 4]),
         )
-        .unwrap()
+        .unwrap();
     });
     assert_format_error(&err, "model.safetensors", "unexpected tensors [\"extra\"]");
     let err = load_error(|p| {

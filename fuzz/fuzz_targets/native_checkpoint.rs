@@ -1,0 +1,43 @@
+//! A valid native checkpoint with one file replaced by the fuzz input (the first byte picks
+//! which): `checkpoint::load` and `Trainer::resume` return a value or an error, never panic.
+#![no_main]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use topk_sae::{Normalizer, TopKSaeConfig, TrainConfig, Trainer};
+
+type B = topk_sae::backend::NdArray<f32>;
+
+const FILES: [&str; 5] = ["meta.json", "config.json", "model.safetensors", "trainer.json", "trainer.safetensors"];
+
+/// A valid training checkpoint, written once; each input works on a copy of it.
+fn template() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("topk-sae-fuzz-template-{}", std::process::id()));
+        let device = Default::default();
+        let data = topk_sae::Embeddings::from_vec((0..64).map(|i| (i as f32 * 0.37).sin()).collect(), 16, 4).unwrap();
+        let config = TrainConfig::new(TopKSaeConfig::new(4, 8, 2)).with_batch_size(5);
+        let mut trainer = Trainer::<B>::new(config, &data, &device).unwrap();
+        let x = data.slice::<B>(0, 5, &device);
+        trainer.step(Normalizer::identity().apply(x)).unwrap();
+        trainer.save_checkpoint(&dir).unwrap();
+        dir
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, bytes)) = data.split_first() else { return };
+    let dir = std::env::temp_dir().join(format!("topk-sae-fuzz-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in FILES {
+        std::fs::copy(template().join(file), dir.join(file)).unwrap();
+    }
+    std::fs::write(dir.join(FILES[which as usize % FILES.len()]), bytes).unwrap();
+    let device = Default::default();
+    let _ = topk_sae::checkpoint::load::<B>(&dir, &device);
+    let _ = Trainer::<B>::resume(&dir, &device);
+});
