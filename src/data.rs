@@ -81,8 +81,18 @@ impl Embeddings {
             source,
         })?;
         let file_len = file.metadata().map_or(u64::MAX, |m| m.len());
-        let npy = npyz::NpyFile::new(BufReader::new(file))
-            .map_err(|e| format(format!("not a valid .npy file: {e}")))?;
+        let mut file = BufReader::new(file);
+        check_npy_header(&mut file)
+            .map_err(|reason| format(format!("not a valid .npy file: {reason}")))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(|source| {
+            Error::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let npy =
+            npyz::NpyFile::new(file).map_err(|e| format(format!("not a valid .npy file: {e}")))?;
         let shape = npy.shape().to_vec();
         let [rows, d_in] = shape[..] else {
             return Err(format(format!(
@@ -217,6 +227,106 @@ impl Embeddings {
     pub fn normalize(&mut self, normalizer: &Normalizer) {
         normalizer.apply_rows(&mut self.data, self.d_in);
     }
+}
+
+/// Checks the `.npy` preamble and that the header is a plain dict literal of `descr`,
+/// `fortran_order` and `shape` before npyz parses it: npyz's general Python-literal grammar can
+/// take exponential time on crafted headers (found by fuzzing), ours is linear.
+fn check_npy_header(reader: &mut impl std::io::Read) -> std::result::Result<(), String> {
+    let mut pre = [0u8; 10];
+    reader
+        .read_exact(&mut pre)
+        .map_err(|_| "file is shorter than the .npy preamble".to_owned())?;
+    if &pre[..6] != b"\x93NUMPY" {
+        return Err("missing the \\x93NUMPY magic".into());
+    }
+    let len = match pre[6] {
+        1 => usize::from(u16::from_le_bytes([pre[8], pre[9]])),
+        2 | 3 => {
+            let mut rest = [0u8; 2];
+            reader
+                .read_exact(&mut rest)
+                .map_err(|_| "truncated header length".to_owned())?;
+            u32::from_le_bytes([pre[8], pre[9], rest[0], rest[1]]) as usize
+        }
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    if len > 1 << 16 {
+        return Err(format!("header of {len} bytes is implausibly long"));
+    }
+    let mut header = vec![0u8; len];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| "truncated header".to_owned())?;
+    let text = std::str::from_utf8(&header).map_err(|_| "header is not text".to_owned())?;
+    parse_header_dict(text.trim_end_matches(['\n', ' ', '\0']))
+}
+
+/// Accepts `{'key': value, ...}` where each value is a quoted string without escapes or nested
+/// quotes, `True`/`False`, or a tuple of integers.
+fn parse_header_dict(text: &str) -> std::result::Result<(), String> {
+    let shown: String = text.chars().take(80).collect();
+    let bad = |what: &str| Err(format!("malformed header ({what}): {shown:?}"));
+    let Some(body) = text
+        .trim()
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+    else {
+        return bad("not a dict");
+    };
+    let mut rest = body.trim_start();
+    while !rest.is_empty() {
+        // key
+        let Some(after) = rest.strip_prefix('\'') else {
+            return bad("key");
+        };
+        let Some(end) = after.find('\'') else {
+            return bad("key");
+        };
+        if !matches!(&after[..end], "descr" | "fortran_order" | "shape") {
+            return bad("unknown key");
+        }
+        rest = after[end + 1..].trim_start();
+        let Some(after) = rest.strip_prefix(':') else {
+            return bad("colon");
+        };
+        rest = after.trim_start();
+        // value
+        if let Some(after) = rest.strip_prefix('\'') {
+            let Some(end) = after.find('\'') else {
+                return bad("string");
+            };
+            if after[..end].contains(['\\', '"']) {
+                return bad("string");
+            }
+            rest = &after[end + 1..];
+        } else if let Some(after) = rest
+            .strip_prefix("True")
+            .or_else(|| rest.strip_prefix("False"))
+        {
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix('(') {
+            let Some(end) = after.find(')') else {
+                return bad("shape");
+            };
+            if !after[..end]
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c == 'L')
+            {
+                return bad("shape");
+            }
+            rest = &after[end + 1..];
+        } else {
+            return bad("value");
+        }
+        rest = rest.trim_start();
+        match rest.strip_prefix(',') {
+            Some(after) => rest = after.trim_start(),
+            None if rest.is_empty() => {}
+            None => return bad("separator"),
+        }
+    }
+    Ok(())
 }
 
 /// Writes a row-major `[rows, cols]` buffer as a little-endian `float32` `.npy` file.

@@ -54,6 +54,7 @@
 //! ## Stability
 //! Pre-1.0: minor versions may change the API; every change is listed in `CHANGELOG.md`.
 
+pub mod analysis;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

@@ -3,6 +3,7 @@
 // Exact float comparisons here check values that are copied, not computed.
 #![allow(clippy::float_cmp)]
 
+mod analysis;
 mod checkpoints;
 mod errors;
 mod forward;

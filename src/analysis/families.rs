@@ -1,0 +1,207 @@
+//! Feature families (SPEC §6): a maximum spanning tree over the row-normalised co-occurrence
+//! graph, edges oriented from denser to rarer latents, families grown from roots, three rounds.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::CorpusCodes;
+
+/// Thresholds of the family search; defaults are the paper's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FamilyConfig {
+    /// `M_ij = C_ij / (C_ii + 1)` below this is dropped.
+    pub min_cooccurrence: f64,
+    /// A root starts a family when it has more than this many children in the tree.
+    pub min_root_children: usize,
+    /// A family is kept when it has more than this many members besides its parent.
+    pub min_family_children: usize,
+    /// Rounds of (tree, families, remove roots).
+    pub rounds: usize,
+    /// Families whose child sets overlap with Jaccard above this are duplicates.
+    pub max_jaccard: f64,
+}
+
+impl Default for FamilyConfig {
+    fn default() -> Self {
+        Self {
+            min_cooccurrence: 0.1,
+            min_root_children: 2,
+            min_family_children: 3,
+            rounds: 3,
+            max_jaccard: 0.6,
+        }
+    }
+}
+
+/// A family: a parent latent and its descendants in the tree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Family {
+    /// The root latent.
+    pub parent: usize,
+    /// Its descendants, ascending.
+    pub children: Vec<usize>,
+    /// Round (0-based) in which it was found.
+    pub round: usize,
+    /// The tree below the parent as `(from, to)` edges, denser to rarer.
+    pub edges: Vec<(usize, usize)>,
+}
+
+/// Co-occurrence counts `C = A^T A` of the one-hot top-k matrix, as a sparse map
+/// `(i, j) -> count` with `i <= j` (`C_ii` is the number of documents where `i` fired).
+pub fn cooccurrence(codes: &CorpusCodes) -> HashMap<(u32, u32), u32> {
+    let mut c: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut row: Vec<u32> = Vec::with_capacity(codes.k);
+    for doc in 0..codes.rows {
+        row.clear();
+        row.extend(
+            codes.indices[doc * codes.k..(doc + 1) * codes.k]
+                .iter()
+                .copied(),
+        );
+        row.sort_unstable();
+        row.dedup();
+        for (a, &i) in row.iter().enumerate() {
+            for &j in &row[a..] {
+                *c.entry((i, j)).or_default() += 1;
+            }
+        }
+    }
+    c
+}
+
+/// Finds feature families as in SPEC §6: `M_ij = C_ij / (C_ii + 1)`, entries below
+/// `min_cooccurrence` dropped, the rest exponentiated (monotone, so the tree is the same),
+/// symmetrised as `max(M_ij, M_ji)`; a maximum spanning forest (Kruskal, ties by index);
+/// edges oriented from the denser latent (larger `C_ii`) to the rarer; every root (no parent)
+/// with more than `min_root_children` children starts a family of all its descendants, kept when
+/// they number more than `min_family_children`; the roots are removed and the search repeats
+/// (`rounds` times). Finally a family whose children overlap an earlier-found (or, in the same
+/// round, larger) family's with Jaccard above `max_jaccard` is dropped as a duplicate.
+pub fn families(codes: &CorpusCodes, config: &FamilyConfig) -> Vec<Family> {
+    let c = cooccurrence(codes);
+    let freq = |i: u32| f64::from(c.get(&(i, i)).copied().unwrap_or(0));
+    // Undirected candidate edges with weight max(M_ij, M_ji).
+    let mut edges: Vec<(f64, u32, u32)> = c
+        .iter()
+        .filter(|((i, j), _)| i != j)
+        .filter_map(|(&(i, j), &n)| {
+            let n = f64::from(n);
+            let m = (n / (freq(i) + 1.0)).max(n / (freq(j) + 1.0));
+            (m >= config.min_cooccurrence).then(|| (m.exp(), i, j))
+        })
+        .collect();
+    edges.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    let mut removed: BTreeSet<u32> = BTreeSet::new();
+    let mut found: Vec<Family> = Vec::new();
+    for round in 0..config.rounds {
+        let tree = spanning_forest(codes.d_sae, &edges, &removed);
+        // Orient: parent is the denser endpoint (ties: lower index).
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut has_parent: BTreeSet<u32> = BTreeSet::new();
+        for &(a, b) in &tree {
+            let (p, ch) = if (freq(a), std::cmp::Reverse(a)) >= (freq(b), std::cmp::Reverse(b)) {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            children.entry(p).or_default().push(ch);
+            has_parent.insert(ch);
+        }
+        let mut roots: Vec<u32> = children
+            .iter()
+            .filter(|(p, ch)| !has_parent.contains(p) && ch.len() > config.min_root_children)
+            .map(|(p, _)| *p)
+            .collect();
+        roots.sort_unstable();
+        let mut this_round = Vec::new();
+        for &root in &roots {
+            let (members, tree_edges) = descendants(root, &children);
+            if members.len() > config.min_family_children {
+                this_round.push(Family {
+                    parent: root as usize,
+                    children: members.iter().map(|&m| m as usize).collect(),
+                    round,
+                    edges: tree_edges
+                        .iter()
+                        .map(|&(a, b)| (a as usize, b as usize))
+                        .collect(),
+                });
+            }
+        }
+        if roots.is_empty() {
+            break;
+        }
+        removed.extend(roots);
+        this_round.sort_by(|a, b| {
+            b.children
+                .len()
+                .cmp(&a.children.len())
+                .then(a.parent.cmp(&b.parent))
+        });
+        for fam in this_round {
+            let duplicate = found
+                .iter()
+                .any(|f| jaccard(&f.children, &fam.children) > config.max_jaccard);
+            if !duplicate {
+                found.push(fam);
+            }
+        }
+    }
+    found
+}
+
+fn jaccard(a: &[usize], b: &[usize]) -> f64 {
+    let a: BTreeSet<_> = a.iter().collect();
+    let b: BTreeSet<_> = b.iter().collect();
+    let union = a.union(&b).count();
+    if union == 0 {
+        0.0
+    } else {
+        a.intersection(&b).count() as f64 / union as f64
+    }
+}
+
+/// Kruskal's maximum spanning forest over `edges` (sorted by descending weight), skipping
+/// removed nodes.
+fn spanning_forest(
+    n: usize,
+    edges: &[(f64, u32, u32)],
+    removed: &BTreeSet<u32>,
+) -> Vec<(u32, u32)> {
+    let mut parent: Vec<u32> = (0..n as u32).collect();
+    let mut tree = Vec::new();
+    for &(_, a, b) in edges {
+        if removed.contains(&a) || removed.contains(&b) {
+            continue;
+        }
+        let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+        if ra != rb {
+            parent[ra as usize] = rb;
+            tree.push((a, b));
+        }
+    }
+    tree
+}
+
+fn descendants(root: u32, children: &HashMap<u32, Vec<u32>>) -> (Vec<u32>, Vec<(u32, u32)>) {
+    let mut members = Vec::new();
+    let mut edges = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for &ch in children.get(&p).map_or(&[][..], Vec::as_slice) {
+            members.push(ch);
+            edges.push((p, ch));
+            stack.push(ch);
+        }
+    }
+    members.sort_unstable();
+    (members, edges)
+}
+
+/// Union-find root of `x`, with path halving.
+fn find(parent: &mut [u32], mut x: u32) -> u32 {
+    while parent[x as usize] != x {
+        parent[x as usize] = parent[parent[x as usize] as usize];
+        x = parent[x as usize];
+    }
+    x
+}

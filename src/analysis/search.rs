@@ -1,0 +1,285 @@
+//! Steered semantic search and feature matching.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::data::Embeddings;
+use crate::error::{Error, Result};
+use crate::sae::{TopKSae, to_host};
+
+/// A change to a query's latents before decoding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum FeatureEdit {
+    /// Set the latent's activation (it need not be active).
+    Set {
+        /// Latent index.
+        latent: usize,
+        /// New activation.
+        value: f32,
+    },
+    /// Multiply the latent's activation (no effect when it is not active).
+    Scale {
+        /// Latent index.
+        latent: usize,
+        /// Factor.
+        factor: f32,
+    },
+    /// Add to the latent's activation (activates it when it is not active).
+    Add {
+        /// Latent index.
+        latent: usize,
+        /// Amount.
+        value: f32,
+    },
+    /// Remove the latent.
+    Remove {
+        /// Latent index.
+        latent: usize,
+    },
+}
+
+impl FeatureEdit {
+    fn latent(&self) -> usize {
+        match *self {
+            Self::Set { latent, .. }
+            | Self::Scale { latent, .. }
+            | Self::Add { latent, .. }
+            | Self::Remove { latent } => latent,
+        }
+    }
+}
+
+/// A steered query: the decoded embedding and the latents it was decoded from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Steered {
+    /// `z' @ w_dec + b_dec`, `d_in` values (in the model's normalised space).
+    pub embedding: Vec<f32>,
+    /// The edited latents `(latent, value)`.
+    pub latents: Vec<(usize, f32)>,
+}
+
+/// How documents are scored against a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Metric {
+    /// Dot product.
+    #[default]
+    Dot,
+    /// Cosine similarity.
+    Cosine,
+}
+
+/// A ranked document.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Ranked {
+    /// Row in the corpus.
+    pub document: usize,
+    /// Score under the metric.
+    pub score: f32,
+}
+
+/// Encodes `query` (already normalised like the training data), applies `edits` to its latents
+/// and decodes: `z' @ w_dec + b_dec`.
+///
+/// # Errors
+/// [`Error::WidthMismatch`] when `query` is not `d_in` long; [`Error::InvalidConfig`] when an
+/// edit names a latent `>= d_sae`.
+pub fn steer<B: Backend>(
+    model: &TopKSae<B>,
+    query: &[f32],
+    edits: &[FeatureEdit],
+    device: &B::Device,
+) -> Result<Steered> {
+    if query.len() != model.d_in() {
+        return Err(Error::WidthMismatch {
+            expected: model.d_in(),
+            actual: query.len(),
+            source_name: "query".into(),
+        });
+    }
+    if let Some(bad) = edits.iter().find(|e| e.latent() >= model.d_sae()) {
+        return Err(Error::invalid(
+            "latent",
+            bad.latent(),
+            format!("must be < d_sae ({})", model.d_sae()),
+        ));
+    }
+    let x = Tensor::<B, 2>::from_data(TensorData::new(query.to_vec(), [1, query.len()]), device);
+    let top = model.encode_topk(x);
+    let idx: Vec<i64> = top
+        .indices
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .expect("int tensor reads back as i64");
+    let mut latents: Vec<(usize, f32)> = idx
+        .iter()
+        .map(|&j| j as usize)
+        .zip(to_host(top.values))
+        .collect();
+    for edit in edits {
+        let pos = latents.iter().position(|(j, _)| *j == edit.latent());
+        match (*edit, pos) {
+            (FeatureEdit::Set { latent, value } | FeatureEdit::Add { latent, value }, None) => {
+                latents.push((latent, value));
+            }
+            (FeatureEdit::Set { value, .. }, Some(p)) => latents[p].1 = value,
+            (FeatureEdit::Add { value, .. }, Some(p)) => latents[p].1 += value,
+            (FeatureEdit::Scale { factor, .. }, Some(p)) => latents[p].1 *= factor,
+            (FeatureEdit::Remove { .. }, Some(p)) => {
+                latents.remove(p);
+            }
+            (FeatureEdit::Scale { .. } | FeatureEdit::Remove { .. }, None) => {}
+        }
+    }
+    let d_in = model.d_in();
+    let w_dec = to_host(model.w_dec.val());
+    let mut out = to_host(model.b_dec.val());
+    for &(j, v) in &latents {
+        for (o, w) in out.iter_mut().zip(&w_dec[j * d_in..(j + 1) * d_in]) {
+            *o += v * w;
+        }
+    }
+    Ok(Steered {
+        embedding: out,
+        latents,
+    })
+}
+
+/// The paper's variant: `query + sum_i weight_i * w_dec[latent_i]`.
+///
+/// # Errors
+/// [`Error::WidthMismatch`] when `query` is not `d_in` long; [`Error::InvalidConfig`] when a
+/// latent is `>= d_sae`.
+pub fn add_decoder_rows<B: Backend>(
+    model: &TopKSae<B>,
+    query: &[f32],
+    rows: &[(usize, f32)],
+) -> Result<Vec<f32>> {
+    let d_in = model.d_in();
+    if query.len() != d_in {
+        return Err(Error::WidthMismatch {
+            expected: d_in,
+            actual: query.len(),
+            source_name: "query".into(),
+        });
+    }
+    if let Some((bad, _)) = rows.iter().find(|(j, _)| *j >= model.d_sae()) {
+        return Err(Error::invalid(
+            "latent",
+            bad,
+            format!("must be < d_sae ({})", model.d_sae()),
+        ));
+    }
+    let w_dec = to_host(model.w_dec.val());
+    let mut out = query.to_vec();
+    for &(j, weight) in rows {
+        for (o, w) in out.iter_mut().zip(&w_dec[j * d_in..(j + 1) * d_in]) {
+            *o += weight * w;
+        }
+    }
+    Ok(out)
+}
+
+/// Ranks the corpus for each query (`queries` row-major `[n_queries, d_in]`) and returns the
+/// `top_n` best documents per query, best first. The corpus is scored in chunks of `chunk_rows`
+/// rows with one matrix product per chunk, so memory stays `O(n_queries * chunk_rows)` whatever the
+/// corpus size.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when `queries` is not a multiple of `d_in` long;
+/// [`Error::InvalidConfig`] when `chunk_rows` is 0.
+pub fn search<B: Backend>(
+    corpus: &Embeddings,
+    queries: &[f32],
+    top_n: usize,
+    metric: Metric,
+    chunk_rows: usize,
+    device: &B::Device,
+) -> Result<Vec<Vec<Ranked>>> {
+    let d_in = corpus.d_in();
+    let n_queries = queries.len() / d_in;
+    if queries.len() != n_queries * d_in || n_queries == 0 {
+        return Err(Error::ShapeMismatch {
+            len: queries.len(),
+            rows: n_queries,
+            cols: d_in,
+        });
+    }
+    if chunk_rows == 0 {
+        return Err(Error::invalid("chunk_rows", 0, "must be >= 1"));
+    }
+    let mut q = queries.to_vec();
+    if metric == Metric::Cosine {
+        normalize_rows(&mut q, d_in);
+    }
+    let q = Tensor::<B, 2>::from_data(TensorData::new(q, [n_queries, d_in]), device);
+    let mut best: Vec<Vec<Ranked>> = vec![Vec::with_capacity(top_n + 1); n_queries];
+    let mut start = 0;
+    while start < corpus.rows() {
+        let end = (start + chunk_rows).min(corpus.rows());
+        let mut chunk = corpus.as_slice()[start * d_in..end * d_in].to_vec();
+        if metric == Metric::Cosine {
+            normalize_rows(&mut chunk, d_in);
+        }
+        let c = Tensor::<B, 2>::from_data(TensorData::new(chunk, [end - start, d_in]), device);
+        let scores = to_host(q.clone().matmul(c.transpose()));
+        for (qi, row) in scores.chunks_exact(end - start).enumerate() {
+            let list = &mut best[qi];
+            for (off, &score) in row.iter().enumerate() {
+                if list.len() < top_n || list.last().is_some_and(|l| score > l.score) {
+                    let at = list.partition_point(|e| e.score >= score);
+                    list.insert(
+                        at,
+                        Ranked {
+                            document: start + off,
+                            score,
+                        },
+                    );
+                    list.truncate(top_n);
+                }
+            }
+        }
+        start = end;
+    }
+    Ok(best)
+}
+
+fn normalize_rows(rows: &mut [f32], d_in: usize) {
+    for row in rows.chunks_exact_mut(d_in) {
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if n > 0.0 {
+            for v in row.iter_mut() {
+                *v /= n;
+            }
+        }
+    }
+}
+
+/// Feature splitting across SAE sizes: for each latent of `larger`, the latent of `smaller` with
+/// the highest decoder cosine, and that cosine. Both are row-major `[d_sae, d_in]`.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when either is not a multiple of `d_in` long.
+pub fn match_features<B: Backend>(
+    larger: &[f32],
+    smaller: &[f32],
+    d_in: usize,
+    device: &B::Device,
+) -> Result<Vec<(usize, f32)>> {
+    for w in [larger, smaller] {
+        if d_in == 0 || w.len() % d_in != 0 || w.is_empty() {
+            return Err(Error::ShapeMismatch {
+                len: w.len(),
+                rows: w.len() / d_in.max(1),
+                cols: d_in,
+            });
+        }
+    }
+    let small = Embeddings::from_vec(smaller.to_vec(), smaller.len() / d_in, d_in)?;
+    let hits = search::<B>(&small, larger, 1, Metric::Cosine, 4096, device)?;
+    Ok(hits
+        .into_iter()
+        .map(|h| (h[0].document, h[0].score))
+        .collect())
+}

@@ -1,0 +1,324 @@
+//! Corpus encoding, statistics, labels, families, steered search and matching.
+
+use topk_sae::analysis::{
+    self, CorpusCodes, FamilyConfig, FeatureEdit, LabelConfig, Metric, encode_corpus, families,
+    feature_stats,
+};
+use topk_sae::data::{SyntheticConfig, synthetic};
+use topk_sae::sae::to_host_vec;
+use topk_sae::{AdamConfig, Embeddings, Normalizer, TopKSaeConfig, TrainConfig, train};
+
+use crate::{TestBackend, random_model, random_rows};
+
+#[test]
+fn corpus_codes_match_forward_and_round_trip_through_npy() {
+    let model = random_model(8, 30, 3, 2);
+    let data = Embeddings::from_vec(random_rows(50, 8, 3), 50, 8).unwrap();
+    let mut calls = Vec::new();
+    let codes = encode_corpus(
+        &model,
+        &data,
+        &Normalizer::identity(),
+        16,
+        &Default::default(),
+        |n| calls.push(n),
+    )
+    .unwrap();
+    assert_eq!(calls, vec![16, 32, 48, 50]);
+    let out = model.forward(crate::tensor(data.as_slice(), 8));
+    let idx: Vec<u32> = out
+        .indices
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    assert_eq!(codes.indices, idx);
+    assert_eq!(codes.values, to_host_vec(out.values));
+    let dir = tempfile::tempdir().unwrap();
+    let (i, v) = (dir.path().join("i.npy"), dir.path().join("v.npy"));
+    codes.save_npy(&i, &v).unwrap();
+    assert_eq!(CorpusCodes::load_npy(&i, &v, 30).unwrap(), codes);
+    assert!(
+        CorpusCodes::load_npy(&i, &v, 10).is_err(),
+        "indices >= d_sae must be rejected"
+    );
+}
+
+fn codes(rows: &[&[(u32, f32)]], d_sae: usize) -> CorpusCodes {
+    let k = rows[0].len();
+    CorpusCodes {
+        rows: rows.len(),
+        k,
+        d_sae,
+        indices: rows.iter().flat_map(|r| r.iter().map(|e| e.0)).collect(),
+        values: rows.iter().flat_map(|r| r.iter().map(|e| e.1)).collect(),
+    }
+}
+
+#[test]
+fn feature_statistics_by_hand() {
+    let c = codes(
+        &[
+            &[(0, 0.5), (1, 0.2)],
+            &[(0, 1.5), (2, 0.0)],
+            &[(1, 0.4), (0, 1.0)],
+        ],
+        4,
+    );
+    let s = feature_stats(&c, 2, 2);
+    assert_eq!(s[0].density, 1.0);
+    assert!((s[0].mean_activation - 1.0).abs() < 1e-12);
+    assert_eq!(s[0].max_activation, 1.5);
+    assert_eq!(s[0].top_documents, vec![(1, 1.5), (2, 1.0)]);
+    // Values 0.5 / 1.5 -> bin 0; 1.5 -> bin 1 (top edge); 1.0 / 1.5 -> bin 1.
+    assert_eq!(s[0].histogram, vec![1, 2]);
+    assert!(
+        (s[2].density - 1.0 / 3.0).abs() < 1e-12,
+        "a zero value still counts as fired"
+    );
+    assert_eq!((s[3].density, s[3].top_documents.len()), (0.0, 0));
+    assert_eq!(
+        analysis::cooccurring_latents(&c, 0, 5),
+        vec![(1, 2), (2, 1)]
+    );
+}
+
+#[test]
+fn nearest_latents_by_decoder_cosine() {
+    let w = [1.0, 0.0, 0.0, 1.0, 0.8, 0.6, -1.0, 0.0];
+    assert_eq!(
+        analysis::nearest_latents(&w, 2, 0, 2),
+        vec![(2, 0.8), (1, 0.0)]
+    );
+}
+
+/// Planted hierarchy: `groups` parents, each with `children` children. Every document holds one
+/// parent, one of its children and one of two dense background latents (a corpus-wide topic), so
+/// children co-occur with their parent but never with each other, and the backgrounds are the
+/// densest latents: the first round roots at them, the next rounds find the planted groups.
+fn planted_codes(
+    groups: usize,
+    children: usize,
+    docs_per_child: usize,
+) -> (CorpusCodes, Vec<Vec<usize>>) {
+    let d_sae = groups * (children + 1) + 2;
+    let background = (groups * (children + 1)) as u32;
+    let mut rows = Vec::new();
+    let mut planted = Vec::new();
+    for g in 0..groups {
+        let parent = (g * (children + 1)) as u32;
+        planted.push((1..=children).map(|c| parent as usize + c).collect());
+        for c in 1..=children as u32 {
+            for i in 0..docs_per_child as u32 {
+                rows.push(vec![
+                    (parent, 1.0),
+                    (parent + c, 0.8),
+                    (background + i % 2, 0.3),
+                ]);
+            }
+        }
+    }
+    let refs: Vec<&[(u32, f32)]> = rows.iter().map(Vec::as_slice).collect();
+    (codes(&refs, d_sae), planted)
+}
+
+#[test]
+fn families_recover_planted_groups() {
+    let (c, planted) = planted_codes(4, 5, 20);
+    let found = families(&c, &FamilyConfig::default());
+    // Measure: for each planted group, the best Jaccard between its children and any family's.
+    let best: Vec<f64> = planted
+        .iter()
+        .map(|g| {
+            found
+                .iter()
+                .map(|f| {
+                    let inter = g.iter().filter(|x| f.children.contains(x)).count() as f64;
+                    inter / ((g.len() + f.children.len()) as f64 - inter)
+                })
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let mean = best.iter().sum::<f64>() / best.len() as f64;
+    assert!(mean >= 0.8, "mean best Jaccard {mean}: {found:?}");
+    for (g, f) in planted.iter().zip(0..) {
+        assert!(
+            found
+                .iter()
+                .any(|fam| fam.parent == f * 6 && fam.children == *g),
+            "group {f} {g:?} in {found:?}"
+        );
+    }
+}
+
+#[test]
+fn search_matches_brute_force_for_any_chunk_size() {
+    let corpus = Embeddings::from_vec(random_rows(37, 5, 7), 37, 5).unwrap();
+    let queries = random_rows(3, 5, 8);
+    let device = Default::default();
+    for metric in [Metric::Dot, Metric::Cosine] {
+        let mut want = Vec::new();
+        for q in queries.chunks(5) {
+            let mut scored: Vec<(usize, f32)> = (0..37)
+                .map(|d| {
+                    let r = corpus.row(d);
+                    let dot: f32 = r.iter().zip(q).map(|(a, b)| a * b).sum();
+                    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    (
+                        d,
+                        if metric == Metric::Cosine {
+                            dot / (norm(r) * norm(q))
+                        } else {
+                            dot
+                        },
+                    )
+                })
+                .collect();
+            scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+            want.push(scored.iter().take(4).map(|s| s.0).collect::<Vec<_>>());
+        }
+        for chunk in [1, 7, 37, 100] {
+            let got = analysis::search::<TestBackend>(&corpus, &queries, 4, metric, chunk, &device)
+                .unwrap();
+            let got: Vec<Vec<usize>> = got
+                .iter()
+                .map(|r| r.iter().map(|x| x.document).collect())
+                .collect();
+            assert_eq!(got, want, "{metric:?}, chunk {chunk}");
+        }
+    }
+}
+
+#[test]
+fn matching_a_permuted_model_recovers_the_permutation() {
+    let model = random_model(6, 12, 2, 9);
+    let w = to_host_vec(model.w_dec.val());
+    let perm: Vec<usize> = (0..12).map(|i| (i * 5) % 12).collect();
+    let permuted: Vec<f32> = perm
+        .iter()
+        .flat_map(|&p| w[p * 6..(p + 1) * 6].to_vec())
+        .collect();
+    let m = analysis::match_features::<TestBackend>(&permuted, &w, 6, &Default::default()).unwrap();
+    for (i, (j, cos)) in m.iter().enumerate() {
+        assert_eq!(*j, perm[i]);
+        assert!((cos - 1.0).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn labels_pick_the_distinctive_words() {
+    let mut texts: Vec<String> = (0..40)
+        .map(|i| format!("neural network training loss number {i}"))
+        .collect();
+    for (i, text) in texts.iter_mut().take(5).enumerate() {
+        *text = format!("galaxy cluster lensing survey of galaxy clusters {i}");
+    }
+    let c = codes(
+        &(0..40)
+            .map(|i| {
+                if i < 5 {
+                    &[(1u32, 1.0f32)][..]
+                } else {
+                    &[(0u32, 1.0f32)][..]
+                }
+            })
+            .collect::<Vec<_>>(),
+        2,
+    );
+    let stats = feature_stats(&c, 5, 4);
+    let labels = analysis::label_features(&stats, &texts, &LabelConfig::default());
+    let galaxy = labels.iter().find(|l| l.latent == 1).unwrap();
+    let top: Vec<&str> = galaxy.terms.iter().map(|t| t.0.as_str()).collect();
+    assert!(top.contains(&"galaxy"), "{top:?}");
+    // Every label term comes from the galaxy abstracts, none from the rest of the corpus.
+    assert!(
+        top.iter()
+            .all(|t| t.split(' ').all(|w| texts[0].contains(w))),
+        "{top:?}"
+    );
+}
+
+#[test]
+fn boosting_a_planted_feature_moves_results_towards_it() {
+    let set = synthetic(
+        &SyntheticConfig::new()
+            .with_rows(3_000)
+            .with_d_in(32)
+            .with_n_directions(24)
+            .with_active(2)
+            .with_seed(3),
+    )
+    .unwrap();
+    let config = TrainConfig::new(TopKSaeConfig::new(32, 64, 3))
+        .with_batch_size(200)
+        .with_epochs(20)
+        .with_optimizer(AdamConfig::new().with_lr(3e-3));
+    let device = Default::default();
+    let t = train::<TestBackend>(config, &set.embeddings, &device, |_| {}).unwrap();
+    let w_dec = to_host_vec(t.model.w_dec.val());
+    let contains = |doc: usize, dir: u32| set.active[doc * 2..doc * 2 + 2].contains(&dir);
+    // The planted direction a query lacks, and the latent that learned it.
+    let query_doc = 0;
+    let target = (0..24u32).find(|d| !contains(query_doc, *d)).unwrap();
+    let dir = &set.directions[target as usize * 32..(target as usize + 1) * 32];
+    let latent = (0..64)
+        .max_by(|&a, &b| {
+            let cos = |j: usize| {
+                w_dec[j * 32..(j + 1) * 32]
+                    .iter()
+                    .zip(dir)
+                    .map(|(x, y)| x * y)
+                    .sum::<f32>()
+            };
+            cos(a).total_cmp(&cos(b))
+        })
+        .unwrap();
+    let query = set.embeddings.row(query_doc).to_vec();
+    let share = |q: &[f32]| {
+        let hits =
+            analysis::search::<TestBackend>(&set.embeddings, q, 20, Metric::Cosine, 512, &device)
+                .unwrap();
+        hits[0]
+            .iter()
+            .filter(|r| contains(r.document, target))
+            .count()
+    };
+    let before = share(&query);
+    let steered = analysis::steer(
+        &t.model,
+        &query,
+        &[FeatureEdit::Set { latent, value: 1.0 }],
+        &device,
+    )
+    .unwrap();
+    assert!(
+        steered
+            .latents
+            .iter()
+            .any(|(j, v)| *j == latent && *v == 1.0)
+    );
+    let after = share(&steered.embedding);
+    let added = analysis::add_decoder_rows(&t.model, &query, &[(latent, 1.0)]).unwrap();
+    assert!(
+        after >= 10 && after > before,
+        "top-20 holding the boosted direction: {before} -> {after}"
+    );
+    assert!(share(&added) > before);
+    // Removing a latent that is active takes it out.
+    let active = analysis::steer(&t.model, &query, &[], &device)
+        .unwrap()
+        .latents;
+    let removed = analysis::steer(
+        &t.model,
+        &query,
+        &[FeatureEdit::Remove {
+            latent: active[0].0,
+        }],
+        &device,
+    )
+    .unwrap();
+    assert_eq!(removed.latents.len(), active.len() - 1);
+}
