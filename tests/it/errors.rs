@@ -301,3 +301,30 @@ fn nan_loss_stops_training_naming_the_step() {
     assert!(matches!(err, Error::Diverged { step: 1, .. }), "{err:?}");
     assert_eq!(trainer.steps_done(), 0);
 }
+
+#[test]
+fn npy_headers_that_are_not_plain_dicts_are_rejected_quickly() {
+    // Found by fuzzing: headers on which a general Python-literal parser backtracks for minutes.
+    let dir = tempfile::tempdir().unwrap();
+    let long_escapes = format!(
+        "{{'descr': '<f4{}', 'fortran_order': False, 'shape': (1, 1), }}",
+        "\\\\'".repeat(2000)
+    );
+    let cases = [
+        long_escapes,
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), 'extra': 1}".to_owned(),
+        "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}".to_owned(),
+        format!("{{'descr': '<f4', 'shape': ({}), }}", "(".repeat(3000)),
+    ];
+    for (i, header) in cases.iter().enumerate() {
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        let err = Embeddings::from_npy(write(&dir, &format!("h{i}.npy"), &bytes)).unwrap_err();
+        assert!(
+            matches!(err, Error::Format { ref reason, .. } if reason.contains("header")),
+            "case {i}: {err}"
+        );
+    }
+}
