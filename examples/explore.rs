@@ -67,43 +67,84 @@ struct Doc {
 }
 
 fn read_texts(path: &Path) -> Result<Vec<Doc>> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Io { action: "open", path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        action: "open",
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut docs = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| Error::Io { action: "read", path: path.to_path_buf(), source })?;
+        let line = line.map_err(|source| Error::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| Error::Format { path: path.to_path_buf(), reason: format!("line {}: {e}", i + 1) })?;
-        let get = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
-        let body = [get("text"), get("abstract")].into_iter().find(|s| !s.is_empty()).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| Error::Format {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {e}", i + 1),
+        })?;
+        let get = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let body = [get("text"), get("abstract")]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .unwrap_or_default();
         let title = get("title");
-        let title = if title.is_empty() { body.chars().take(100).collect() } else { title };
-        docs.push(Doc { text: format!("{title}. {body}"), title });
+        let title = if title.is_empty() {
+            body.chars().take(100).collect()
+        } else {
+            title
+        };
+        docs.push(Doc {
+            text: format!("{title}. {body}"),
+            title,
+        });
     }
     Ok(docs)
 }
 
 /// Synthetic texts: each planted direction gets three made-up topic words.
 fn synthetic_texts(active: &[u32], per_row: usize) -> Vec<Doc> {
-    const SYL: [&str; 12] = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "qua", "dex"];
+    const SYL: [&str; 12] = [
+        "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "qua", "dex",
+    ];
     let word = |d: u32, w: u32| {
         let n = d * 3 + w;
-        format!("{}{}{}", SYL[(n % 12) as usize], SYL[((n / 12) % 12) as usize], SYL[((n / 144) % 12) as usize])
+        format!(
+            "{}{}{}",
+            SYL[(n % 12) as usize],
+            SYL[((n / 12) % 12) as usize],
+            SYL[((n / 144) % 12) as usize]
+        )
     };
     active
         .chunks(per_row)
         .enumerate()
         .map(|(i, dirs)| {
-            let words: Vec<String> = dirs.iter().flat_map(|&d| (0..3).map(move |w| word(d, w))).collect();
-            Doc { title: format!("doc {i}: topics {dirs:?}"), text: words.join(" ") }
+            let words: Vec<String> = dirs
+                .iter()
+                .flat_map(|&d| (0..3).map(move |w| word(d, w)))
+                .collect();
+            Doc {
+                title: format!("doc {i}: topics {dirs:?}"),
+                text: words.join(" "),
+            }
         })
         .collect()
 }
 
 fn svg_err(e: impl std::fmt::Display) -> Error {
-    Error::Format { path: PathBuf::from("report.html"), reason: format!("plot: {e}") }
+    Error::Format {
+        path: PathBuf::from("report.html"),
+        reason: format!("plot: {e}"),
+    }
 }
 
 fn histogram_svg(metrics: &Metrics) -> Result<String> {
@@ -114,7 +155,10 @@ fn histogram_svg(metrics: &Metrics) -> Result<String> {
         root.fill(&WHITE).map_err(svg_err)?;
         let max = *counts.iter().max().unwrap_or(&1) as u32;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Log10 feature density (dead latents at -10)", ("sans-serif", 16))
+            .caption(
+                "Log10 feature density (dead latents at -10)",
+                ("sans-serif", 16),
+            )
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(40)
@@ -123,7 +167,9 @@ fn histogram_svg(metrics: &Metrics) -> Result<String> {
         chart
             .configure_mesh()
             .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(b) | SegmentValue::Exact(b) => format!("{:.1}", -10.0 + f64::from(*b) * 0.25),
+                SegmentValue::CenterOf(b) | SegmentValue::Exact(b) => {
+                    format!("{:.1}", -10.0 + f64::from(*b) * 0.25)
+                }
                 SegmentValue::Last => String::new(),
             })
             .x_desc("log10 density")
@@ -131,7 +177,14 @@ fn histogram_svg(metrics: &Metrics) -> Result<String> {
             .draw()
             .map_err(svg_err)?;
         chart
-            .draw_series(Histogram::vertical(&chart).style(BLUE.filled()).data(counts.iter().enumerate().map(|(i, c)| (i as u32, *c as u32))))
+            .draw_series(
+                Histogram::vertical(&chart).style(BLUE.filled()).data(
+                    counts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (i as u32, *c as u32)),
+                ),
+            )
             .map_err(svg_err)?;
         root.present().map_err(svg_err)?;
     }
@@ -157,9 +210,18 @@ fn density_svg(stats: &[FeatureStats]) -> Result<String> {
             .y_label_area_size(50)
             .build_cartesian_2d(-6.0f64..0.0f64, 0.0..max_act * 1.05)
             .map_err(svg_err)?;
-        chart.configure_mesh().x_desc("log10 density").y_desc("mean activation").draw().map_err(svg_err)?;
         chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 2, RED.mix(0.5).filled())))
+            .configure_mesh()
+            .x_desc("log10 density")
+            .y_desc("mean activation")
+            .draw()
+            .map_err(svg_err)?;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|p| Circle::new(*p, 2, RED.mix(0.5).filled())),
+            )
             .map_err(svg_err)?;
         root.present().map_err(svg_err)?;
     }
@@ -167,26 +229,31 @@ fn density_svg(stats: &[FeatureStats]) -> Result<String> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[allow(clippy::too_many_lines)] // one linear script: data, model, analysis, report
 fn run(args: &Args) -> Result<()> {
     let device = Default::default();
-    let (data, docs) = match &args.data {
-        Some(path) => {
-            let data = Embeddings::from_npy(path)?;
-            let docs = match &args.texts {
-                Some(t) => read_texts(t)?,
-                None => (0..data.rows()).map(|i| Doc { title: format!("row {i}"), text: String::new() }).collect(),
-            };
-            (data, docs)
-        }
-        None => {
-            let set = synthetic(&SyntheticConfig::new().with_seed(args.seed))?;
-            let docs = synthetic_texts(&set.active, 4);
-            (set.embeddings, docs)
-        }
+    let (data, docs) = if let Some(path) = &args.data {
+        let data = Embeddings::from_npy(path)?;
+        let docs = match &args.texts {
+            Some(t) => read_texts(t)?,
+            None => (0..data.rows())
+                .map(|i| Doc {
+                    title: format!("row {i}"),
+                    text: String::new(),
+                })
+                .collect(),
+        };
+        (data, docs)
+    } else {
+        let set = synthetic(&SyntheticConfig::new().with_seed(args.seed))?;
+        let docs = synthetic_texts(&set.active, 4);
+        (set.embeddings, docs)
     };
     if docs.len() != data.rows() {
         return Err(Error::InvalidConfig {
@@ -197,19 +264,30 @@ fn run(args: &Args) -> Result<()> {
     }
     let synthetic_run = args.data.is_none();
     let (model, normalizer) = if let Some(path) = &args.checkpoint {
-        let c = checkpoint::load_any::<B>(path, &LoadOptions { k: args.k, ..LoadOptions::default() }, &device)?;
+        let c = checkpoint::load_any::<B>(
+            path,
+            &LoadOptions {
+                k: args.k,
+                ..LoadOptions::default()
+            },
+            &device,
+        )?;
         (c.model, c.normalizer)
     } else {
         let k = args.k.unwrap_or(if synthetic_run { 8 } else { 32 });
         let d_sae = args.d_sae.unwrap_or(if synthetic_run { 512 } else { 3072 });
         let epochs = args.epochs.unwrap_or(if synthetic_run { 30 } else { 5 });
         let lr = if synthetic_run { 2e-3 } else { 1e-4 };
-        let config = TrainConfig::new(TopKSaeConfig::new(data.d_in(), d_sae, k).with_seed(args.seed))
-            .with_epochs(epochs)
-            .with_optimizer(AdamConfig::new().with_lr(lr))
-            .with_seed(args.seed);
+        let config =
+            TrainConfig::new(TopKSaeConfig::new(data.d_in(), d_sae, k).with_seed(args.seed))
+                .with_epochs(epochs)
+                .with_optimizer(AdamConfig::new().with_lr(lr))
+                .with_seed(args.seed);
         let bar = ProgressBar::new(config.total_steps(data.rows()));
-        bar.set_style(ProgressStyle::with_template("training {bar:40} {pos}/{len} {msg}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("training {bar:40} {pos}/{len} {msg}")
+                .expect("valid template"),
+        );
         let t = train::<B>(config, &data, &device, |r| {
             bar.set_position(r.step);
             bar.set_message(format!("nmse {:.4}", r.loss.recon));
@@ -220,24 +298,34 @@ fn run(args: &Args) -> Result<()> {
     let metrics = evaluate(&model, &data, &normalizer, 4096, &device, |_| {})?;
     println!("{}\n{metrics}", Metrics::table_header());
     let codes = analysis::encode_corpus(&model, &data, &normalizer, 4096, &device, |_| {})?;
-    let stats = analysis::feature_stats(&codes, 10, 20);
+    let stats = analysis::feature_stats(&codes, 20, 20);
     let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
     let labels = analysis::label_features(&stats, &texts, &LabelConfig::default());
     let label_of = |j: usize| labels.iter().find(|l| l.latent == j);
     let label_text = |j: usize| {
-        label_of(j).map_or_else(String::new, |l| l.terms.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", "))
+        label_of(j).map_or_else(String::new, |l| {
+            l.terms
+                .iter()
+                .map(|t| t.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     };
-    // Most interpretable: live, not dense, ranked by the z-score of their best label term.
+    // Most interpretable: live, not dense, ranked by how strongly their label terms stand out.
     let mut ranked: Vec<(usize, f64)> = labels
         .iter()
-        .filter(|l| (1e-4..=0.2).contains(&stats[l.latent].density) && !l.terms.is_empty())
-        .map(|l| (l.latent, l.terms[0].1))
+        .filter(|l| (1e-4..=0.2).contains(&stats[l.latent].density) && l.terms.len() >= 3)
+        .map(|l| (l.latent, l.score()))
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     ranked.truncate(30);
     let fams = analysis::families(&codes, &FamilyConfig::default());
 
-    std::fs::create_dir_all(&args.out).map_err(|source| Error::Io { action: "create", path: args.out.clone(), source })?;
+    std::fs::create_dir_all(&args.out).map_err(|source| Error::Io {
+        action: "create",
+        path: args.out.clone(),
+        source,
+    })?;
     let mut html = String::new();
     let _ = write!(
         html,
@@ -252,10 +340,23 @@ fn run(args: &Args) -> Result<()> {
         Metrics::table_header(),
         metrics
     );
-    let _ = write!(html, "<h2>Feature densities</h2>{}{}", histogram_svg(&metrics)?, density_svg(&stats)?);
-    let _ = write!(html, "<h2>30 most interpretable features</h2><table><tr><th>latent</th><th>density</th><th>label</th><th>top-5 titles</th></tr>");
+    let _ = write!(
+        html,
+        "<h2>Feature densities</h2>{}{}",
+        histogram_svg(&metrics)?,
+        density_svg(&stats)?
+    );
+    let _ = write!(
+        html,
+        "<h2>30 most interpretable features</h2><table><tr><th>latent</th><th>density</th><th>label</th><th>top-5 titles</th></tr>"
+    );
     for &(j, _) in &ranked {
-        let titles: Vec<String> = stats[j].top_documents.iter().take(5).map(|(d, _)| esc(&docs[*d].title)).collect();
+        let titles: Vec<String> = stats[j]
+            .top_documents
+            .iter()
+            .take(5)
+            .map(|(d, _)| esc(&docs[*d].title))
+            .collect();
         let _ = write!(
             html,
             "<tr><td>{j}</td><td>{:.4}</td><td>{}</td><td class=t>{}</td></tr>",
@@ -264,9 +365,19 @@ fn run(args: &Args) -> Result<()> {
             titles.join("<br>")
         );
     }
-    let _ = write!(html, "</table><h2>Feature families ({})</h2><ul>", fams.len());
+    let _ = write!(
+        html,
+        "</table><h2>Feature families ({})</h2><ul>",
+        fams.len()
+    );
     for f in fams.iter().take(40) {
-        let _ = write!(html, "<li><b>{} [{}]</b> (round {})<ul>", f.parent, esc(&label_text(f.parent)), f.round + 1);
+        let _ = write!(
+            html,
+            "<li><b>{} [{}]</b> (round {})<ul>",
+            f.parent,
+            esc(&label_text(f.parent)),
+            f.round + 1
+        );
         for c in &f.children {
             let _ = write!(html, "<li>{c} [{}]</li>", esc(&label_text(*c)));
         }
@@ -278,8 +389,20 @@ fn run(args: &Args) -> Result<()> {
         normalizer.apply_rows(&mut q, data.d_in());
         let base = analysis::steer(&model, &q, &[], &device)?;
         let strongest = base.latents[0].0;
-        let boost = ranked.iter().map(|r| r.0).find(|j| !base.latents.iter().any(|l| l.0 == *j)).unwrap_or(strongest);
-        let edits = [FeatureEdit::Remove { latent: strongest }, FeatureEdit::Set { latent: boost, value: stats[boost].max_activation }];
+        let boost = ranked
+            .iter()
+            .map(|r| r.0)
+            .find(|j| !base.latents.iter().any(|l| l.0 == *j))
+            .unwrap_or(strongest);
+        // Boost to the query's own norm: the boosted direction weighs as much as the whole query.
+        let value = q.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let edits = [
+            FeatureEdit::Remove { latent: strongest },
+            FeatureEdit::Set {
+                latent: boost,
+                value,
+            },
+        ];
         let steered = analysis::steer(&model, &q, &edits, &device)?;
         let mut corpus = data.clone();
         corpus.normalize(&normalizer);
@@ -294,13 +417,22 @@ fn run(args: &Args) -> Result<()> {
             esc(&label_text(boost))
         );
         for (a, b) in hits[0].iter().zip(&hits[1]) {
-            let _ = write!(html, "<tr><td>{}</td><td>{}</td></tr>", esc(&docs[a.document].title), esc(&docs[b.document].title));
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                esc(&docs[a.document].title),
+                esc(&docs[b.document].title)
+            );
         }
         let _ = write!(html, "</table>");
     }
     html.push_str("</body></html>");
     let report = args.out.join("report.html");
-    std::fs::write(&report, html).map_err(|source| Error::Io { action: "write", path: report.clone(), source })?;
+    std::fs::write(&report, html).map_err(|source| Error::Io {
+        action: "write",
+        path: report.clone(),
+        source,
+    })?;
     let features: Vec<serde_json::Value> = stats
         .iter()
         .map(|s| {
@@ -313,7 +445,15 @@ fn run(args: &Args) -> Result<()> {
         .collect();
     let json_path = args.out.join("features.json");
     let text = serde_json::to_string_pretty(&features).map_err(|e| Error::Json(e.to_string()))?;
-    std::fs::write(&json_path, text).map_err(|source| Error::Io { action: "write", path: json_path, source })?;
-    println!("{} families; report written to {}", fams.len(), report.display());
+    std::fs::write(&json_path, text).map_err(|source| Error::Io {
+        action: "write",
+        path: json_path,
+        source,
+    })?;
+    println!(
+        "{} families; report written to {}",
+        fams.len(),
+        report.display()
+    );
     Ok(())
 }

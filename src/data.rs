@@ -310,17 +310,28 @@ fn parse_header_dict(text: &str) -> std::result::Result<(), String> {
                 return bad("shape");
             };
             let dims = &after[..end];
-            if !dims.chars().all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c == 'L') {
+            if !dims
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c == 'L')
+            {
                 return bad("shape");
             }
             // npyz multiplies the dimensions without overflow checks (found by fuzzing).
             let mut elements: u64 = 1;
-            for dim in dims.split(',').map(|d| d.trim().trim_end_matches('L')).filter(|d| !d.is_empty()) {
-                let n: u64 = dim.parse().map_err(|_| format!("shape dimension {dim:?} is out of range"))?;
+            for dim in dims
+                .split(',')
+                .map(|d| d.trim().trim_end_matches('L'))
+                .filter(|d| !d.is_empty())
+            {
+                let n: u64 = dim
+                    .parse()
+                    .map_err(|_| format!("shape dimension {dim:?} is out of range"))?;
                 elements = elements
                     .checked_mul(n)
                     .filter(|e| e.checked_mul(8).is_some())
-                    .ok_or_else(|| format!("shape ({dims}) holds more elements than fit in memory"))?;
+                    .ok_or_else(|| {
+                        format!("shape ({dims}) holds more elements than fit in memory")
+                    })?;
             }
             rest = &after[end + 1..];
         } else {

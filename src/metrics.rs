@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Embeddings, Normalizer};
-use crate::sae::{TopKSae, to_host};
+use crate::sae::{TopKSae, int_to_host, to_host};
 
 /// Floor added to densities before `log10`, so a dead latent scores -10.
 pub const LOG_FD_EPS: f64 = 1e-10;
@@ -249,12 +249,7 @@ pub fn evaluate<B: Backend>(
             device,
         );
         let out = model.forward(input);
-        let indices: Vec<i64> = out
-            .indices
-            .into_data()
-            .convert::<i64>()
-            .into_vec()
-            .expect("converted int tensor reads back as i64");
+        let indices: Vec<i64> = int_to_host(out.indices);
         acc.update(
             &x,
             &to_host(out.reconstruction),

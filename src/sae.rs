@@ -309,6 +309,15 @@ pub fn to_host_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32>
     to_host(tensor)
 }
 
+/// Copies an int tensor to the host as row-major `i64` values.
+pub(crate) fn int_to_host<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>) -> Vec<i64> {
+    tensor
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .expect("a converted int tensor reads back as i64")
+}
+
 pub(crate) fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
     tensor
         .into_data()

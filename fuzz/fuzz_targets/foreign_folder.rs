@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let dir = std::env::temp_dir().join(format!("topk-sae-fuzz-{folder}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixtures.join(kept), dir.join(kept)).unwrap();
+    // libFuzzer's timer signal can interrupt a copy (EINTR): copy through read/write, which retry.
+    std::fs::write(dir.join(kept), std::fs::read(fixtures.join(kept)).unwrap()).unwrap();
     std::fs::write(dir.join(fuzzed), bytes).unwrap();
     let _ = load_any::<B>(&dir, &LoadOptions::default(), &Default::default());
 });

@@ -33,8 +33,10 @@ fuzz_target!(|data: &[u8]| {
     let dir = std::env::temp_dir().join(format!("topk-sae-fuzz-ckpt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // libFuzzer's timer signal can interrupt a copy (EINTR): copy through read/write, which retry.
     for file in FILES {
-        std::fs::copy(template().join(file), dir.join(file)).unwrap();
+        let content = std::fs::read(template().join(file)).unwrap();
+        std::fs::write(dir.join(file), content).unwrap();
     }
     std::fs::write(dir.join(FILES[which as usize % FILES.len()]), bytes).unwrap();
     let device = Default::default();

@@ -17,6 +17,8 @@ pub struct LabelConfig {
     pub prior_strength: f64,
     /// Ignore terms in fewer than this many corpus documents.
     pub min_document_frequency: usize,
+    /// A term must appear in at least this share of the latent's top documents (and in two).
+    pub min_top_share: f64,
 }
 
 impl Default for LabelConfig {
@@ -26,6 +28,7 @@ impl Default for LabelConfig {
             bigrams: true,
             prior_strength: 500.0,
             min_document_frequency: 3,
+            min_top_share: 0.2,
         }
     }
 }
@@ -37,6 +40,18 @@ pub struct FeatureLabel {
     pub latent: usize,
     /// Distinctive terms with their z-scores, best first.
     pub terms: Vec<(String, f64)>,
+}
+
+impl FeatureLabel {
+    /// How clearly the label stands out: the mean z-score of its best three terms (0 without terms).
+    pub fn score(&self) -> f64 {
+        let best: Vec<f64> = self.terms.iter().take(3).map(|t| t.1).collect();
+        if best.is_empty() {
+            0.0
+        } else {
+            best.iter().sum::<f64>() / best.len() as f64
+        }
+    }
 }
 
 const STOPWORDS: &[&str] = &[
@@ -171,7 +186,7 @@ fn terms(text: &str, bigrams: bool) -> Vec<String> {
 /// (`a0 = prior_strength`):
 /// `delta_w = ln((y_w + a_w) / (n + a0 - y_w - a_w)) - ln((Y_w + a_w) / (N + a0 - Y_w - a_w))`,
 /// `z_w = delta_w / sqrt(1 / (y_w + a_w) + 1 / (Y_w + a_w))`; the label is the `words` terms with
-/// the largest `z_w` among those in at least two top documents.
+/// the largest `z_w` among those in at least two top documents and at least `min_top_share` of them.
 pub fn label_features(
     stats: &[FeatureStats],
     texts: &[String],

@@ -21,7 +21,7 @@ pub use search::{
 
 use crate::data::{Embeddings, Normalizer};
 use crate::error::{Error, Result};
-use crate::sae::{TopKSae, to_host};
+use crate::sae::{TopKSae, int_to_host, to_host};
 
 /// The top-k latents of every document of a corpus, descending by pre-activation per row.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,12 +64,7 @@ pub fn encode_corpus<B: Backend>(
         let end = (start + batch_size).min(data.rows());
         let x = normalizer.apply(data.slice::<B>(start, end, device));
         let latents = model.encode_topk(x);
-        let idx: Vec<i64> = latents
-            .indices
-            .into_data()
-            .convert::<i64>()
-            .into_vec()
-            .expect("int tensor reads back as i64");
+        let idx: Vec<i64> = int_to_host(latents.indices);
         indices.extend(idx.into_iter().map(|j| j as u32));
         values.extend(to_host(latents.values));
         start = end;

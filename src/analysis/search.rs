@@ -5,7 +5,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::data::Embeddings;
 use crate::error::{Error, Result};
-use crate::sae::{TopKSae, to_host};
+use crate::sae::{TopKSae, int_to_host, to_host};
 
 /// A change to a query's latents before decoding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,12 +106,7 @@ pub fn steer<B: Backend>(
     }
     let x = Tensor::<B, 2>::from_data(TensorData::new(query.to_vec(), [1, query.len()]), device);
     let top = model.encode_topk(x);
-    let idx: Vec<i64> = top
-        .indices
-        .into_data()
-        .convert::<i64>()
-        .into_vec()
-        .expect("int tensor reads back as i64");
+    let idx: Vec<i64> = int_to_host(top.indices);
     let mut latents: Vec<(usize, f32)> = idx
         .iter()
         .map(|&j| j as usize)
