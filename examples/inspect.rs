@@ -128,14 +128,16 @@ fn reconstruct(args: &Args, ckpt: &checkpoint::Checkpoint<B>, data: &Embeddings)
     let device = Default::default();
     let model = &ckpt.model;
     let mut recon = Vec::with_capacity(data.rows() * data.d_in());
-    let mut start = 0;
-    while start < data.rows() {
+    for start in (0..data.rows()).step_by(args.batch.max(1)) {
         let end = (start + args.batch.max(1)).min(data.rows());
-        let x = ckpt.normalizer.apply(data.slice::<B>(start, end, &device));
+        let x = data.normalized_rows(start..end, &ckpt.normalizer);
+        let x = burn::tensor::Tensor::<B, 2>::from_data(
+            burn::tensor::TensorData::new(x, [end - start, data.d_in()]),
+            &device,
+        );
         recon.extend(to_host_vec(
             ckpt.normalizer.invert(model.forward(x).reconstruction),
         ));
-        start = end;
     }
     let recon = Embeddings::from_vec(recon, data.rows(), data.d_in())?;
     if let Some(output) = &args.output {

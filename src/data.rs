@@ -223,10 +223,40 @@ impl Embeddings {
         Tensor::from_data(TensorData::new(buf, [end - start, self.d_in]), device)
     }
 
+    /// Rows `range` (row indices), normalised, as a row-major host buffer.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    pub fn normalized_rows(
+        &self,
+        range: std::ops::Range<usize>,
+        normalizer: &Normalizer,
+    ) -> Vec<f32> {
+        let mut rows = self.data[range.start * self.d_in..range.end * self.d_in].to_vec();
+        normalizer.apply_rows(&mut rows, self.d_in);
+        rows
+    }
+
     /// Applies a fitted normalisation to every row in place.
     pub fn normalize(&mut self, normalizer: &Normalizer) {
         normalizer.apply_rows(&mut self.data, self.d_in);
     }
+}
+
+/// Consecutive row ranges of at most `batch_size` rows covering `0..rows`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] when `batch_size` is 0.
+pub(crate) fn batch_ranges(
+    rows: usize,
+    batch_size: usize,
+) -> Result<impl Iterator<Item = std::ops::Range<usize>>> {
+    if batch_size == 0 {
+        return Err(Error::invalid("batch_size", 0, "must be >= 1"));
+    }
+    Ok((0..rows)
+        .step_by(batch_size)
+        .map(move |start| start..(start + batch_size).min(rows)))
 }
 
 /// Checks the `.npy` preamble and that the header is a plain dict literal of `descr`,

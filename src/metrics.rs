@@ -235,29 +235,22 @@ pub fn evaluate<B: Backend>(
     mut progress: impl FnMut(usize),
 ) -> crate::Result<Metrics> {
     data.check_width(model.d_in())?;
-    if batch_size == 0 {
-        return Err(crate::Error::invalid("batch_size", 0, "must be >= 1"));
-    }
     let mut acc = MetricsAccumulator::new(model.d_in(), model.d_sae(), model.k());
-    let mut start = 0;
-    while start < data.rows() {
-        let end = (start + batch_size).min(data.rows());
-        let mut x = data.as_slice()[start * data.d_in()..end * data.d_in()].to_vec();
-        normalizer.apply_rows(&mut x, data.d_in());
+    for range in crate::data::batch_ranges(data.rows(), batch_size)? {
+        let (rows, end) = (range.len(), range.end);
+        let x = data.normalized_rows(range, normalizer);
         let input = burn::tensor::Tensor::<B, 2>::from_data(
-            burn::tensor::TensorData::new(x.clone(), [end - start, data.d_in()]),
+            burn::tensor::TensorData::new(x.clone(), [rows, data.d_in()]),
             device,
         );
         let out = model.forward(input);
-        let indices: Vec<i64> = int_to_host(out.indices);
         acc.update(
             &x,
             &to_host(out.reconstruction),
-            &indices,
+            &int_to_host(out.indices),
             &to_host(out.values),
         );
-        start = end;
-        progress(start);
+        progress(end);
     }
     Ok(acc.finish())
 }

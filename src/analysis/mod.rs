@@ -11,6 +11,7 @@ mod search;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use npyz::WriterBuilder;
 
 pub use families::{Family, FamilyConfig, cooccurrence, families};
@@ -53,22 +54,19 @@ pub fn encode_corpus<B: Backend>(
     mut progress: impl FnMut(usize),
 ) -> Result<CorpusCodes> {
     data.check_width(model.d_in())?;
-    if batch_size == 0 {
-        return Err(Error::invalid("batch_size", 0, "must be >= 1"));
-    }
     let k = model.k();
     let mut indices = Vec::with_capacity(data.rows() * k);
     let mut values = Vec::with_capacity(data.rows() * k);
-    let mut start = 0;
-    while start < data.rows() {
-        let end = (start + batch_size).min(data.rows());
-        let x = normalizer.apply(data.slice::<B>(start, end, device));
+    for range in crate::data::batch_ranges(data.rows(), batch_size)? {
+        let (rows, end) = (range.len(), range.end);
+        let x = Tensor::<B, 2>::from_data(
+            TensorData::new(data.normalized_rows(range, normalizer), [rows, data.d_in()]),
+            device,
+        );
         let latents = model.encode_topk(x);
-        let idx: Vec<i64> = int_to_host(latents.indices);
-        indices.extend(idx.into_iter().map(|j| j as u32));
+        indices.extend(int_to_host(latents.indices).into_iter().map(|j| j as u32));
         values.extend(to_host(latents.values));
-        start = end;
-        progress(start);
+        progress(end);
     }
     Ok(CorpusCodes {
         rows: data.rows(),
