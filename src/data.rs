@@ -589,15 +589,7 @@ pub fn synthetic(config: &SyntheticConfig) -> Result<Synthetic> {
         ));
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(c.seed);
-    let normal = Normal::new(0.0f32, 1.0).expect("unit normal");
-    let unit = |rng: &mut rand_chacha::ChaCha8Rng| {
-        let mut v: Vec<f32> = (0..c.d_in).map(|_| normal.sample(rng)).collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        for x in &mut v {
-            *x /= n;
-        }
-        v
-    };
+    let unit = |rng: &mut rand_chacha::ChaCha8Rng| random_unit(rng, c.d_in);
     let mean_dir = unit(&mut rng);
     let directions: Vec<f32> = (0..c.n_directions).flat_map(|_| unit(&mut rng)).collect();
     // Zipf-like weights 1/(j+10): the commonest direction is a few times more frequent than the rarest.
@@ -635,6 +627,130 @@ pub fn synthetic(config: &SyntheticConfig) -> Result<Synthetic> {
         embeddings,
         directions,
         active,
+    })
+}
+
+/// A uniformly random unit vector of length `d_in`.
+fn random_unit(rng: &mut rand_chacha::ChaCha8Rng, d_in: usize) -> Vec<f32> {
+    use rand_distr::{Distribution, StandardNormal};
+    let mut v: Vec<f32> = (0..d_in).map(|_| StandardNormal.sample(rng)).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    for x in &mut v {
+        *x /= n;
+    }
+    v
+}
+
+/// Parameters of [`synthetic_families`]: planted parent directions, each with child directions
+/// that only ever appear together with it.
+#[derive(Config, Debug, PartialEq)]
+pub struct FamilySyntheticConfig {
+    /// Rows to generate.
+    #[config(default = 20_000)]
+    pub rows: usize,
+    /// Row width.
+    #[config(default = 64)]
+    pub d_in: usize,
+    /// Planted parent directions.
+    #[config(default = 6)]
+    pub parents: usize,
+    /// Child directions per parent.
+    #[config(default = 5)]
+    pub children: usize,
+    /// Probability that a row holds its parent alone, without a child. Above zero, a latent for
+    /// the parent alone is needed, so an SAE cannot fold the parent into its children.
+    #[config(default = 0.25)]
+    pub parent_alone: f64,
+    /// Weight of the shared mean direction.
+    #[config(default = 0.4)]
+    pub mean_weight: f32,
+    /// Standard deviation of the isotropic noise, per coordinate.
+    #[config(default = 0.01)]
+    pub noise: f32,
+    /// Random seed.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+/// A synthetic set with a planted two-level hierarchy, from [`synthetic_families`].
+#[derive(Debug, Clone)]
+pub struct SyntheticFamilies {
+    /// The rows and the planted directions. Direction `p * (children + 1)` is parent `p`; the
+    /// `children` directions after it are its children. `active` holds two entries per row: the
+    /// parent and the child, or the parent twice when it appears alone.
+    pub set: Synthetic,
+    /// `(parent, children)` direction indices for each planted group.
+    pub groups: Vec<(usize, Vec<usize>)>,
+}
+
+/// Generates rows `mean_weight * m + a * parent + b * child + noise` (unit norm): each row picks a
+/// parent uniformly, and with probability `1 - parent_alone` one of its children uniformly;
+/// `a`, `b` are uniform in `[0.5, 1]`. Children co-occur with their parent and never with each
+/// other, the structure feature families (SPEC §6) look for.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] when a count is zero or `parent_alone` is outside `[0, 1)`.
+pub fn synthetic_families(config: &FamilySyntheticConfig) -> Result<SyntheticFamilies> {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+    let c = config;
+    if c.rows == 0 || c.d_in == 0 || c.parents == 0 || c.children == 0 {
+        return Err(Error::invalid(
+            "rows/d_in/parents/children",
+            0,
+            "must all be >= 1",
+        ));
+    }
+    if !(0.0..1.0).contains(&c.parent_alone) {
+        return Err(Error::invalid(
+            "parent_alone",
+            c.parent_alone,
+            "must be in [0, 1)",
+        ));
+    }
+    let stride = c.children + 1;
+    let n_directions = c.parents * stride;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(c.seed);
+    let unit = |rng: &mut rand_chacha::ChaCha8Rng| random_unit(rng, c.d_in);
+    let mean_dir = unit(&mut rng);
+    let directions: Vec<f32> = (0..n_directions).flat_map(|_| unit(&mut rng)).collect();
+    let noise = Normal::new(0.0f32, c.noise.max(0.0)).expect("non-negative std");
+    let mut data = Vec::with_capacity(c.rows * c.d_in);
+    let mut active = Vec::with_capacity(c.rows * 2);
+    let mut row = vec![0.0f32; c.d_in];
+    for _ in 0..c.rows {
+        let parent = rng.random_range(0..c.parents) * stride;
+        let child = if rng.random_bool(c.parent_alone) {
+            parent
+        } else {
+            parent + 1 + rng.random_range(0..c.children)
+        };
+        row.iter_mut()
+            .zip(&mean_dir)
+            .for_each(|(r, m)| *r = c.mean_weight * m + noise.sample(&mut rng));
+        let mut add = |j: usize, coef: f32| {
+            let d = &directions[j * c.d_in..(j + 1) * c.d_in];
+            row.iter_mut().zip(d).for_each(|(r, x)| *r += coef * x);
+        };
+        add(parent, rng.random_range(0.5f32..1.0));
+        if child != parent {
+            add(child, rng.random_range(0.5f32..1.0));
+        }
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        data.extend(row.iter().map(|x| x / n));
+        active.extend([parent as u32, child as u32]);
+    }
+    let embeddings = Embeddings::named(data, c.rows, c.d_in, "synthetic families".into())?;
+    let groups = (0..c.parents)
+        .map(|p| (p * stride, (p * stride + 1..(p + 1) * stride).collect()))
+        .collect();
+    Ok(SyntheticFamilies {
+        set: Synthetic {
+            embeddings,
+            directions,
+            active,
+        },
+        groups,
     })
 }
 

@@ -322,3 +322,90 @@ fn boosting_a_planted_feature_moves_results_towards_it() {
     .unwrap();
     assert_eq!(removed.latents.len(), active.len() - 1);
 }
+
+/// Trains an SAE on rows with planted parent/child directions and checks that feature families
+/// found from its codes recover the planted groups of children (measure: each planted child
+/// direction is mapped to the latent with the largest decoder cosine; for each group, the best
+/// Jaccard between those latents and any family's children; mean over groups >= 0.8).
+///
+/// Open (issue #4): across seeds this reaches a mean best Jaccard of 0.35 to 0.88 (see
+/// docs/analysis.md); the SAE, not the family search, is the weak link: several planted
+/// directions are learned with decoder cosine below 0.6 (partial absorption of the parent into
+/// its children). The knobs are environment variables (`SEED`, `EPOCHS`, `DIN`, `DSAE`, `LR`,
+/// `ALONE`, `ROWS`, `P`, `C`) so the experiment can be rerun with
+/// `cargo test --test it families_recover_planted_child -- --ignored --nocapture`.
+#[test]
+#[ignore = "open in #4: the 0.8 bar is not met for every seed (docs/analysis.md)"]
+fn families_recover_planted_child_directions_end_to_end() {
+    use topk_sae::data::{FamilySyntheticConfig, synthetic_families};
+    let env = |k: &str, d: f64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (parents, children) = (env("P", 6.0) as usize, env("C", 5.0) as usize);
+    let d_in = env("DIN", 64.0) as usize;
+    let planted = synthetic_families(
+        &FamilySyntheticConfig::new()
+            .with_rows(env("ROWS", 12_000.0) as usize)
+            .with_d_in(d_in)
+            .with_parents(parents)
+            .with_children(children)
+            .with_parent_alone(env("ALONE", 0.25))
+            .with_seed(env("SEED", 1.0) as u64),
+    )
+    .unwrap();
+    let d_sae = env("DSAE", (parents * (children + 1)) as f64 * 1.5) as usize;
+    let config = TrainConfig::new(TopKSaeConfig::new(d_in, d_sae, 2))
+        .with_batch_size(256)
+        .with_epochs(env("EPOCHS", 20.0) as usize)
+        .with_optimizer(AdamConfig::new().with_lr(env("LR", 3e-3)));
+    let device = Default::default();
+    let data = &planted.set.embeddings;
+    let t = train::<TestBackend>(config, data, &device, |_| {}).unwrap();
+    let w_dec = to_host_vec(t.model.w_dec.val());
+    let latent_of = |dir: usize| {
+        let d = &planted.set.directions[dir * d_in..(dir + 1) * d_in];
+        (0..d_sae)
+            .map(|j| {
+                let r = &w_dec[j * d_in..(j + 1) * d_in];
+                let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                (r.iter().zip(d).map(|(a, b)| a * b).sum::<f32>() / n, j)
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap()
+    };
+    let codes = encode_corpus(
+        &t.model,
+        data,
+        &Normalizer::identity(),
+        512,
+        &device,
+        |_| {},
+    )
+    .unwrap();
+    let found = families(&codes, &FamilyConfig::default());
+    let best: Vec<f64> = planted
+        .groups
+        .iter()
+        .map(|(_, ch)| {
+            let mut g: Vec<usize> = ch.iter().map(|&c| latent_of(c).1).collect();
+            g.sort_unstable();
+            g.dedup();
+            found
+                .iter()
+                .map(|f| {
+                    let inter = g.iter().filter(|x| f.children.contains(x)).count() as f64;
+                    inter / ((g.len() + f.children.len()) as f64 - inter)
+                })
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let mean = best.iter().sum::<f64>() / best.len() as f64;
+    let cos: Vec<f32> = (0..planted.set.directions.len() / d_in)
+        .map(|d| latent_of(d).0)
+        .collect();
+    eprintln!("best {best:?} mean {mean} cos {cos:?} families {found:?}");
+    assert!(mean >= 0.8, "mean best Jaccard {mean}: {best:?}");
+}
