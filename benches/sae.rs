@@ -7,6 +7,7 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use topk_sae::sae::to_host_vec;
+use topk_sae::train::StepEngine;
 use topk_sae::{TopKSaeConfig, TrainConfig, Trainer};
 
 type B = topk_sae::backend::NdArray<f32>;
@@ -44,20 +45,28 @@ fn benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("forward", &id), |b| {
             b.iter(|| to_host_vec(model.forward(x.clone()).reconstruction));
         });
-        let config = TrainConfig::new(TopKSaeConfig::new(d_in, d_sae, k));
-        let mut trainer = Trainer::from_model(
-            config,
-            model.clone(),
-            topk_sae::Normalizer::identity(),
-            &device,
-        )
-        .expect("valid config");
-        group.bench_function(BenchmarkId::new("train_step", &id), |b| {
-            b.iter(|| {
-                trainer.step(x.clone()).expect("finite loss");
-                to_host_vec(trainer.model().b_dec.val())
+        for engine in [StepEngine::Host, StepEngine::Tensor] {
+            let config = TrainConfig::new(TopKSaeConfig::new(d_in, d_sae, k)).with_engine(engine);
+            let mut trainer = Trainer::from_model(
+                config,
+                model.clone(),
+                topk_sae::Normalizer::identity(),
+                &device,
+            )
+            .expect("valid config");
+            let name = format!("train_step_{engine:?}").to_lowercase();
+            group.bench_function(BenchmarkId::new(name, &id), |b| {
+                b.iter(|| {
+                    let report = trainer.step(x.clone()).expect("finite loss");
+                    // The host engine has finished when `step` returns; the tensor engine's
+                    // parameters are read back so that lazy backends finish too.
+                    if engine == StepEngine::Tensor {
+                        to_host_vec(trainer.model().b_dec.val());
+                    }
+                    report
+                });
             });
-        });
+        }
     }
     group.finish();
 }

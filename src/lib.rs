@@ -58,6 +58,7 @@ pub mod analysis;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+mod host;
 pub mod loss;
 pub mod metrics;
 pub mod prelude;

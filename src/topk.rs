@@ -70,32 +70,46 @@ fn select_chunk(
         .zip(indices.chunks_exact_mut(k))
         .zip(values.chunks_exact_mut(k))
     {
-        scratch.clear();
-        match allowed {
-            Some(mask) => scratch.extend(
-                row.iter()
-                    .zip(mask)
-                    .enumerate()
-                    .filter(|(_, (_, ok))| **ok)
-                    .map(|(j, (&v, _))| (v, j as u32)),
-            ),
-            None => scratch.extend(row.iter().enumerate().map(|(j, &v)| (v, j as u32))),
-        }
-        assert!(
-            k <= scratch.len(),
-            "k ({k}) exceeds the {} selectable columns",
-            scratch.len()
-        );
-        if k < scratch.len() {
-            scratch.select_nth_unstable_by(k - 1, |a, b| rank(*a, *b));
-            scratch.truncate(k);
-        }
-        scratch.sort_unstable_by(|a, b| rank(*a, *b));
+        select_row(row, k, allowed, &mut scratch);
         for ((i, v), (value, index)) in out_i.iter_mut().zip(out_v.iter_mut()).zip(&scratch) {
             *i = i64::from(*index);
             *v = *value;
         }
     }
+}
+
+/// Leaves in `scratch` the top `k` `(value, column)` pairs of `row` (restricted to `allowed`
+/// columns), in descending order, ties by the lower column.
+///
+/// # Panics
+/// If `k` exceeds the number of allowed columns.
+pub(crate) fn select_row(
+    row: &[f32],
+    k: usize,
+    allowed: Option<&[bool]>,
+    scratch: &mut Vec<(f32, u32)>,
+) {
+    scratch.clear();
+    match allowed {
+        Some(mask) => scratch.extend(
+            row.iter()
+                .zip(mask)
+                .enumerate()
+                .filter(|(_, (_, ok))| **ok)
+                .map(|(j, (&v, _))| (v, j as u32)),
+        ),
+        None => scratch.extend(row.iter().enumerate().map(|(j, &v)| (v, j as u32))),
+    }
+    assert!(
+        k <= scratch.len(),
+        "k ({k}) exceeds the {} selectable columns",
+        scratch.len()
+    );
+    if k < scratch.len() {
+        scratch.select_nth_unstable_by(k - 1, |a, b| rank(*a, *b));
+        scratch.truncate(k);
+    }
+    scratch.sort_unstable_by(|a, b| rank(*a, *b));
 }
 
 #[cfg(test)]

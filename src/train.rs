@@ -22,6 +22,7 @@ use crate::checkpoint::io::{
 use crate::checkpoint::{self, CheckpointPolicy};
 use crate::data::{Embeddings, NormalizationKind, Normalizer};
 use crate::error::{Error, Result};
+use crate::host::HostState;
 use crate::loss::{LossParts, SaeGradients, SaeLoss, SaeLossConfig};
 use crate::sae::{TopKSae, TopKSaeConfig, to_host};
 
@@ -40,6 +41,36 @@ pub struct AdamConfig {
     /// Added to the root of the second moment.
     #[config(default = 1e-8)]
     pub epsilon: f64,
+}
+
+/// Which implementation runs the training step. Both compute the same loss, gradient and update
+/// (compared in `tests/it/host_step.rs`); they differ in where the work happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum StepEngine {
+    /// [`StepEngine::Host`] on CPU backends (burn-ndarray, Flex), [`StepEngine::Tensor`] on the
+    /// others (GPUs).
+    #[default]
+    Auto,
+    /// Burn tensor operations on the model's backend: generic, the path for GPUs.
+    Tensor,
+    /// Host kernels on `f32` buffers: one dense GEMM (ndarray's, multi-threaded), the sparse
+    /// decode and its gradient in `O(batch * k * d_in)`, a fused Adam, parallel with rayon. The
+    /// parameters stay on the host between steps; [`Trainer::model`] uploads them.
+    Host,
+}
+
+impl StepEngine {
+    /// Whether this choice runs on the host for backend `B` on `device`.
+    pub fn is_host<B: Backend>(self, device: &B::Device) -> bool {
+        match self {
+            Self::Host => true,
+            Self::Tensor => false,
+            Self::Auto => {
+                let name = B::name(device).to_ascii_lowercase();
+                name.contains("ndarray") || name.contains("flex")
+            }
+        }
+    }
 }
 
 /// Everything that defines a training run. Defaults are the reference recipe.
@@ -74,6 +105,9 @@ pub struct TrainConfig {
     /// Seed of the per-epoch shuffles.
     #[config(default = 0)]
     pub seed: u64,
+    /// Which implementation runs the training step (same mathematics either way).
+    #[config(default = "StepEngine::Auto")]
+    pub engine: StepEngine,
 }
 
 impl TrainConfig {
@@ -197,6 +231,21 @@ struct AdamState<B: Backend> {
     b_dec: Moments<B, 1>,
 }
 
+/// Where the live parameters and the optimiser state are.
+#[derive(Debug)]
+enum Engine<B: Backend> {
+    /// In `Trainer::model`, updated with tensor operations.
+    Tensor(AdamState<B>),
+    /// On the host; `Trainer::model` only supplies the parameter ids.
+    Host(Box<HostState>),
+}
+
+/// An Adam moment as saved: `adam.{param}.{m|v}`, values, shape.
+type NamedMoment = (String, Vec<f32>, Vec<usize>);
+
+/// Names of the parameters, in the order of the Adam moments.
+const PARAMS: [&str; 4] = ["w_enc", "b_enc", "w_dec", "b_dec"];
+
 /// Trains a [`TopKSae`] with the hand-derived gradient. Generic over any backend: no autodiff
 /// is involved.
 #[derive(Debug)]
@@ -204,7 +253,7 @@ pub struct Trainer<B: Backend> {
     config: TrainConfig,
     model: TopKSae<B>,
     loss: SaeLoss,
-    adam: AdamState<B>,
+    engine: Engine<B>,
     normalizer: Normalizer,
     since_fired: Vec<u64>,
     step: u64,
@@ -294,18 +343,28 @@ impl<B: Backend> Trainer<B> {
             ));
         }
         let loss = config.loss.init(m.k, m.d_sae)?;
-        let adam = AdamState {
-            step: 0,
-            w_enc: Moments::zeros_like(&model.w_enc.val()),
-            b_enc: Moments::zeros_like(&model.b_enc.val()),
-            w_dec: Moments::zeros_like(&model.w_dec.val()),
-            b_dec: Moments::zeros_like(&model.b_dec.val()),
+        let engine = if config.engine.is_host::<B>(device) {
+            Engine::Host(Box::new(HostState::new(
+                m.k,
+                &to_host(model.w_enc.val()),
+                to_host(model.b_enc.val()),
+                to_host(model.w_dec.val()),
+                to_host(model.b_dec.val()),
+            )))
+        } else {
+            Engine::Tensor(AdamState {
+                step: 0,
+                w_enc: Moments::zeros_like(&model.w_enc.val()),
+                b_enc: Moments::zeros_like(&model.b_enc.val()),
+                w_dec: Moments::zeros_like(&model.w_dec.val()),
+                b_dec: Moments::zeros_like(&model.b_dec.val()),
+            })
         };
         Ok(Self {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             since_fired: vec![0; m.d_sae],
             loss,
-            adam,
+            engine,
             normalizer,
             model,
             step: 0,
@@ -333,69 +392,29 @@ impl<B: Backend> Trainer<B> {
     /// # Errors
     /// [`Error::Io`] when the directory cannot be written.
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let model = self.model();
         let mut files = checkpoint::native_files(
-            &self.model,
+            &model,
             &self.normalizer,
             Some(&self.config),
             self.step,
             self.samples_seen,
         );
+        let (adam_step, moments) = self.moments();
         let state = TrainerState {
             step: self.step,
             samples_seen: self.samples_seen,
-            adam_step: self.adam.step,
+            adam_step,
             epoch: self.epoch,
             position: self.position,
             shuffles: self.shuffles,
             rows: self.order.len(),
         };
-        let a = &self.adam;
-        let host = [
-            (
-                "adam.w_enc.m",
-                to_host(a.w_enc.m.clone()),
-                a.w_enc.m.dims().to_vec(),
-            ),
-            (
-                "adam.w_enc.v",
-                to_host(a.w_enc.v.clone()),
-                a.w_enc.v.dims().to_vec(),
-            ),
-            (
-                "adam.b_enc.m",
-                to_host(a.b_enc.m.clone()),
-                a.b_enc.m.dims().to_vec(),
-            ),
-            (
-                "adam.b_enc.v",
-                to_host(a.b_enc.v.clone()),
-                a.b_enc.v.dims().to_vec(),
-            ),
-            (
-                "adam.w_dec.m",
-                to_host(a.w_dec.m.clone()),
-                a.w_dec.m.dims().to_vec(),
-            ),
-            (
-                "adam.w_dec.v",
-                to_host(a.w_dec.v.clone()),
-                a.w_dec.v.dims().to_vec(),
-            ),
-            (
-                "adam.b_dec.m",
-                to_host(a.b_dec.m.clone()),
-                a.b_dec.m.dims().to_vec(),
-            ),
-            (
-                "adam.b_dec.v",
-                to_host(a.b_dec.v.clone()),
-                a.b_dec.v.dims().to_vec(),
-            ),
-        ];
+        let host: Vec<NamedMoment> = moments;
         let counters_shape = [self.since_fired.len()];
         let mut tensors: Vec<(&str, OutTensor<'_>)> = host
             .iter()
-            .map(|(n, v, s)| (*n, OutTensor::F32(s, v)))
+            .map(|(n, v, s)| (n.as_str(), OutTensor::F32(s, v)))
             .collect();
         tensors.push((
             "since_fired",
@@ -426,7 +445,7 @@ impl<B: Backend> Trainer<B> {
         let tensor_path = dir.join(TRAINER_TENSORS);
         let (mut floats, mut ints) = read_safetensors(&tensor_path)?;
         let mut trainer = Self::from_model(config, ckpt.model, ckpt.normalizer, device)?;
-        let mut take = |name: &str, dims: Vec<usize>| -> Result<TensorData> {
+        let mut take = |name: &str, dims: Vec<usize>| -> Result<Vec<f32>> {
             let t = floats
                 .remove(name)
                 .ok_or_else(|| format_err(&tensor_path, format!("missing tensor '{name}'")))?;
@@ -436,34 +455,15 @@ impl<B: Backend> Trainer<B> {
                     format!("{name} has shape {:?}; expected {dims:?}", t.shape),
                 ));
             }
-            Ok(TensorData::new(t.data, dims))
+            Ok(t.data)
         };
-        let a = &mut trainer.adam;
-        let moments2 = |m: TensorData, v: TensorData| Moments {
-            m: Tensor::from_data(m, device),
-            v: Tensor::from_data(v, device),
-        };
-        let moments1 = |m: TensorData, v: TensorData| Moments {
-            m: Tensor::from_data(m, device),
-            v: Tensor::from_data(v, device),
-        };
-        a.w_enc = moments2(
-            take("adam.w_enc.m", a.w_enc.m.dims().to_vec())?,
-            take("adam.w_enc.v", a.w_enc.v.dims().to_vec())?,
-        );
-        a.w_dec = moments2(
-            take("adam.w_dec.m", a.w_dec.m.dims().to_vec())?,
-            take("adam.w_dec.v", a.w_dec.v.dims().to_vec())?,
-        );
-        a.b_enc = moments1(
-            take("adam.b_enc.m", a.b_enc.m.dims().to_vec())?,
-            take("adam.b_enc.v", a.b_enc.v.dims().to_vec())?,
-        );
-        a.b_dec = moments1(
-            take("adam.b_dec.m", a.b_dec.m.dims().to_vec())?,
-            take("adam.b_dec.v", a.b_dec.v.dims().to_vec())?,
-        );
-        a.step = state.adam_step;
+        let mut moments = Vec::with_capacity(8);
+        for (name, dims) in PARAMS.iter().zip(trainer.param_dims()) {
+            for which in ["m", "v"] {
+                moments.push(take(&format!("adam.{name}.{which}"), dims.clone())?);
+            }
+        }
+        trainer.set_moments(state.adam_step, moments);
         let since_fired = ints
             .remove("since_fired")
             .ok_or_else(|| format_err(&tensor_path, "missing tensor 'since_fired'"))?;
@@ -499,9 +499,133 @@ impl<B: Backend> Trainer<B> {
         Ok(trainer)
     }
 
-    /// The model as trained so far.
-    pub fn model(&self) -> &TopKSae<B> {
-        &self.model
+    /// The model as trained so far (with [`StepEngine::Host`], its parameters are uploaded from
+    /// the host copy: call it when needed, not every step).
+    pub fn model(&self) -> TopKSae<B> {
+        match &self.engine {
+            Engine::Tensor(_) => self.model.clone(),
+            Engine::Host(h) => {
+                let m = &self.model;
+                let upload2 = |v: Vec<f32>, dims: [usize; 2]| {
+                    Tensor::<B, 2>::from_data(TensorData::new(v, dims), &self.device)
+                };
+                let upload1 = |v: Vec<f32>| {
+                    let n = v.len();
+                    Tensor::<B, 1>::from_data(TensorData::new(v, [n]), &self.device)
+                };
+                let mut out = m.clone();
+                out.w_enc = Param::initialized(m.w_enc.id, upload2(h.w_enc(), [h.d_in, h.d_sae]));
+                out.b_enc = Param::initialized(m.b_enc.id, upload1(h.b_enc.clone()));
+                out.w_dec =
+                    Param::initialized(m.w_dec.id, upload2(h.w_dec.clone(), [h.d_sae, h.d_in]));
+                out.b_dec = Param::initialized(m.b_dec.id, upload1(h.b_dec.clone()));
+                out
+            }
+        }
+    }
+
+    /// Which engine runs the steps: [`StepEngine::Host`] or [`StepEngine::Tensor`].
+    pub fn engine(&self) -> StepEngine {
+        match self.engine {
+            Engine::Tensor(_) => StepEngine::Tensor,
+            Engine::Host(_) => StepEngine::Host,
+        }
+    }
+
+    /// Shapes of the four parameters, in [`PARAMS`] order.
+    fn param_dims(&self) -> [Vec<usize>; 4] {
+        let m = &self.config.model;
+        [
+            vec![m.d_in, m.d_sae],
+            vec![m.d_sae],
+            vec![m.d_sae, m.d_in],
+            vec![m.d_in],
+        ]
+    }
+
+    /// The Adam step count and the moments as `(adam.{param}.{m|v}, values, shape)`.
+    fn moments(&self) -> (u64, Vec<NamedMoment>) {
+        let (step, values): (u64, Vec<Vec<f32>>) = match &self.engine {
+            Engine::Tensor(a) => (
+                a.step,
+                vec![
+                    to_host(a.w_enc.m.clone()),
+                    to_host(a.w_enc.v.clone()),
+                    to_host(a.b_enc.m.clone()),
+                    to_host(a.b_enc.v.clone()),
+                    to_host(a.w_dec.m.clone()),
+                    to_host(a.w_dec.v.clone()),
+                    to_host(a.b_dec.m.clone()),
+                    to_host(a.b_dec.v.clone()),
+                ],
+            ),
+            Engine::Host(h) => {
+                let mut v = vec![h.w_enc_moment(0), h.w_enc_moment(1)];
+                for i in 1..4 {
+                    v.push(h.m[i].clone());
+                    v.push(h.v[i].clone());
+                }
+                (h.adam_step, v)
+            }
+        };
+        let names = PARAMS.iter().zip(self.param_dims()).flat_map(|(p, d)| {
+            [
+                (format!("adam.{p}.m"), d.clone()),
+                (format!("adam.{p}.v"), d),
+            ]
+        });
+        (
+            step,
+            names
+                .zip(values)
+                .map(|((name, dims), v)| (name, v, dims))
+                .collect(),
+        )
+    }
+
+    /// Restores the Adam state from the eight moments in [`Trainer::moments`] order.
+    fn set_moments(&mut self, step: u64, moments: Vec<Vec<f32>>) {
+        let dims = self.param_dims();
+        match &mut self.engine {
+            Engine::Tensor(a) => {
+                let device = &self.device;
+                let shapes = dims.iter().flat_map(|d| [d.clone(), d.clone()]);
+                let mut it = moments.into_iter().zip(shapes);
+                let mut next = || {
+                    let (v, d) = it.next().expect("eight moments");
+                    TensorData::new(v, d)
+                };
+                a.w_enc = Moments {
+                    m: Tensor::from_data(next(), device),
+                    v: Tensor::from_data(next(), device),
+                };
+                a.b_enc = Moments {
+                    m: Tensor::from_data(next(), device),
+                    v: Tensor::from_data(next(), device),
+                };
+                a.w_dec = Moments {
+                    m: Tensor::from_data(next(), device),
+                    v: Tensor::from_data(next(), device),
+                };
+                a.b_dec = Moments {
+                    m: Tensor::from_data(next(), device),
+                    v: Tensor::from_data(next(), device),
+                };
+                a.step = step;
+            }
+            Engine::Host(h) => {
+                let mut it = moments.into_iter();
+                let m0 = it.next().expect("w_enc.m");
+                let v0 = it.next().expect("w_enc.v");
+                h.set_w_enc_moment(0, &m0);
+                h.set_w_enc_moment(1, &v0);
+                for i in 1..4 {
+                    h.m[i] = it.next().expect("moment");
+                    h.v[i] = it.next().expect("moment");
+                }
+                h.adam_step = step;
+            }
+        }
     }
 
     /// The fitted input normalisation.
@@ -567,11 +691,15 @@ impl<B: Backend> Trainer<B> {
                 buf.extend_from_slice(data.row(r));
             }
             self.normalizer.apply_rows(&mut buf, d_in);
-            let x = Tensor::from_data(
-                TensorData::new(buf, [end - self.position, d_in]),
-                &self.device,
-            );
-            let report = self.step(x)?;
+            let report = if matches!(self.engine, Engine::Host(_)) {
+                self.step_host(&buf)?
+            } else {
+                let x = Tensor::from_data(
+                    TensorData::new(buf, [end - self.position, d_in]),
+                    &self.device,
+                );
+                self.step(x)?
+            };
             self.position = end;
             if end == n {
                 self.position = 0;
@@ -593,7 +721,7 @@ impl<B: Backend> Trainer<B> {
             policy.prune()?;
         }
         Ok(Trained {
-            model: self.model,
+            model: self.model(),
             normalizer: self.normalizer,
             steps: self.step,
         })
@@ -611,15 +739,17 @@ impl<B: Backend> Trainer<B> {
     /// # Panics
     /// If `x` is not `[batch, d_in]`.
     pub fn step(&mut self, x: Tensor<B, 2>) -> Result<StepReport> {
-        let [batch, _] = x.dims();
+        let [batch, d_in] = x.dims();
+        assert_eq!(
+            d_in, self.config.model.d_in,
+            "x must be [batch, d_in] with d_in = {}",
+            self.config.model.d_in
+        );
+        if matches!(self.engine, Engine::Host(_)) {
+            return self.step_host(&to_host(x));
+        }
         let step = self.step + 1;
-        // Latents that will be past the threshold once this batch is counted; those that fire
-        // in this batch are excluded by the loss.
-        let candidates: Vec<bool> = self
-            .since_fired
-            .iter()
-            .map(|&s| s + batch as u64 > self.config.dead_threshold_samples)
-            .collect();
+        let candidates = self.dead_candidates(batch);
         let out = self.loss.evaluate(&self.model, x, Some(&candidates), true);
         if !out.parts.total.is_finite() {
             return Err(Error::Diverged {
@@ -637,22 +767,68 @@ impl<B: Backend> Trainer<B> {
                 value: grad_norm,
             });
         }
-        self.since_fired.iter_mut().for_each(|s| *s += batch as u64);
-        for &j in &out.indices {
-            self.since_fired[j as usize] = 0;
-        }
         self.apply(grads);
-        self.step = step;
+        let fired = out.indices.iter().map(|&j| j as usize);
+        Ok(self.finish_step(batch, fired, out.parts, grad_norm))
+    }
+
+    /// [`Trainer::step`] on the host engine, from a row-major `[batch, d_in]` buffer.
+    fn step_host(&mut self, x: &[f32]) -> Result<StepReport> {
+        let batch = x.len() / self.config.model.d_in;
+        let step = self.step + 1;
+        let candidates = self.dead_candidates(batch);
+        let Engine::Host(host) = &mut self.engine else {
+            unreachable!("step_host runs on the host engine only")
+        };
+        let out = host
+            .step(
+                x,
+                &candidates,
+                &self.loss,
+                &self.config.optimizer,
+                self.config.clip_grad_norm,
+            )
+            .map_err(|e| Error::Diverged {
+                step,
+                quantity: e.quantity,
+                value: e.value,
+            })?;
+        let fired = out.indices.iter().map(|&j| j as usize);
+        Ok(self.finish_step(batch, fired, out.parts, out.grad_norm))
+    }
+
+    /// Latents that will be past the dead threshold once a batch of `batch` rows is counted;
+    /// those that fire in the batch are excluded by the loss.
+    fn dead_candidates(&self, batch: usize) -> Vec<bool> {
+        self.since_fired
+            .iter()
+            .map(|&s| s + batch as u64 > self.config.dead_threshold_samples)
+            .collect()
+    }
+
+    /// Counters and the report after an applied step.
+    fn finish_step(
+        &mut self,
+        batch: usize,
+        fired: impl Iterator<Item = usize>,
+        loss: LossParts,
+        grad_norm: f64,
+    ) -> StepReport {
+        self.since_fired.iter_mut().for_each(|s| *s += batch as u64);
+        for j in fired {
+            self.since_fired[j] = 0;
+        }
+        self.step += 1;
         self.samples_seen += batch as u64;
         let dead = self.dead_mask().iter().filter(|d| **d).count();
-        Ok(StepReport {
-            step,
+        StepReport {
+            step: self.step,
             epoch: self.epoch,
             batch,
-            loss: out.parts,
+            loss,
             dead_frac: dead as f64 / self.since_fired.len() as f64,
             grad_norm,
-        })
+        }
     }
 
     /// Projects the decoder gradient orthogonal to its rows and clips the global norm.
@@ -687,7 +863,9 @@ impl<B: Backend> Trainer<B> {
 
     fn apply(&mut self, g: SaeGradients<B>) {
         let opt = &self.config.optimizer;
-        let adam = &mut self.adam;
+        let Engine::Tensor(adam) = &mut self.engine else {
+            unreachable!("tensor updates run on the tensor engine only")
+        };
         adam.step += 1;
         let t = i32::try_from(adam.step).unwrap_or(i32::MAX);
         let c1 = 1.0 - opt.beta_1.powi(t);

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use topk_sae::checkpoint::{self, CheckpointPolicy, Format, LoadOptions};
 use topk_sae::data::{SyntheticConfig, synthetic};
 use topk_sae::sae::to_host_vec;
+use topk_sae::train::StepEngine;
 use topk_sae::{
     Embeddings, Error, NormalizationKind, Normalizer, TopKSaeConfig, TrainConfig, Trainer,
 };
@@ -71,6 +72,11 @@ fn run_config() -> TrainConfig {
 
 #[test]
 fn resuming_gives_bit_identical_weights() {
+    resuming_gives_bit_identical_weights_with(StepEngine::Host);
+    resuming_gives_bit_identical_weights_with(StepEngine::Tensor);
+}
+
+fn resuming_gives_bit_identical_weights_with(engine: StepEngine) {
     // 500 rows in batches of 70: 8 steps per epoch (last one partial), 24 steps in all; a save
     // every 5 steps lands mid-epoch. A dead threshold of one batch (70 samples) makes a latent dead
     // whenever it did not fire in the previous batch, so the AuxK term and its counters are live.
@@ -86,7 +92,7 @@ fn resuming_gives_bit_identical_weights() {
     let root = tempfile::tempdir().unwrap();
     let policy = CheckpointPolicy::new(root.path(), 5).with_keep_last(10);
     let mut aux_seen = false;
-    let full = Trainer::<TestBackend>::new(run_config(), &data, &device)
+    let full = Trainer::<TestBackend>::new(run_config().with_engine(engine), &data, &device)
         .unwrap()
         .with_checkpoints(policy.clone())
         .fit(&data, |r| aux_seen |= r.loss.aux > 0.0)
@@ -102,13 +108,14 @@ fn resuming_gives_bit_identical_weights() {
     for from in [5, 10, 20] {
         let resumed = Trainer::<TestBackend>::resume(policy.step_dir(from), &device).unwrap();
         assert_eq!(resumed.steps_done(), from);
+        assert_eq!(resumed.engine(), engine);
         let mut remaining = 0;
         let done = resumed.fit(&data, |_| remaining += 1).unwrap();
         assert_eq!((done.steps, remaining), (24, 24 - from));
         assert_eq!(
             weights(&done.model),
             weights(&full.model),
-            "resumed from step {from}"
+            "{engine:?}: resumed from step {from}"
         );
     }
 }

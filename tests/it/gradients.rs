@@ -7,6 +7,7 @@
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorCreationOptions, TensorData};
 use topk_sae::loss::SaeLossConfig;
 use topk_sae::sae::to_host_vec;
+use topk_sae::train::StepEngine;
 use topk_sae::{TopKSae, TopKSaeConfig, TrainConfig, Trainer};
 
 use crate::reference::NaiveSae;
@@ -226,18 +227,24 @@ fn aux_is_skipped_when_nothing_is_dead() {
 }
 
 /// One full step of the trainer against SPEC §3 done by hand in f64 from autodiff gradients:
-/// project decoder gradient, clip the global norm to 1, Adam (lr 1e-2 to make the step visible),
-/// renormalise decoder rows.
-#[test]
-fn full_step_matches_reference() {
+/// project decoder gradient, clip the global norm, Adam (lr 1e-2 to make the step visible),
+/// renormalise decoder rows. Run for both step engines, on the reconstruction loss alone and
+/// with AuxK (every latent that does not fire counts as dead) plus the multi-k term.
+fn full_step_matches_reference(engine: StepEngine, all_terms: bool) {
     let (d_in, d_sae, k, batch) = (8, 24, 3, 6);
     let x = random_rows(batch, d_in, 21);
     let model = random_model(d_in, d_sae, k, 20);
     let naive = NaiveSae::from_model(&model);
     let lr = 1e-2;
-    let config = TrainConfig::new(TopKSaeConfig::new(d_in, d_sae, k))
+    let mut config = TrainConfig::new(TopKSaeConfig::new(d_in, d_sae, k))
         .with_optimizer(topk_sae::AdamConfig::new().with_lr(lr))
-        .with_clip_grad_norm(Some(0.05));
+        .with_clip_grad_norm(Some(0.05))
+        .with_engine(engine);
+    if all_terms {
+        config = config
+            .with_dead_threshold_samples(0)
+            .with_loss(SaeLossConfig::new().with_multi_k(true));
+    }
     let device = Default::default();
     let mut trainer = Trainer::<TestBackend>::from_model(
         config,
@@ -246,9 +253,30 @@ fn full_step_matches_reference() {
         &device,
     )
     .unwrap();
-    trainer.step(tensor(&x, d_in)).unwrap();
+    assert_eq!(trainer.engine(), engine);
+    let report = trainer.step(tensor(&x, d_in)).unwrap();
 
-    let mut g = autodiff_loss(&naive, &x, None, 0, None).grads;
+    let all_dead = vec![true; d_sae];
+    let want = if all_terms {
+        autodiff_loss(&naive, &x, Some(&all_dead), 2 * k, Some(4 * k))
+    } else {
+        autodiff_loss(&naive, &x, None, 0, None)
+    };
+    for (name, got, w) in [
+        ("total", report.loss.total, want.total),
+        ("recon", report.loss.recon, want.recon),
+        ("aux", report.loss.aux, want.aux),
+        ("multi_k", report.loss.multi_k, want.multi_k),
+    ] {
+        assert!(
+            (f64::from(got) - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "{name}: {got} vs {w}"
+        );
+    }
+    if all_terms {
+        assert!(want.aux > 0.0 && want.multi_k > 0.0);
+    }
+    let mut g = want.grads;
     // Project each decoder row's gradient orthogonal to the row.
     for j in 0..d_sae {
         let w = &naive.w_dec[j * d_in..(j + 1) * d_in];
@@ -297,6 +325,18 @@ fn full_step_matches_reference() {
             .zip(want)
             .map(|(a, b)| (f64::from(*a) - b).abs())
             .fold(0.0, f64::max);
-        assert!(worst <= 1e-4, "{name}: max error {worst:e}");
+        assert!(worst <= 1e-4, "{engine:?} {name}: max error {worst:e}");
     }
+}
+
+#[test]
+fn full_step_matches_reference_host_engine() {
+    full_step_matches_reference(StepEngine::Host, false);
+    full_step_matches_reference(StepEngine::Host, true);
+}
+
+#[test]
+fn full_step_matches_reference_tensor_engine() {
+    full_step_matches_reference(StepEngine::Tensor, false);
+    full_step_matches_reference(StepEngine::Tensor, true);
 }

@@ -1,0 +1,588 @@
+//! The training step on the host, for CPU backends: one dense GEMM (the encoder), everything else
+//! `O(batch * k * d_in)` or one pass over the parameters (Adam).
+//!
+//! Same mathematics as [`crate::loss::SaeLoss::evaluate`] followed by the trainer's update
+//! (projection, clipping, Adam, renormalisation); `tests/it/host_step.rs` compares the two.
+//! Why a host path exists at all, with the measurements, is in `docs/decisions.md`.
+//!
+//! Layout: the encoder is stored transposed, `[d_sae, d_in]`, like the decoder, so that the
+//! gradient of both touches whole rows, one per latent that fired, and so that every latent's
+//! update is independent work (parallel over latents, no atomics, the same sums in the same order
+//! whatever the thread count).
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+
+use crate::loss::{LossParts, SaeLoss};
+use crate::topk::select_row;
+use crate::train::AdamConfig;
+
+/// Rows per parallel task in the row-wise passes.
+const ROWS_PER_TASK: usize = 16;
+/// Latents per parallel task in the per-latent passes.
+const LATENTS_PER_TASK: usize = 64;
+/// Elements per parallel task in the Adam pass over the biases and the encoder.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+/// Parameters and Adam moments on the host.
+#[derive(Debug, Clone)]
+pub(crate) struct HostState {
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub k: usize,
+    /// The encoder, transposed: `[d_sae, d_in]`.
+    pub w_enc_t: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    /// `[d_sae, d_in]`, unit rows.
+    pub w_dec: Vec<f32>,
+    pub b_dec: Vec<f32>,
+    /// Adam step count.
+    pub adam_step: u64,
+    /// First and second moments, in the order and layout of the parameters above.
+    pub m: [Vec<f32>; 4],
+    pub v: [Vec<f32>; 4],
+    scratch: Scratch,
+}
+
+/// Buffers reused from step to step.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    xc: Vec<f32>,
+    pre: Vec<f32>,
+    grads: [Vec<f32>; 4],
+}
+
+/// What a step reports back to the trainer.
+#[derive(Debug, Clone)]
+pub(crate) struct HostStepOut {
+    pub parts: LossParts,
+    /// `[batch, k]` latents of the main top-k.
+    pub indices: Vec<u32>,
+    pub grad_norm: f64,
+}
+
+/// Why a step was refused (the state is then unchanged).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NonFinite {
+    pub quantity: &'static str,
+    pub value: f64,
+}
+
+/// One decoded term of the loss.
+struct Term {
+    k: usize,
+    indices: Vec<u32>,
+    /// ReLU'd values, `[batch, k]`.
+    values: Vec<f32>,
+    /// `dL/dx_hat` for the term, `[batch, d_in]`.
+    grad_out: Vec<f32>,
+    with_bias: bool,
+}
+
+impl HostState {
+    /// Takes the parameters (`w_enc` as `[d_in, d_sae]`, row-major) with zero moments.
+    pub fn new(k: usize, w_enc: &[f32], b_enc: Vec<f32>, w_dec: Vec<f32>, b_dec: Vec<f32>) -> Self {
+        let (d_in, d_sae) = (b_dec.len(), b_enc.len());
+        let w_enc_t = transpose(w_enc, d_in, d_sae);
+        let zeros = |n: usize| vec![0.0f32; n];
+        let sizes = [d_sae * d_in, d_sae, d_sae * d_in, d_in];
+        Self {
+            d_in,
+            d_sae,
+            k,
+            w_enc_t,
+            b_enc,
+            w_dec,
+            b_dec,
+            adam_step: 0,
+            m: sizes.map(zeros),
+            v: sizes.map(zeros),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// The encoder as `[d_in, d_sae]`, row-major.
+    pub fn w_enc(&self) -> Vec<f32> {
+        transpose(&self.w_enc_t, self.d_sae, self.d_in)
+    }
+
+    /// A moment of the encoder as `[d_in, d_sae]` (`which` 0: first, 1: second).
+    pub fn w_enc_moment(&self, which: usize) -> Vec<f32> {
+        let m = if which == 0 { &self.m[0] } else { &self.v[0] };
+        transpose(m, self.d_sae, self.d_in)
+    }
+
+    /// Sets a moment of the encoder from `[d_in, d_sae]` values.
+    pub fn set_w_enc_moment(&mut self, which: usize, values: &[f32]) {
+        let t = transpose(values, self.d_in, self.d_sae);
+        if which == 0 {
+            self.m[0] = t;
+        } else {
+            self.v[0] = t;
+        }
+    }
+
+    /// One training step on the normalised batch `x` (`[batch, d_in]`). `dead` marks the latents
+    /// that count as dead once this batch is seen (those firing in it are excluded here).
+    pub fn step(
+        &mut self,
+        x: &[f32],
+        dead: &[bool],
+        loss: &SaeLoss,
+        opt: &AdamConfig,
+        clip: Option<f64>,
+    ) -> Result<HostStepOut, NonFinite> {
+        let batch = x.len() / self.d_in;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.step_with(&mut scratch, x, batch, dead, loss, opt, clip);
+        self.scratch = scratch;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::too_many_lines)]
+    fn step_with(
+        &mut self,
+        s: &mut Scratch,
+        x: &[f32],
+        batch: usize,
+        dead: &[bool],
+        loss: &SaeLoss,
+        opt: &AdamConfig,
+        clip: Option<f64>,
+    ) -> Result<HostStepOut, NonFinite> {
+        let (d_in, d_sae) = (self.d_in, self.d_sae);
+        // pre = (x - b_dec) @ w_enc + b_enc: the one dense product.
+        s.xc.clear();
+        s.xc.extend(
+            x.chunks_exact(d_in)
+                .flat_map(|row| row.iter().zip(&self.b_dec).map(|(a, b)| a - b)),
+        );
+        s.pre.resize(batch * d_sae, 0.0);
+        encode_into(&s.xc, &self.w_enc_t, d_in, d_sae, &mut s.pre);
+        s.pre
+            .par_chunks_mut(d_sae * ROWS_PER_TASK)
+            .for_each(|rows| {
+                for row in rows.chunks_exact_mut(d_sae) {
+                    row.iter_mut().zip(&self.b_enc).for_each(|(p, b)| *p += b);
+                }
+            });
+
+        let var_x = centred_variance(x, d_in);
+        let scale = 2.0 / (batch * d_in) as f64;
+        let main = self.select(&s.pre, self.k, None);
+        let x_hat = self.decode(&main.0, &main.1, self.k, true);
+        let (recon, grad_main) = residual_term(&x_hat, x, var_x, scale);
+        let mut parts = LossParts {
+            recon: recon as f32,
+            ..LossParts::default()
+        };
+        let mut total = recon;
+        let fired = main.0.clone();
+        let mut terms = vec![Term {
+            k: self.k,
+            indices: main.0,
+            values: main.1,
+            grad_out: grad_main,
+            with_bias: true,
+        }];
+
+        // AuxK over the dead latents that did not fire in this batch.
+        let mut dead = dead.to_vec();
+        for &j in &fired {
+            dead[j as usize] = false;
+        }
+        let n_dead = dead.iter().filter(|d| **d).count();
+        let k_aux = loss.k_aux().min(n_dead);
+        let config = loss.config();
+        if k_aux > 0 {
+            let e: Vec<f32> = x.iter().zip(&x_hat).map(|(a, b)| a - b).collect();
+            let var_e = centred_variance(&e, d_in).max(1e-20);
+            let (indices, values) = self.select(&s.pre, k_aux, Some(&dead));
+            let e_hat = self.decode(&indices, &values, k_aux, false);
+            let coef = f64::from(config.aux_coef);
+            let (aux, grad) = residual_term(&e_hat, &e, var_e, scale * coef);
+            parts.aux = aux as f32;
+            total += coef * aux;
+            terms.push(Term {
+                k: k_aux,
+                indices,
+                values,
+                grad_out: grad,
+                with_bias: false,
+            });
+        }
+        if config.multi_k {
+            let k_mk = (config.multi_k_factor * self.k).min(d_sae);
+            let (indices, values) = self.select(&s.pre, k_mk, None);
+            let x_hat_mk = self.decode(&indices, &values, k_mk, true);
+            let coef = f64::from(config.multi_k_coef);
+            let (mk, grad) = residual_term(&x_hat_mk, x, var_x, scale * coef);
+            parts.multi_k = mk as f32;
+            total += coef * mk;
+            terms.push(Term {
+                k: k_mk,
+                indices,
+                values,
+                grad_out: grad,
+                with_bias: true,
+            });
+        }
+        parts.total = total as f32;
+        if !parts.total.is_finite() {
+            return Err(NonFinite {
+                quantity: "loss",
+                value: total,
+            });
+        }
+
+        let norm_sq = self.backward(s, &terms, batch);
+        let grad_norm = norm_sq.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(NonFinite {
+                quantity: "gradient norm",
+                value: grad_norm,
+            });
+        }
+        let coef = clip.map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
+        self.adam(s, opt, coef as f32);
+        Ok(HostStepOut {
+            parts,
+            indices: fired,
+            grad_norm,
+        })
+    }
+
+    /// Top `k` of each row of `pre` (restricted to `allowed`), ReLU'd: `([batch, k], [batch, k])`.
+    fn select(&self, pre: &[f32], k: usize, allowed: Option<&[bool]>) -> (Vec<u32>, Vec<f32>) {
+        let d_sae = self.d_sae;
+        let batch = pre.len() / d_sae;
+        let mut indices = vec![0u32; batch * k];
+        let mut values = vec![0f32; batch * k];
+        pre.par_chunks(d_sae * ROWS_PER_TASK)
+            .zip(indices.par_chunks_mut(k * ROWS_PER_TASK))
+            .zip(values.par_chunks_mut(k * ROWS_PER_TASK))
+            .for_each_init(
+                || Vec::with_capacity(d_sae),
+                |scratch, ((rows, idx), val)| {
+                    for ((row, idx), val) in rows
+                        .chunks_exact(d_sae)
+                        .zip(idx.chunks_exact_mut(k))
+                        .zip(val.chunks_exact_mut(k))
+                    {
+                        select_row(row, k, allowed, scratch);
+                        for ((i, v), (value, index)) in idx.iter_mut().zip(val).zip(&*scratch) {
+                            *i = *index;
+                            // ReLU that keeps NaN, so a broken model shows in the loss.
+                            *v = if *value < 0.0 { 0.0 } else { *value };
+                        }
+                    }
+                },
+            );
+        (indices, values)
+    }
+
+    /// `sum_j values[b, j] * w_dec[indices[b, j]]` (+ `b_dec`), `[batch, d_in]`.
+    fn decode(&self, indices: &[u32], values: &[f32], k: usize, with_bias: bool) -> Vec<f32> {
+        let d_in = self.d_in;
+        let batch = indices.len() / k;
+        let mut out = vec![0f32; batch * d_in];
+        out.par_chunks_mut(d_in * ROWS_PER_TASK)
+            .zip(indices.par_chunks(k * ROWS_PER_TASK))
+            .zip(values.par_chunks(k * ROWS_PER_TASK))
+            .for_each(|((out, idx), val)| {
+                for ((row, idx), val) in out
+                    .chunks_exact_mut(d_in)
+                    .zip(idx.chunks_exact(k))
+                    .zip(val.chunks_exact(k))
+                {
+                    if with_bias {
+                        row.copy_from_slice(&self.b_dec);
+                    }
+                    for (&j, &v) in idx.iter().zip(val) {
+                        if v != 0.0 {
+                            axpy(row, v, self.dec_row(j));
+                        }
+                    }
+                }
+            });
+        out
+    }
+
+    fn dec_row(&self, j: u32) -> &[f32] {
+        let j = j as usize;
+        &self.w_dec[j * self.d_in..(j + 1) * self.d_in]
+    }
+
+    /// Gradients of all terms into `s.grads` (decoder gradient already projected); returns the
+    /// squared global norm.
+    fn backward(&self, s: &mut Scratch, terms: &[Term], batch: usize) -> f64 {
+        let (d_in, d_sae) = (self.d_in, self.d_sae);
+        // dL/dvalue[b, j] = g[b] . w_dec[idx[b, j]], zero where ReLU clipped the value.
+        let grad_values: Vec<Vec<f32>> = terms
+            .iter()
+            .map(|t| {
+                let mut gv = vec![0f32; batch * t.k];
+                gv.par_chunks_mut(t.k * ROWS_PER_TASK)
+                    .enumerate()
+                    .for_each(|(task, gv)| {
+                        for (r, gv) in gv.chunks_exact_mut(t.k).enumerate() {
+                            let b = task * ROWS_PER_TASK + r;
+                            let g = &t.grad_out[b * d_in..(b + 1) * d_in];
+                            for (j, out) in gv.iter_mut().enumerate() {
+                                let at = b * t.k + j;
+                                if t.values[at] > 0.0 {
+                                    *out = dot(g, self.dec_row(t.indices[at]));
+                                }
+                            }
+                        }
+                    });
+                gv
+            })
+            .collect();
+
+        // Entries grouped by latent (counting sort): (term, row, position in the row).
+        let mut starts = vec![0usize; d_sae + 1];
+        for t in terms {
+            for &j in &t.indices {
+                starts[j as usize + 1] += 1;
+            }
+        }
+        for j in 0..d_sae {
+            starts[j + 1] += starts[j];
+        }
+        let mut fill = starts.clone();
+        let mut entries = vec![(0u8, 0u32, 0u32); starts[d_sae]];
+        for (ti, t) in terms.iter().enumerate() {
+            for (at, &j) in t.indices.iter().enumerate() {
+                let slot = &mut fill[j as usize];
+                entries[*slot] = (ti as u8, (at / t.k) as u32, at as u32);
+                *slot += 1;
+            }
+        }
+
+        let [g_w_enc_t, g_b_enc, g_w_dec, g_b_dec] = &mut s.grads;
+        g_w_enc_t.resize(d_sae * d_in, 0.0);
+        g_w_dec.resize(d_sae * d_in, 0.0);
+        g_b_enc.resize(d_sae, 0.0);
+        let xc = &s.xc;
+        let chunk = LATENTS_PER_TASK;
+        let norm_sq: f64 = g_w_enc_t
+            .par_chunks_mut(d_in * chunk)
+            .zip(g_w_dec.par_chunks_mut(d_in * chunk))
+            .zip(g_b_enc.par_chunks_mut(chunk))
+            .enumerate()
+            .map(|(task, ((ge, gd), gb))| {
+                let mut sq = 0.0f64;
+                for (l, ((ge, gd), gb)) in ge
+                    .chunks_exact_mut(d_in)
+                    .zip(gd.chunks_exact_mut(d_in))
+                    .zip(gb.iter_mut())
+                    .enumerate()
+                {
+                    let j = task * chunk + l;
+                    ge.fill(0.0);
+                    gd.fill(0.0);
+                    *gb = 0.0;
+                    let mine = &entries[starts[j]..starts[j + 1]];
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    for &(ti, b, at) in mine {
+                        let (t, b, at) = (&terms[ti as usize], b as usize, at as usize);
+                        let v = t.values[at];
+                        if v != 0.0 {
+                            axpy(gd, v, &t.grad_out[b * d_in..(b + 1) * d_in]);
+                        }
+                        let gv = grad_values[ti as usize][at];
+                        if gv != 0.0 {
+                            axpy(ge, gv, &xc[b * d_in..(b + 1) * d_in]);
+                            *gb += gv;
+                        }
+                    }
+                    // Keep the unit-norm rows on the sphere: drop the component along the row.
+                    let w = self.dec_row(j as u32);
+                    let along = dot(gd, w);
+                    axpy(gd, -along, w);
+                    sq += sum_sq(ge) + sum_sq(gd) + f64::from(*gb) * f64::from(*gb);
+                }
+                sq
+            })
+            .sum();
+
+        // b_dec: the with-bias terms' output gradients, minus what flows back through
+        // pre = (x - b_dec) @ w_enc: -(sum_j dL/db_enc[j] * w_enc[:, j]).
+        g_b_dec.clear();
+        g_b_dec.resize(d_in, 0.0);
+        for t in terms.iter().filter(|t| t.with_bias) {
+            for row in t.grad_out.chunks_exact(d_in) {
+                g_b_dec.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            }
+        }
+        for (j, &gb) in g_b_enc.iter().enumerate() {
+            if gb != 0.0 {
+                axpy(g_b_dec, -gb, &self.w_enc_t[j * d_in..(j + 1) * d_in]);
+            }
+        }
+        norm_sq + sum_sq(g_b_dec)
+    }
+
+    /// Adam on every parameter with the gradients in `s.grads` scaled by `clip`, then the
+    /// decoder rows back to unit norm.
+    fn adam(&mut self, s: &Scratch, opt: &AdamConfig, clip: f32) {
+        self.adam_step += 1;
+        let t = i32::try_from(self.adam_step).unwrap_or(i32::MAX);
+        let c = AdamScalars {
+            b1: opt.beta_1 as f32,
+            b2: opt.beta_2 as f32,
+            c1: (1.0 - opt.beta_1.powi(t)) as f32,
+            c2: (1.0 - opt.beta_2.powi(t)) as f32,
+            eps: opt.epsilon as f32,
+            lr: opt.lr as f32,
+            clip,
+        };
+        let [m0, m1, m2, m3] = &mut self.m;
+        let [v0, v1, v2, v3] = &mut self.v;
+        let [g0, g1, g2, g3] = &s.grads;
+        c.update(&mut self.w_enc_t, m0, v0, g0, ELEMENTS_PER_TASK);
+        c.update(&mut self.b_enc, m1, v1, g1, ELEMENTS_PER_TASK);
+        c.update(&mut self.b_dec, m3, v3, g3, ELEMENTS_PER_TASK);
+        let d_in = self.d_in;
+        self.w_dec
+            .par_chunks_mut(d_in)
+            .zip(m2.par_chunks_mut(d_in))
+            .zip(v2.par_chunks_mut(d_in))
+            .zip(g2.par_chunks(d_in))
+            .with_min_len(LATENTS_PER_TASK)
+            .for_each(|(((w, m), v), g)| {
+                c.update_chunk(w, m, v, g);
+                let norm = sum_sq(w).sqrt().max(1e-12) as f32;
+                for x in w.iter_mut() {
+                    *x /= norm;
+                }
+            });
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AdamScalars {
+    b1: f32,
+    b2: f32,
+    c1: f32,
+    c2: f32,
+    eps: f32,
+    lr: f32,
+    clip: f32,
+}
+
+impl AdamScalars {
+    fn update(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], per_task: usize) {
+        p.par_chunks_mut(per_task)
+            .zip(m.par_chunks_mut(per_task))
+            .zip(v.par_chunks_mut(per_task))
+            .zip(g.par_chunks(per_task))
+            .for_each(|(((p, m), v), g)| self.update_chunk(p, m, v, g));
+    }
+
+    /// PyTorch's Adam: `p -= lr * (m / c1) / (sqrt(v / c2) + eps)`.
+    fn update_chunk(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
+            let g = g * self.clip;
+            *m = *m * self.b1 + g * (1.0 - self.b1);
+            *v = *v * self.b2 + g * g * (1.0 - self.b2);
+            let denom = (*v / self.c2).sqrt() + self.eps;
+            *p -= *m / self.c1 / denom * self.lr;
+        }
+    }
+}
+
+/// `pre = xc @ w_enc_t^T`, `[batch, d_sae]`, through ndarray's GEMM (matrixmultiply, or BLAS
+/// when ndarray's `blas` feature is on).
+pub(crate) fn encode_into(xc: &[f32], w_enc_t: &[f32], d_in: usize, d_sae: usize, pre: &mut [f32]) {
+    let batch = xc.len() / d_in;
+    let a = ArrayView2::from_shape((batch, d_in), xc).expect("xc is [batch, d_in]");
+    let w = ArrayView2::from_shape((d_sae, d_in), w_enc_t).expect("w_enc_t is [d_sae, d_in]");
+    let mut c = ArrayViewMut2::from_shape((batch, d_sae), pre).expect("pre is [batch, d_sae]");
+    general_mat_mul(1.0, &a, &w.t(), 0.0, &mut c);
+}
+
+/// NMSE of `recon` against `target` and its gradient `scale * (recon - target) / var`.
+fn residual_term(recon: &[f32], target: &[f32], var: f64, scale: f64) -> (f64, Vec<f32>) {
+    let n = recon.len() as f64;
+    let sq: f64 = recon
+        .iter()
+        .zip(target)
+        .map(|(a, b)| f64::from(a - b) * f64::from(a - b))
+        .sum();
+    let factor = (scale / var) as f32;
+    let grad = recon
+        .iter()
+        .zip(target)
+        .map(|(a, b)| (a - b) * factor)
+        .collect();
+    (sq / n / var, grad)
+}
+
+/// `mean((x - mean_over_rows(x))^2)` over all elements.
+fn centred_variance(x: &[f32], d_in: usize) -> f64 {
+    let rows = x.len() / d_in;
+    let mut mean = vec![0f64; d_in];
+    for row in x.chunks_exact(d_in) {
+        mean.iter_mut()
+            .zip(row)
+            .for_each(|(m, v)| *m += f64::from(*v));
+    }
+    for m in &mut mean {
+        *m /= rows as f64;
+    }
+    let sq: f64 = x
+        .chunks_exact(d_in)
+        .map(|row| {
+            row.iter()
+                .zip(&mean)
+                .map(|(v, m)| (f64::from(*v) - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum();
+    sq / x.len() as f64
+}
+
+/// `[rows, cols]` to `[cols, rows]`, in cache-sized blocks.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const BLOCK: usize = 32;
+    let mut out = vec![0f32; a.len()];
+    for r0 in (0..rows).step_by(BLOCK) {
+        for c0 in (0..cols).step_by(BLOCK) {
+            for r in r0..(r0 + BLOCK).min(rows) {
+                for c in c0..(c0 + BLOCK).min(cols) {
+                    out[c * rows + r] = a[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[inline]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums: lets the compiler vectorise without reassociating one long chain.
+    let mut acc = [0f32; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn sum_sq(a: &[f32]) -> f64 {
+    f64::from(dot(a, a))
+}
