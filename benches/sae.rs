@@ -42,6 +42,22 @@ fn benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("encode", &id), |b| {
             b.iter(|| to_host_vec(model.encode_topk(x.clone()).values));
         });
+        let corpus = topk_sae::Embeddings::from_vec(rows(4 * batch, d_in), 4 * batch, d_in)
+            .expect("finite rows");
+        let identity = topk_sae::Normalizer::identity();
+        group.bench_function(BenchmarkId::new("encode_corpus_4x_batch", &id), |b| {
+            b.iter(|| {
+                topk_sae::analysis::encode_corpus(
+                    &model,
+                    &corpus,
+                    &identity,
+                    4 * batch,
+                    &device,
+                    |_| {},
+                )
+                .expect("valid corpus")
+            });
+        });
         group.bench_function(BenchmarkId::new("forward", &id), |b| {
             b.iter(|| to_host_vec(model.forward(x.clone()).reconstruction));
         });

@@ -199,6 +199,22 @@ fn run(args: &Args) -> Result<()> {
         &device,
         |_| {},
     )?;
+    // Corpus encoding, timed on its own, best of three (the side-by-side script compares it with
+    // PyTorch's, measured the same way).
+    let mut encode_seconds = f64::INFINITY;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let codes = topk_sae::analysis::encode_corpus(
+            &trained.model,
+            &data,
+            &trained.normalizer,
+            4096,
+            &device,
+            |_| {},
+        )?;
+        encode_seconds = encode_seconds.min(started.elapsed().as_secs_f64());
+        drop(codes);
+    }
     step_ms.sort_by(f64::total_cmp);
     let median = step_ms.get(step_ms.len() / 2).copied().unwrap_or(f64::NAN);
     println!("{}\n{metrics}", Metrics::table_header());
@@ -222,6 +238,7 @@ fn run(args: &Args) -> Result<()> {
             "steps": trained.steps,
             "train_seconds": train_seconds,
             "ms_per_step_median": median,
+            "encode_seconds": encode_seconds,
             "data": data.name(),
             "batch": config.batch_size,
             "lr": lr,

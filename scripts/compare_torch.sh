@@ -23,10 +23,11 @@ out = sys.argv[1]
 r, t = (json.load(open(f"{out}/{n}.json")) for n in ("rust", "torch"))
 rss = {n: int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(f"{out}/{n}.time").read()).group(1)) / 1024
        for n in ("rust", "torch")}
-print(f"{'':10} {'ms/step':>9} {'NMSE':>8} {'Log FD':>8} {'peak MiB':>9}")
-print(f"{'topk-sae':10} {r['ms_per_step_median']:9.1f} {r['nmse']:8.4f} {r['log_fd']:8.3f} {rss['rust']:9.0f}")
-print(f"{'pytorch':10} {t['ms_per_step_median']:9.1f} {t['nmse']:8.4f} {t['log_fd']:8.3f} {rss['torch']:9.0f}")
+print(f"{'':10} {'ms/step':>9} {'encode s':>9} {'NMSE':>8} {'Log FD':>8} {'peak MiB':>9}")
+for name, j, m in (("topk-sae", r, rss["rust"]), ("pytorch", t, rss["torch"])):
+    print(f"{name:10} {j['ms_per_step_median']:9.1f} {j['encode_seconds']:9.2f} {j['nmse']:8.4f} {j['log_fd']:8.3f} {m:9.0f}")
 print(f"speed-up (pytorch ms / topk-sae ms): {t['ms_per_step_median'] / r['ms_per_step_median']:.2f}x; "
+      f"corpus encoding {t['encode_seconds'] / r['encode_seconds']:.2f}x; "
       f"NMSE difference {100 * (r['nmse'] - t['nmse']) / t['nmse']:+.2f}%; threads {t['threads']}, torch {t['torch']}")
 PY
 rm -rf "$out"

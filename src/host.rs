@@ -15,13 +15,15 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use crate::loss::{LossParts, SaeLoss};
-use crate::topk::select_row;
+use crate::topk::{SelectScratch, key_column, select_row};
 use crate::train::AdamConfig;
 
 /// Rows per parallel task in the row-wise passes.
 const ROWS_PER_TASK: usize = 16;
 /// Latents per parallel task in the per-latent passes.
 const LATENTS_PER_TASK: usize = 64;
+/// Pre-activation bytes [`HostCodec::encode`] computes at once (a third of a 32 MiB L3).
+const PRE_BLOCK_BYTES: usize = 12 << 20;
 /// Elements per parallel task in the Adam pass over the biases and the encoder.
 const ELEMENTS_PER_TASK: usize = 1 << 14;
 
@@ -153,20 +155,9 @@ impl HostState {
     ) -> Result<HostStepOut, NonFinite> {
         let (d_in, d_sae) = (self.d_in, self.d_sae);
         // pre = (x - b_dec) @ w_enc + b_enc: the one dense product.
-        s.xc.clear();
-        s.xc.extend(
-            x.chunks_exact(d_in)
-                .flat_map(|row| row.iter().zip(&self.b_dec).map(|(a, b)| a - b)),
-        );
+        centre(x, &self.b_dec, &mut s.xc);
         s.pre.resize(batch * d_sae, 0.0);
         encode_into(&s.xc, &self.w_enc_t, d_in, d_sae, &mut s.pre);
-        s.pre
-            .par_chunks_mut(d_sae * ROWS_PER_TASK)
-            .for_each(|rows| {
-                for row in rows.chunks_exact_mut(d_sae) {
-                    row.iter_mut().zip(&self.b_enc).for_each(|(p, b)| *p += b);
-                }
-            });
 
         let var_x = centred_variance(x, d_in);
         let scale = 2.0 / (batch * d_in) as f64;
@@ -253,60 +244,19 @@ impl HostState {
         })
     }
 
-    /// Top `k` of each row of `pre` (restricted to `allowed`), ReLU'd: `([batch, k], [batch, k])`.
     fn select(&self, pre: &[f32], k: usize, allowed: Option<&[bool]>) -> (Vec<u32>, Vec<f32>) {
-        let d_sae = self.d_sae;
-        let batch = pre.len() / d_sae;
-        let mut indices = vec![0u32; batch * k];
-        let mut values = vec![0f32; batch * k];
-        pre.par_chunks(d_sae * ROWS_PER_TASK)
-            .zip(indices.par_chunks_mut(k * ROWS_PER_TASK))
-            .zip(values.par_chunks_mut(k * ROWS_PER_TASK))
-            .for_each_init(
-                || Vec::with_capacity(d_sae),
-                |scratch, ((rows, idx), val)| {
-                    for ((row, idx), val) in rows
-                        .chunks_exact(d_sae)
-                        .zip(idx.chunks_exact_mut(k))
-                        .zip(val.chunks_exact_mut(k))
-                    {
-                        select_row(row, k, allowed, scratch);
-                        for ((i, v), (value, index)) in idx.iter_mut().zip(val).zip(&*scratch) {
-                            *i = *index;
-                            // ReLU that keeps NaN, so a broken model shows in the loss.
-                            *v = if *value < 0.0 { 0.0 } else { *value };
-                        }
-                    }
-                },
-            );
-        (indices, values)
+        select_topk(pre, &self.b_enc, k, allowed)
     }
 
-    /// `sum_j values[b, j] * w_dec[indices[b, j]]` (+ `b_dec`), `[batch, d_in]`.
     fn decode(&self, indices: &[u32], values: &[f32], k: usize, with_bias: bool) -> Vec<f32> {
-        let d_in = self.d_in;
-        let batch = indices.len() / k;
-        let mut out = vec![0f32; batch * d_in];
-        out.par_chunks_mut(d_in * ROWS_PER_TASK)
-            .zip(indices.par_chunks(k * ROWS_PER_TASK))
-            .zip(values.par_chunks(k * ROWS_PER_TASK))
-            .for_each(|((out, idx), val)| {
-                for ((row, idx), val) in out
-                    .chunks_exact_mut(d_in)
-                    .zip(idx.chunks_exact(k))
-                    .zip(val.chunks_exact(k))
-                {
-                    if with_bias {
-                        row.copy_from_slice(&self.b_dec);
-                    }
-                    for (&j, &v) in idx.iter().zip(val) {
-                        if v != 0.0 {
-                            axpy(row, v, self.dec_row(j));
-                        }
-                    }
-                }
-            });
-        out
+        decode_sparse(
+            &self.w_dec,
+            self.d_in,
+            with_bias.then_some(&self.b_dec[..]),
+            indices,
+            values,
+            k,
+        )
     }
 
     fn dec_row(&self, j: u32) -> &[f32] {
@@ -496,6 +446,154 @@ impl AdamScalars {
     }
 }
 
+/// Top `k` of each row of `pre + bias` (`pre` is `[batch, d_sae]`, `bias` `[d_sae]`), restricted to
+/// `allowed`, ReLU'd (NaN kept): `([batch, k], [batch, k])`. The bias is added row by row into a
+/// small buffer that stays in cache, so `pre` is read once.
+pub(crate) fn select_topk(
+    pre: &[f32],
+    bias: &[f32],
+    k: usize,
+    allowed: Option<&[bool]>,
+) -> (Vec<u32>, Vec<f32>) {
+    let d_sae = bias.len();
+    let batch = pre.len() / d_sae;
+    let mut indices = vec![0u32; batch * k];
+    let mut values = vec![0f32; batch * k];
+    pre.par_chunks(d_sae * ROWS_PER_TASK)
+        .zip(indices.par_chunks_mut(k * ROWS_PER_TASK))
+        .zip(values.par_chunks_mut(k * ROWS_PER_TASK))
+        .for_each_init(
+            || (SelectScratch::default(), vec![0f32; d_sae]),
+            |(scratch, biased), ((rows, idx), val)| {
+                for ((row, idx), val) in rows
+                    .chunks_exact(d_sae)
+                    .zip(idx.chunks_exact_mut(k))
+                    .zip(val.chunks_exact_mut(k))
+                {
+                    for ((o, p), b) in biased.iter_mut().zip(row).zip(bias) {
+                        *o = p + b;
+                    }
+                    select_row(biased, k, allowed, scratch);
+                    for ((i, v), key) in idx.iter_mut().zip(val).zip(&scratch.keys) {
+                        let j = key_column(*key);
+                        *i = j as u32;
+                        // ReLU that keeps NaN, so a broken model shows in the loss.
+                        *v = if biased[j] < 0.0 { 0.0 } else { biased[j] };
+                    }
+                }
+            },
+        );
+    (indices, values)
+}
+
+/// `sum_j values[b, j] * w_dec[indices[b, j]]` (+ `b_dec` when given), `[batch, d_in]`;
+/// `w_dec` is `[d_sae, d_in]`, `indices` and `values` `[batch, k]`.
+pub(crate) fn decode_sparse(
+    w_dec: &[f32],
+    d_in: usize,
+    b_dec: Option<&[f32]>,
+    indices: &[u32],
+    values: &[f32],
+    k: usize,
+) -> Vec<f32> {
+    let batch = indices.len() / k;
+    let mut out = vec![0f32; batch * d_in];
+    out.par_chunks_mut(d_in * ROWS_PER_TASK)
+        .zip(indices.par_chunks(k * ROWS_PER_TASK))
+        .zip(values.par_chunks(k * ROWS_PER_TASK))
+        .for_each(|((out, idx), val)| {
+            for ((row, idx), val) in out
+                .chunks_exact_mut(d_in)
+                .zip(idx.chunks_exact(k))
+                .zip(val.chunks_exact(k))
+            {
+                if let Some(b) = b_dec {
+                    row.copy_from_slice(b);
+                }
+                for (&j, &v) in idx.iter().zip(val) {
+                    if v != 0.0 {
+                        let j = j as usize;
+                        axpy(row, v, &w_dec[j * d_in..(j + 1) * d_in]);
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Whether the host kernels are the fast path for backend `B` on `device`: true on the CPU
+/// backends (burn-ndarray, Flex), where host buffers are the backend's own memory.
+pub(crate) fn is_cpu_backend<B: burn::tensor::backend::Backend>(device: &B::Device) -> bool {
+    let name = B::name(device).to_ascii_lowercase();
+    name.contains("ndarray") || name.contains("flex")
+}
+
+/// A model's weights on the host, for encoding and decoding many batches (corpus encoding,
+/// evaluation) with the host kernels.
+#[derive(Debug, Clone)]
+pub(crate) struct HostCodec {
+    d_in: usize,
+    d_sae: usize,
+    k: usize,
+    w_enc_t: Vec<f32>,
+    b_enc: Vec<f32>,
+    w_dec: Vec<f32>,
+    b_dec: Vec<f32>,
+}
+
+impl HostCodec {
+    /// Copies the weights of `model` to the host.
+    pub fn new<B: burn::tensor::backend::Backend>(model: &crate::TopKSae<B>) -> Self {
+        use crate::sae::to_host;
+        let (d_in, d_sae) = (model.d_in(), model.d_sae());
+        Self {
+            d_in,
+            d_sae,
+            k: model.k(),
+            w_enc_t: transpose(&to_host(model.w_enc.val()), d_in, d_sae),
+            b_enc: to_host(model.b_enc.val()),
+            w_dec: to_host(model.w_dec.val()),
+            b_dec: to_host(model.b_dec.val()),
+        }
+    }
+
+    /// Top-k indices and ReLU'd values of the rows `x` (`[batch, d_in]`), `[batch, k]` each;
+    /// `pre` is scratch space.
+    pub fn encode(&self, x: &[f32], pre: &mut Vec<f32>) -> (Vec<u32>, Vec<f32>) {
+        let (d_in, d_sae) = (self.d_in, self.d_sae);
+        let mut xc = Vec::new();
+        centre(x, &self.b_dec, &mut xc);
+        // Blocks of rows whose pre-activations stay in the last-level cache between the product
+        // and the top-k pass, in a buffer small enough that allocating it once is cheap.
+        let block = (PRE_BLOCK_BYTES / (4 * d_sae)).max(64);
+        let rows = xc.len() / d_in;
+        let (mut indices, mut values) = (
+            Vec::with_capacity(rows * self.k),
+            Vec::with_capacity(rows * self.k),
+        );
+        for xc in xc.chunks(block * d_in) {
+            pre.resize(xc.len() / d_in * d_sae, 0.0);
+            encode_into(xc, &self.w_enc_t, d_in, d_sae, pre);
+            let (i, v) = select_topk(pre, &self.b_enc, self.k, None);
+            indices.extend(i);
+            values.extend(v);
+        }
+        (indices, values)
+    }
+
+    /// Reconstructions of rows coded as `indices`, `values` (`[batch, k]`): `[batch, d_in]`.
+    pub fn decode(&self, indices: &[u32], values: &[f32]) -> Vec<f32> {
+        decode_sparse(
+            &self.w_dec,
+            self.d_in,
+            Some(&self.b_dec),
+            indices,
+            values,
+            self.k,
+        )
+    }
+}
+
 /// `pre = xc @ w_enc_t^T`, `[batch, d_sae]`, through ndarray's GEMM (matrixmultiply, or BLAS
 /// when ndarray's `blas` feature is on).
 pub(crate) fn encode_into(xc: &[f32], w_enc_t: &[f32], d_in: usize, d_sae: usize, pre: &mut [f32]) {
@@ -504,6 +602,17 @@ pub(crate) fn encode_into(xc: &[f32], w_enc_t: &[f32], d_in: usize, d_sae: usize
     let w = ArrayView2::from_shape((d_sae, d_in), w_enc_t).expect("w_enc_t is [d_sae, d_in]");
     let mut c = ArrayViewMut2::from_shape((batch, d_sae), pre).expect("pre is [batch, d_sae]");
     general_mat_mul(1.0, &a, &w.t(), 0.0, &mut c);
+}
+
+/// `out = x - b_dec` row by row.
+fn centre(x: &[f32], b_dec: &[f32], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend_from_slice(x);
+    for row in out.chunks_exact_mut(b_dec.len()) {
+        for (v, b) in row.iter_mut().zip(b_dec) {
+            *v -= b;
+        }
+    }
 }
 
 /// NMSE of `recon` against `target` and its gradient `scale * (recon - target) / var`.

@@ -184,8 +184,7 @@ impl SaeLoss {
         let scale = 2.0 / (batch * d_in) as f32;
 
         let xc = x.clone() - b_dec.clone();
-        let pre = xc.clone().matmul(model.w_enc.val()) + model.b_enc.val().unsqueeze_dim(0);
-        let pre_host = to_host(pre);
+        let pre_host = model.pre_activations_host(xc.clone());
 
         let centred = x.clone() - x.clone().mean_dim(0);
         let var_x = centred.powi_scalar(2).mean().unsqueeze_dim::<2>(0);

@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Embeddings, Normalizer};
+use crate::host::HostCodec;
 use crate::sae::{TopKSae, int_to_host, to_host};
 
 /// Floor added to densities before `log10`, so a dead latent scores -10.
@@ -236,20 +237,30 @@ pub fn evaluate<B: Backend>(
 ) -> crate::Result<Metrics> {
     data.check_width(model.d_in())?;
     let mut acc = MetricsAccumulator::new(model.d_in(), model.d_sae(), model.k());
+    // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
+    let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
+    let mut pre = Vec::new();
     for range in crate::data::batch_ranges(data.rows(), batch_size)? {
         let (rows, end) = (range.len(), range.end);
         let x = data.normalized_rows(range, normalizer);
-        let input = burn::tensor::Tensor::<B, 2>::from_data(
-            burn::tensor::TensorData::new(x.clone(), [rows, data.d_in()]),
-            device,
-        );
-        let out = model.forward(input);
-        acc.update(
-            &x,
-            &to_host(out.reconstruction),
-            &int_to_host(out.indices),
-            &to_host(out.values),
-        );
+        if let Some(codec) = &codec {
+            let (indices, values) = codec.encode(&x, &mut pre);
+            let recon = codec.decode(&indices, &values);
+            let indices: Vec<i64> = indices.into_iter().map(i64::from).collect();
+            acc.update(&x, &recon, &indices, &values);
+        } else {
+            let input = burn::tensor::Tensor::<B, 2>::from_data(
+                burn::tensor::TensorData::new(x.clone(), [rows, data.d_in()]),
+                device,
+            );
+            let out = model.forward(input);
+            acc.update(
+                &x,
+                &to_host(out.reconstruction),
+                &int_to_host(out.indices),
+                &to_host(out.values),
+            );
+        }
         progress(end);
     }
     Ok(acc.finish())

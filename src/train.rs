@@ -65,10 +65,7 @@ impl StepEngine {
         match self {
             Self::Host => true,
             Self::Tensor => false,
-            Self::Auto => {
-                let name = B::name(device).to_ascii_lowercase();
-                name.contains("ndarray") || name.contains("flex")
-            }
+            Self::Auto => crate::host::is_cpu_backend::<B>(device),
         }
     }
 }

@@ -22,6 +22,7 @@ pub use search::{
 
 use crate::data::{Embeddings, Normalizer};
 use crate::error::{Error, Result};
+use crate::host::HostCodec;
 use crate::sae::{TopKSae, int_to_host, to_host};
 
 /// The top-k latents of every document of a corpus, descending by pre-activation per row.
@@ -57,15 +58,22 @@ pub fn encode_corpus<B: Backend>(
     let k = model.k();
     let mut indices = Vec::with_capacity(data.rows() * k);
     let mut values = Vec::with_capacity(data.rows() * k);
+    // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
+    let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
+    let mut pre = Vec::new();
     for range in crate::data::batch_ranges(data.rows(), batch_size)? {
         let (rows, end) = (range.len(), range.end);
-        let x = Tensor::<B, 2>::from_data(
-            TensorData::new(data.normalized_rows(range, normalizer), [rows, data.d_in()]),
-            device,
-        );
-        let latents = model.encode_topk(x);
-        indices.extend(int_to_host(latents.indices).into_iter().map(|j| j as u32));
-        values.extend(to_host(latents.values));
+        let x = data.normalized_rows(range, normalizer);
+        if let Some(codec) = &codec {
+            let (i, v) = codec.encode(&x, &mut pre);
+            indices.extend(i);
+            values.extend(v);
+        } else {
+            let x = Tensor::<B, 2>::from_data(TensorData::new(x, [rows, data.d_in()]), device);
+            let latents = model.encode_topk(x);
+            indices.extend(int_to_host(latents.indices).into_iter().map(|j| j as u32));
+            values.extend(to_host(latents.values));
+        }
         progress(end);
     }
     Ok(CorpusCodes {

@@ -159,3 +159,55 @@ fn metrics_on_a_hand_computed_example() {
     assert!((m.l0 - 1.5).abs() < 1e-12);
     assert_eq!((m.dead_frac, m.dense_frac), (0.0, 1.0));
 }
+
+/// Values drawn from a small set so that ties are common, with NaN and infinities mixed in.
+fn tricky_rows() -> impl Strategy<Value = (Vec<f32>, usize, usize, Vec<bool>)> {
+    let value = prop_oneof![
+        8 => (-3i8..4).prop_map(f32::from),
+        1 => Just(f32::NAN),
+        1 => Just(f32::NEG_INFINITY),
+        1 => Just(f32::INFINITY),
+        1 => Just(-0.0f32),
+    ];
+    // Short rows with any k, and long rows with a small k (the block-maxima fast path).
+    let shapes = prop_oneof![
+        (1usize..6, 1usize..70).prop_flat_map(|(r, c)| (Just(r), Just(c), 1..=c)),
+        (1usize..4, 64usize..400).prop_flat_map(|(r, c)| (Just(r), Just(c), 1usize..=4)),
+    ];
+    shapes.prop_flat_map(move |(rows, cols, k)| {
+        (
+            proptest::collection::vec(value.clone(), rows * cols),
+            Just(cols),
+            Just(k),
+            proptest::collection::vec(any::<bool>(), cols),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `topk_rows` equals a full stable sort by (value descending, NaN lowest), ties by the lower
+    /// column, with and without a mask.
+    #[test]
+    fn topk_rows_equals_a_full_sort((data, cols, k, mask) in tricky_rows()) {
+        let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+        let allowed = mask.iter().filter(|m| **m).count();
+        for use_mask in [false, true] {
+            if use_mask && allowed < k {
+                continue;
+            }
+            let m = use_mask.then_some(&mask[..]);
+            let (idx, val) = topk_sae::topk::topk_rows(&data, cols, k, m);
+            for (r, row) in data.chunks_exact(cols).enumerate() {
+                let mut order: Vec<usize> = (0..cols).filter(|&j| m.is_none_or(|m| m[j])).collect();
+                order.sort_by(|&a, &b| key(row[b]).total_cmp(&key(row[a])).then(a.cmp(&b)));
+                let want: Vec<i64> = order[..k].iter().map(|&j| j as i64).collect();
+                prop_assert_eq!(&idx[r * k..(r + 1) * k], &want[..]);
+                for (j, v) in idx[r * k..(r + 1) * k].iter().zip(&val[r * k..(r + 1) * k]) {
+                    prop_assert_eq!(v.to_bits(), row[*j as usize].to_bits());
+                }
+            }
+        }
+    }
+}
