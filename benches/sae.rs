@@ -27,15 +27,36 @@ fn input(batch: usize, d_in: usize) -> burn::tensor::Tensor<B, 2> {
     )
 }
 
+/// `out = a @ b_t^T` (`a`: `[m, k]`, `b_t`: `[n, k]`) through ndarray, like the host engine.
+fn gemm(a: &[f32], b_t: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    let a = ndarray::ArrayView2::from_shape((m, k), a).expect("a is [m, k]");
+    let b = ndarray::ArrayView2::from_shape((n, k), b_t).expect("b_t is [n, k]");
+    let mut c = ndarray::ArrayViewMut2::from_shape((m, n), out).expect("out is [m, n]");
+    ndarray::linalg::general_mat_mul(1.0, &a, &b.t(), 0.0, &mut c);
+}
+
 fn benches(c: &mut Criterion) {
     let device = Default::default();
     let mut group = c.benchmark_group("sae");
     group.sample_size(10);
+    // This machine's practical peak: a large square product (2 * 2048^3 FLOP per iteration).
+    let (a, b) = (rows(2048, 2048), rows(2048, 2048));
+    let mut out = vec![0f32; 2048 * 2048];
+    group.bench_function("gemm_square_2048", |bench| {
+        bench.iter(|| gemm(&a, &b, 2048, 2048, 2048, &mut out));
+    });
     for (d_in, d_sae, k, batch) in SIZES {
         let id = format!("{d_in}x{d_sae}_k{k}_b{batch}");
         let model = TopKSaeConfig::new(d_in, d_sae, k).init::<B>(&device);
         let x = input(batch, d_in);
         let pre = rows(batch, d_sae);
+        // The encoder product alone, as the host engine runs it: the one-GEMM floor of a step.
+        let w_t = rows(d_sae, d_in);
+        let xs = rows(batch, d_in);
+        let mut out = vec![0f32; batch * d_sae];
+        group.bench_function(BenchmarkId::new("gemm_encoder", &id), |b| {
+            b.iter(|| gemm(&xs, &w_t, batch, d_in, d_sae, &mut out));
+        });
         group.bench_function(BenchmarkId::new("topk", &id), |b| {
             b.iter(|| topk_sae::topk::topk_rows(&pre, d_sae, k, None));
         });

@@ -26,6 +26,9 @@ use topk_sae::prelude::*;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// Backend: ndarray (CPU) or wgpu (GPU: Vulkan, Metal, DX12; build with --features wgpu).
+    #[arg(long, default_value = "ndarray")]
+    backend: String,
     /// Embeddings (2-D .npy). Without it: synthetic data with generated texts.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -52,10 +55,21 @@ struct Args {
     seed: u64,
 }
 
-type B = topk_sae::backend::NdArray<f32>;
+#[path = "common/backend.rs"]
+mod backend;
+
+/// [`run`] as a job for `--backend`.
+struct Main<'a>(&'a Args);
+
+impl backend::Job for Main<'_> {
+    fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> Result<()> {
+        run::<B>(self.0, device)
+    }
+}
 
 fn main() {
-    if let Err(e) = run(&Args::parse()) {
+    let args = Args::parse();
+    if let Err(e) = backend::run_on(&args.backend, Main(&args)) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
@@ -236,8 +250,8 @@ fn esc(s: &str) -> String {
 }
 
 #[allow(clippy::too_many_lines)] // one linear script: data, model, analysis, report
-fn run(args: &Args) -> Result<()> {
-    let device = Default::default();
+fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Result<()> {
+    let device = device.clone();
     let (data, docs) = if let Some(path) = &args.data {
         let data = Embeddings::from_npy(path)?;
         let docs = match &args.texts {

@@ -17,6 +17,9 @@ use topk_sae::sae::to_host_vec;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// Backend: ndarray (CPU) or wgpu (GPU: Vulkan, Metal, DX12; build with --features wgpu).
+    #[arg(long, default_value = "ndarray")]
+    backend: String,
     /// Checkpoint: a native or SAELens/sparsify folder, or a saerch/OpenAI .pth/.pt file.
     #[arg(long)]
     checkpoint: PathBuf,
@@ -47,17 +50,28 @@ struct Args {
     batch: usize,
 }
 
-type B = topk_sae::backend::NdArray<f32>;
+#[path = "common/backend.rs"]
+mod backend;
+
+/// [`run`] as a job for `--backend`.
+struct Main<'a>(&'a Args);
+
+impl backend::Job for Main<'_> {
+    fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> Result<()> {
+        run::<B>(self.0, device)
+    }
+}
 
 fn main() {
-    if let Err(e) = run(&Args::parse()) {
+    let args = Args::parse();
+    if let Err(e) = backend::run_on(&args.backend, Main(&args)) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(args: &Args) -> Result<()> {
-    let device = Default::default();
+fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Result<()> {
+    let device = device.clone();
     let options = LoadOptions {
         format: args.format.parse::<Format>()?,
         k: args.k,
@@ -110,7 +124,7 @@ fn run(args: &Args) -> Result<()> {
         let data = Embeddings::from_npy(input)?;
         data.check_width(model.d_in())?;
         if args.output.is_some() || args.expect.is_some() {
-            reconstruct(args, &ckpt, &data)?;
+            reconstruct(args, &ckpt, &data, &device)?;
         }
         let metrics = evaluate(model, &data, &ckpt.normalizer, args.batch, &device, |_| {})?;
         println!("metrics over {} ({} rows):", input.display(), data.rows());
@@ -124,8 +138,13 @@ fn run(args: &Args) -> Result<()> {
 }
 
 /// Reconstructs `data` in input space; writes it (--output) and/or compares it (--expect).
-fn reconstruct(args: &Args, ckpt: &checkpoint::Checkpoint<B>, data: &Embeddings) -> Result<()> {
-    let device = Default::default();
+fn reconstruct<B: burn::tensor::backend::Backend>(
+    args: &Args,
+    ckpt: &checkpoint::Checkpoint<B>,
+    data: &Embeddings,
+    device: &B::Device,
+) -> Result<()> {
+    let device = device.clone();
     let model = &ckpt.model;
     let mut recon = Vec::with_capacity(data.rows() * data.d_in());
     for start in (0..data.rows()).step_by(args.batch.max(1)) {

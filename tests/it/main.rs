@@ -12,8 +12,12 @@ mod properties;
 mod reference;
 mod training;
 
-/// Backend the integration tests run on.
+/// Backend the integration tests run on: burn-ndarray, or burn-wgpu with `--features test-wgpu`.
+#[cfg(not(feature = "test-wgpu"))]
 pub type TestBackend = topk_sae::backend::NdArray<f32>;
+/// Backend the integration tests run on: burn-ndarray, or burn-wgpu with `--features test-wgpu`.
+#[cfg(feature = "test-wgpu")]
+pub type TestBackend = topk_sae::backend::Wgpu;
 
 /// A small model with random (seeded) weights and a non-zero `b_enc`/`b_dec`, so every term of
 /// the forward pass matters.

@@ -231,3 +231,41 @@ fn step_engines_agree_over_a_short_run() {
         "{host_nmse} vs {tensor_nmse}"
     );
 }
+
+/// The same seed and data give the same model quality on burn-ndarray (host engine) and on the
+/// test backend (burn-wgpu with `--features test-wgpu`: the tensor engine on the GPU path).
+#[cfg(feature = "test-wgpu")]
+#[test]
+fn ndarray_and_wgpu_agree_after_a_short_run() {
+    type Cpu = topk_sae::backend::NdArray<f32>;
+    let set = small_set();
+    let config = || small_config().with_epochs(3);
+    let cpu_device = Default::default();
+    let gpu_device = Default::default();
+    let cpu = train::<Cpu>(config(), &set.embeddings, &cpu_device, |_| {}).unwrap();
+    let gpu = train::<TestBackend>(config(), &set.embeddings, &gpu_device, |_| {}).unwrap();
+    let nmse_cpu = evaluate(
+        &cpu.model,
+        &set.embeddings,
+        &cpu.normalizer,
+        512,
+        &cpu_device,
+        |_| {},
+    )
+    .unwrap()
+    .nmse;
+    let nmse_gpu = evaluate(
+        &gpu.model,
+        &set.embeddings,
+        &gpu.normalizer,
+        512,
+        &gpu_device,
+        |_| {},
+    )
+    .unwrap()
+    .nmse;
+    assert!(
+        (nmse_cpu - nmse_gpu).abs() <= 1e-3,
+        "ndarray {nmse_cpu} vs wgpu {nmse_gpu}"
+    );
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU figures for the GPU issue, in one run on a machine with an NVIDIA GPU and PyTorch:
+# topk-sae on burn-wgpu (training step and corpus encoding) and the PyTorch recipe with
+# --device cuda, at (1536, 3072, 32, 1024) and (1536, 12288, 64, 1024), on the same generated data.
+#
+# Two halves, because the GPU machine has no Rust toolchain and no registry:
+#   scripts/gpu_bench.sh build        # here: release build of the train example with wgpu, into .gpu/
+#   scripts/gpu_bench.sh run [STEPS]  # there: generate data, time both, print the table
+#
+# With the `device` tool (see its README): carry `.gpu` (and `.gl` with the Vulkan loader
+# packages), and run `for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; scripts/gpu_bench.sh run`.
+# The first wgpu step of each size includes shader compilation and autotuning: the script reports
+# the median step and, separately, the first step's time.
+#
+# Status: written without a GPU (this task was not lent one); the build half and the CPU side
+# were checked, the run half has not been run on a GPU yet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-run}
+if [ "$mode" = build ]; then
+  cargo build --release --features wgpu --example train
+  mkdir -p .gpu
+  cp target/release/examples/train .gpu/train
+  echo "built .gpu/train ($(du -h .gpu/train | cut -f1)); carry .gpu"
+  exit 0
+fi
+steps=${2:-50}
+py=${PYTHON:-python3}
+out=${OUT:-$(mktemp -d)}
+data=$(mktemp -d)
+"$py" - "$data/x.npy" <<'PY'
+import sys, numpy as np
+rng = np.random.default_rng(0)
+n, d, m = 65_536, 1536, 4096
+dirs = rng.standard_normal((m, d), dtype=np.float32)
+dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+idx = rng.integers(0, m, (n, 8))
+coef = rng.uniform(0.2, 1, (n, 8)).astype(np.float32)
+x = np.einsum("nk,nkd->nd", coef, dirs[idx]) + 0.01 * rng.standard_normal((n, d), dtype=np.float32)
+np.save(sys.argv[1], (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+PY
+for size in "32 3072 64" "64 12288 128"; do
+  set -- $size
+  tag="k$1_dsae$2"
+  .gpu/train --backend wgpu --quiet --data "$data/x.npy" --k "$1" --d-sae "$2" --k-aux "$3" \
+    --batch 1024 --max-steps "$steps" --json "$out/rust_$tag.json" | tee "$out/rust_$tag.txt"
+  "$py" scripts/torch_recipe.py --device cuda --data "$data/x.npy" --k "$1" --d-sae "$2" \
+    --k-aux "$3" --batch 1024 --max-steps "$steps" --json "$out/torch_$tag.json" >/dev/null
+done
+"$py" - "$out" <<'PY'
+import json, sys, glob, os
+out = sys.argv[1]
+print(f"{'size':16} {'side':9} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'NMSE':>8}")
+for tag in ("k32_dsae3072", "k64_dsae12288"):
+    for side in ("rust", "torch"):
+        j = json.load(open(f"{out}/{side}_{tag}.json"))
+        first = j.get("first_step_ms", float("nan"))
+        print(f"{tag:16} {side:9} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}")
+PY
+rm -rf "$data"
