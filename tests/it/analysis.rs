@@ -328,11 +328,12 @@ fn boosting_a_planted_feature_moves_results_towards_it() {
 /// direction is mapped to the latent with the largest decoder cosine; for each group, the best
 /// Jaccard between those latents and any family's children; mean over groups >= 0.8).
 ///
-/// Open (issue #4): across seeds this reaches a mean best Jaccard of 0.35 to 0.88 (see
-/// docs/analysis.md); the SAE, not the family search, is the weak link: several planted
-/// directions are learned with decoder cosine below 0.6 (partial absorption of the parent into
-/// its children). The knobs are environment variables (`SEED`, `EPOCHS`, `DIN`, `DSAE`, `LR`,
-/// `ALONE`, `ROWS`, `P`, `C`) so the experiment can be rerun with
+/// Open (issue #4): with the defaults here (d_in 128, 40 epochs) seeds 1 to 7 give 0.74 to 0.89
+/// (mean 0.80; docs/analysis.md). The planted directions are learned (mean decoder cosine 0.90);
+/// what keeps the score down are latents that take the second top-k slot of rows holding a parent
+/// alone: they co-occur with every parent, so the family search (rightly, by SPEC §6) puts them in
+/// every family. The knobs are environment variables (`SEED`, `EPOCHS`, `DIN`, `DSAE`, `LR`,
+/// `ALONE`, `ROWS`, `P`, `C`, `MW`, `NOISE`) so the experiment can be rerun with
 /// `cargo test --test it families_recover_planted_child -- --ignored --nocapture`.
 #[test]
 #[ignore = "open in #4: the 0.8 bar is not met for every seed (docs/analysis.md)"]
@@ -345,7 +346,7 @@ fn families_recover_planted_child_directions_end_to_end() {
             .unwrap_or(d)
     };
     let (parents, children) = (env("P", 6.0) as usize, env("C", 5.0) as usize);
-    let d_in = env("DIN", 64.0) as usize;
+    let d_in = env("DIN", 128.0) as usize;
     let planted = synthetic_families(
         &FamilySyntheticConfig::new()
             .with_rows(env("ROWS", 12_000.0) as usize)
@@ -353,13 +354,15 @@ fn families_recover_planted_child_directions_end_to_end() {
             .with_parents(parents)
             .with_children(children)
             .with_parent_alone(env("ALONE", 0.25))
+            .with_mean_weight(env("MW", 0.4) as f32)
+            .with_noise(env("NOISE", 0.01) as f32)
             .with_seed(env("SEED", 1.0) as u64),
     )
     .unwrap();
     let d_sae = env("DSAE", (parents * (children + 1)) as f64 * 1.5) as usize;
     let config = TrainConfig::new(TopKSaeConfig::new(d_in, d_sae, 2))
         .with_batch_size(256)
-        .with_epochs(env("EPOCHS", 20.0) as usize)
+        .with_epochs(env("EPOCHS", 40.0) as usize)
         .with_optimizer(AdamConfig::new().with_lr(env("LR", 3e-3)));
     let device = Default::default();
     let data = &planted.set.embeddings;
