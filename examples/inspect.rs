@@ -53,22 +53,7 @@ struct Args {
 #[path = "common/backend.rs"]
 mod backend;
 
-/// [`run`] as a job for `--backend`.
-struct Main<'a>(&'a Args);
-
-impl backend::Job for Main<'_> {
-    fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> Result<()> {
-        run::<B>(self.0, device)
-    }
-}
-
-fn main() {
-    let args = Args::parse();
-    if let Err(e) = backend::run_on(&args.backend, Main(&args)) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
+backend::backend_main!(Args, run);
 
 fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let device = device.clone();

@@ -176,22 +176,14 @@ impl HostState {
 
         let var_x = centred_variance(x, d_in);
         let scale = 2.0 / (batch * d_in) as f64;
-        let main = self.select(&s.pre, self.k, None);
-        let x_hat = self.decode(&main.0, &main.1, self.k, true);
-        let (recon, grad_main) = residual_term(&x_hat, x, var_x, scale);
+        let (recon, main, x_hat) = self.term(&s.pre, self.k, None, x, var_x, scale, true);
         let mut parts = LossParts {
             recon: recon as f32,
             ..LossParts::default()
         };
         let mut total = recon;
-        let fired = main.0.clone();
-        let mut terms = vec![Term {
-            k: self.k,
-            indices: main.0,
-            values: main.1,
-            grad_out: grad_main,
-            with_bias: true,
-        }];
+        let fired = main.indices.clone();
+        let mut terms = vec![main];
 
         // AuxK over the dead latents that did not fire in this batch.
         let mut dead = dead.to_vec();
@@ -204,35 +196,20 @@ impl HostState {
         if k_aux > 0 {
             let e: Vec<f32> = x.iter().zip(&x_hat).map(|(a, b)| a - b).collect();
             let var_e = centred_variance(&e, d_in).max(1e-20);
-            let (indices, values) = self.select(&s.pre, k_aux, Some(&dead));
-            let e_hat = self.decode(&indices, &values, k_aux, false);
             let coef = f64::from(config.aux_coef);
-            let (aux, grad) = residual_term(&e_hat, &e, var_e, scale * coef);
+            let (aux, term, _) =
+                self.term(&s.pre, k_aux, Some(&dead), &e, var_e, scale * coef, false);
             parts.aux = aux as f32;
             total += coef * aux;
-            terms.push(Term {
-                k: k_aux,
-                indices,
-                values,
-                grad_out: grad,
-                with_bias: false,
-            });
+            terms.push(term);
         }
         if config.multi_k {
             let k_mk = (config.multi_k_factor * self.k).min(d_sae);
-            let (indices, values) = self.select(&s.pre, k_mk, None);
-            let x_hat_mk = self.decode(&indices, &values, k_mk, true);
             let coef = f64::from(config.multi_k_coef);
-            let (mk, grad) = residual_term(&x_hat_mk, x, var_x, scale * coef);
+            let (mk, term, _) = self.term(&s.pre, k_mk, None, x, var_x, scale * coef, true);
             parts.multi_k = mk as f32;
             total += coef * mk;
-            terms.push(Term {
-                k: k_mk,
-                indices,
-                values,
-                grad_out: grad,
-                with_bias: true,
-            });
+            terms.push(term);
         }
         parts.total = total as f32;
         if !parts.total.is_finite() {
@@ -257,19 +234,38 @@ impl HostState {
         })
     }
 
-    fn select(&self, pre: &[f32], k: usize, allowed: Option<&[bool]>) -> (Vec<u32>, Vec<f32>) {
-        select_topk(pre, &self.b_enc, k, allowed)
-    }
-
-    fn decode(&self, indices: &[u32], values: &[f32], k: usize, with_bias: bool) -> Vec<f32> {
-        decode_sparse(
+    /// One decoded term: the top `k` of `pre + b_enc` (restricted to `allowed`), decoded (with
+    /// `b_dec` when `with_bias`) against `target`. Returns the term's NMSE, the term with its
+    /// output gradient `grad_scale * (recon - target) / var`, and the reconstruction.
+    #[allow(clippy::too_many_arguments)]
+    fn term(
+        &self,
+        pre: &[f32],
+        k: usize,
+        allowed: Option<&[bool]>,
+        target: &[f32],
+        var: f64,
+        grad_scale: f64,
+        with_bias: bool,
+    ) -> (f64, Term, Vec<f32>) {
+        let (indices, values) = select_topk(pre, &self.b_enc, k, allowed);
+        let recon = decode_sparse(
             &self.w_dec,
             self.d_in,
             with_bias.then_some(&self.b_dec[..]),
+            &indices,
+            &values,
+            k,
+        );
+        let (nmse, grad_out) = residual_term(&recon, target, var, grad_scale);
+        let term = Term {
+            k,
             indices,
             values,
-            k,
-        )
+            grad_out,
+            with_bias,
+        };
+        (nmse, term, recon)
     }
 
     fn dec_row(&self, j: u32) -> &[f32] {

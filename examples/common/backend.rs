@@ -27,3 +27,27 @@ pub fn run_on(name: &str, job: impl Job) -> Result<()> {
         }),
     }
 }
+
+/// Defines `main` for an example whose `run::<B>(&Args, &B::Device)` is generic over the backend:
+/// parses `Args`, runs on `args.backend`, prints an error and exits with 1 on failure.
+macro_rules! backend_main {
+    ($args:ty, $run:ident) => {
+        /// `$run` as a job for `--backend`.
+        struct Main<'a>(&'a $args);
+
+        impl backend::Job for Main<'_> {
+            fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> Result<()> {
+                $run::<B>(self.0, device)
+            }
+        }
+
+        fn main() {
+            let args = <$args as clap::Parser>::parse();
+            if let Err(e) = backend::run_on(&args.backend, Main(&args)) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
+}
+pub(crate) use backend_main;
