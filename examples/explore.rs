@@ -53,6 +53,10 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Families: leave out latents firing in fewer than this fraction of documents (0 keeps all,
+    /// as in the paper).
+    #[arg(long = "family-min-density", default_value_t = 0.0)]
+    family_min_density: f64,
 }
 
 #[path = "common/backend.rs"]
@@ -318,7 +322,13 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     ranked.truncate(30);
-    let fams = analysis::families(&codes, &FamilyConfig::default());
+    let fams = analysis::families(
+        &codes,
+        &FamilyConfig {
+            min_density: args.family_min_density,
+            ..FamilyConfig::default()
+        },
+    );
 
     std::fs::create_dir_all(&args.out).map_err(|source| Error::Io {
         action: "create",

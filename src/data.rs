@@ -658,9 +658,13 @@ pub struct FamilySyntheticConfig {
     #[config(default = 5)]
     pub children: usize,
     /// Probability that a row holds its parent alone, without a child. Above zero, a latent for
-    /// the parent alone is needed, so an SAE cannot fold the parent into its children.
-    #[config(default = 0.25)]
+    /// the parent alone is needed, so an SAE cannot fold the parent into its children; each such
+    /// row also leaves a top-k slot (with `k = 2`) to whatever latent answers to the noise.
+    #[config(default = 0.1)]
     pub parent_alone: f64,
+    /// Smallest parent coefficient; coefficients are uniform in `[parent_min, 1]`.
+    #[config(default = 0.1)]
+    pub parent_min: f32,
     /// Weight of the shared mean direction.
     #[config(default = 0.4)]
     pub mean_weight: f32,
@@ -683,15 +687,30 @@ pub struct SyntheticFamilies {
     pub groups: Vec<(usize, Vec<usize>)>,
 }
 
-/// Generates rows `mean_weight * m + a * parent + b * child + noise` (unit norm): each row picks a
-/// parent uniformly, and with probability `1 - parent_alone` one of its children uniformly;
-/// `a` is uniform in `[0.1, 1]` and `b` in `[0.5, 1]`. A weak parent pins the dictionary: a
-/// child latent that absorbed part of its parent would need a negative parent activation on those
-/// rows (with `a` in `[0.5, 1]` too, SAEs learned the directions with decoder cosine 0.4 to 0.9). Children co-occur with their parent and never with each
-/// other, the structure feature families (SPEC §6) look for.
+/// Generates rows `mean_weight * m + sqrt(1 - mean_weight²) * u` (unit norm), where `u` is
+/// `a * parent + b * child + noise` scaled to unit norm: each row picks a parent uniformly, and
+/// with probability `1 - parent_alone` one of its children uniformly; `a` is uniform in
+/// `[parent_min, 1]` and `b` in `[0.5, 1]`. Children co-occur with their parent and never with
+/// each other, the structure feature families (SPEC §6) look for.
+///
+/// The planted directions are orthonormal and orthogonal to the mean `m`, and every row carries
+/// the same weight of `m`. Each choice removes something an SAE would otherwise learn besides the
+/// planted directions (measured with the end-to-end family test, docs/analysis.md):
+/// - a weak parent (`parent_min` 0.1) pins the dictionary: a child latent that absorbed part of
+///   its parent would need a negative parent activation on those rows (with `a` in `[0.5, 1]`,
+///   SAEs learned the directions with decoder cosine 0.4 to 0.9);
+/// - with a fixed mean weight, weak rows do not carry more of the mean than strong ones, so no
+///   latent learns "more mean" (which fired beside every parent);
+/// - with orthogonal directions, no latent answers to a parent it does not represent, so the
+///   second top-k slot of a row holding its parent alone goes to no latent in particular.
+///
+/// Rows holding the parent alone (`parent_alone`, default 0.1) are what lets an SAE learn the
+/// parent on its own; with none, parents split over several latents.
 ///
 /// # Errors
-/// [`Error::InvalidConfig`] when a count is zero or `parent_alone` is outside `[0, 1)`.
+/// [`Error::InvalidConfig`] when a count is zero, `parent_alone` is outside `[0, 1)`,
+/// `parent_min` outside `[0, 1)`, `mean_weight` outside `[0, 1)`, or the
+/// `parents * (children + 1)` directions plus the mean do not fit in `d_in` dimensions.
 pub fn synthetic_families(config: &FamilySyntheticConfig) -> Result<SyntheticFamilies> {
     use rand::{Rng, SeedableRng};
     use rand_distr::{Distribution, Normal};
@@ -710,13 +729,42 @@ pub fn synthetic_families(config: &FamilySyntheticConfig) -> Result<SyntheticFam
             "must be in [0, 1)",
         ));
     }
+    for (name, v) in [("parent_min", c.parent_min), ("mean_weight", c.mean_weight)] {
+        if !(0.0..1.0).contains(&v) {
+            return Err(Error::invalid(name, v, "must be in [0, 1)"));
+        }
+    }
     let stride = c.children + 1;
     let n_directions = c.parents * stride;
+    if n_directions >= c.d_in {
+        return Err(Error::invalid(
+            "d_in",
+            c.d_in,
+            format!(
+                "must exceed parents * (children + 1) = {n_directions}: the directions and the \
+                 mean are orthogonal"
+            ),
+        ));
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(c.seed);
     let unit = |rng: &mut rand_chacha::ChaCha8Rng| random_unit(rng, c.d_in);
     let mean_dir = unit(&mut rng);
-    let directions: Vec<f32> = (0..n_directions).flat_map(|_| unit(&mut rng)).collect();
+    // Directions orthogonal to the mean, so every row's mean component is the same, and to
+    // each other, so no latent answers to a direction it does not represent.
+    let mut directions: Vec<f32> = Vec::with_capacity(n_directions * c.d_in);
+    for _ in 0..n_directions {
+        let mut d = unit(&mut rng);
+        for _ in 0..2 {
+            for prev in std::iter::once(&mean_dir[..]).chain(directions.chunks_exact(c.d_in)) {
+                let along = dot(&d, prev);
+                d.iter_mut().zip(prev).for_each(|(x, p)| *x -= along * p);
+            }
+        }
+        let n = dot(&d, &d).sqrt();
+        directions.extend(d.iter().map(|x| x / n));
+    }
     let noise = Normal::new(0.0f32, c.noise.max(0.0)).expect("non-negative std");
+    let content_weight = (1.0 - c.mean_weight * c.mean_weight).sqrt();
     let mut data = Vec::with_capacity(c.rows * c.d_in);
     let mut active = Vec::with_capacity(c.rows * 2);
     let mut row = vec![0.0f32; c.d_in];
@@ -727,18 +775,24 @@ pub fn synthetic_families(config: &FamilySyntheticConfig) -> Result<SyntheticFam
         } else {
             parent + 1 + rng.random_range(0..c.children)
         };
-        row.iter_mut()
-            .zip(&mean_dir)
-            .for_each(|(r, m)| *r = c.mean_weight * m + noise.sample(&mut rng));
+        for r in &mut row {
+            *r = noise.sample(&mut rng);
+        }
         let mut add = |j: usize, coef: f32| {
             let d = &directions[j * c.d_in..(j + 1) * c.d_in];
             row.iter_mut().zip(d).for_each(|(r, x)| *r += coef * x);
         };
-        add(parent, rng.random_range(0.1f32..1.0));
+        add(parent, rng.random_range(c.parent_min..1.0));
         if child != parent {
             add(child, rng.random_range(0.5f32..1.0));
         }
-        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        // Content to unit norm, then the mean at a fixed weight: a weak row does not carry
+        // more of the mean than a strong one.
+        let n = dot(&row, &row).sqrt();
+        row.iter_mut()
+            .zip(&mean_dir)
+            .for_each(|(r, m)| *r = content_weight * *r / n + c.mean_weight * m);
+        let n = dot(&row, &row).sqrt();
         data.extend(row.iter().map(|x| x / n));
         active.extend([parent as u32, child as u32]);
     }
@@ -784,4 +838,8 @@ impl Synthetic {
             .count();
         found as f64 / planted.len() as f64
     }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

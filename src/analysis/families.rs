@@ -18,6 +18,13 @@ pub struct FamilyConfig {
     pub rounds: usize,
     /// Families whose child sets overlap with Jaccard above this are duplicates.
     pub max_jaccard: f64,
+    /// Latents that fire in fewer than this fraction of documents are left out of the graph.
+    /// `0` (the default, as in the paper) keeps every latent. A latent that fired on a handful
+    /// of documents has `M_ij = C_ij / (C_ii + 1)` near 1 with whatever fired beside it, so it
+    /// joins the family of every parent it met once: rarely-firing latents that fill the last
+    /// top-k slot when a document has fewer than `k` features end up in every family.
+    #[serde(default)]
+    pub min_density: f64,
 }
 
 impl Default for FamilyConfig {
@@ -28,6 +35,7 @@ impl Default for FamilyConfig {
             min_family_children: 3,
             rounds: 3,
             max_jaccard: 0.6,
+            min_density: 0.0,
         }
     }
 }
@@ -68,7 +76,8 @@ pub fn cooccurrence(codes: &CorpusCodes) -> HashMap<(u32, u32), u32> {
     c
 }
 
-/// Finds feature families as in SPEC §6: `M_ij = C_ij / (C_ii + 1)`, entries below
+/// Finds feature families as in SPEC §6 (latents below `min_density` left out first, none by
+/// default): `M_ij = C_ij / (C_ii + 1)`, entries below
 /// `min_cooccurrence` dropped, the rest exponentiated (monotone, so the tree is the same),
 /// symmetrised as `max(M_ij, M_ji)`; a maximum spanning forest (Kruskal, ties by index);
 /// edges oriented from the denser latent (larger `C_ii`) to the rarer; every root (no parent)
@@ -90,7 +99,10 @@ pub fn families(codes: &CorpusCodes, config: &FamilyConfig) -> Vec<Family> {
         })
         .collect();
     edges.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-    let mut removed: BTreeSet<u32> = BTreeSet::new();
+    let min_count = config.min_density * codes.rows as f64;
+    let mut removed: BTreeSet<u32> = (0..codes.d_sae as u32)
+        .filter(|&i| freq(i) < min_count)
+        .collect();
     let mut found: Vec<Family> = Vec::new();
     for round in 0..config.rounds {
         let tree = spanning_forest(codes.d_sae, &edges, &removed);
