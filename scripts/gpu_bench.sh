@@ -10,7 +10,9 @@
 # With the `device` tool (see its README): carry `.gpu` (and `.gl` with the Vulkan loader
 # packages), and run `for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; scripts/gpu_bench.sh run`.
 # The first wgpu step of each size includes shader compilation and autotuning: the script reports
-# the median step and, separately, the first step's time.
+# the median step and, separately, the first step's time. topk-sae runs twice per size: with the
+# top-k in the GPU kernel (the default) and with TOPK_SAE_DEVICE_TOPK=0 (pre-activations read
+# back and selected on the host), so one run says which is faster there.
 #
 # Status: written without a GPU (this task was not lent one); the build half and the CPU side
 # were checked, the run half has not been run on a GPU yet.
@@ -42,19 +44,23 @@ PY
 for size in "32 3072 64" "64 12288 128"; do
   set -- $size
   tag="k$1_dsae$2"
+  # Top-k in the GPU kernel (the default), then on the host for comparison.
   .gpu/train --backend wgpu --quiet --data "$data/x.npy" --k "$1" --d-sae "$2" --k-aux "$3" \
     --batch 1024 --max-steps "$steps" --json "$out/rust_$tag.json" | tee "$out/rust_$tag.txt"
+  TOPK_SAE_DEVICE_TOPK=0 .gpu/train --backend wgpu --quiet --data "$data/x.npy" --k "$1" \
+    --d-sae "$2" --k-aux "$3" --batch 1024 --max-steps "$steps" \
+    --json "$out/rust-host-topk_$tag.json" | tee "$out/rust-host-topk_$tag.txt"
   "$py" scripts/torch_recipe.py --device cuda --data "$data/x.npy" --k "$1" --d-sae "$2" \
     --k-aux "$3" --batch 1024 --max-steps "$steps" --json "$out/torch_$tag.json" >/dev/null
 done
 "$py" - "$out" <<'PY'
 import json, sys, glob, os
 out = sys.argv[1]
-print(f"{'size':16} {'side':9} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'NMSE':>8}")
+print(f"{'size':16} {'side':14} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'NMSE':>8}")
 for tag in ("k32_dsae3072", "k64_dsae12288"):
-    for side in ("rust", "torch"):
+    for side in ("rust", "rust-host-topk", "torch"):
         j = json.load(open(f"{out}/{side}_{tag}.json"))
         first = j.get("first_step_ms", float("nan"))
-        print(f"{tag:16} {side:9} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}")
+        print(f"{tag:16} {side:14} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}")
 PY
 rm -rf "$data"

@@ -58,6 +58,8 @@ pub mod analysis;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+#[cfg(feature = "wgpu")]
+mod gpu_topk;
 mod host;
 pub mod loss;
 pub mod metrics;

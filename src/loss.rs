@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use crate::error::{Error, Result};
-use crate::sae::{Selected, TopKSae, decode_rows, select, to_host};
+use crate::sae::{Selected, TopKSae, decode_rows, to_host};
 
 /// Normalised MSE of a batch, `mean((a - x)^2) / mean((x - mean_over_batch(x))^2)`, means over
 /// all elements.
@@ -176,7 +176,6 @@ impl SaeLoss {
         dead: Option<&[bool]>,
         with_grads: bool,
     ) -> LossOutput<B> {
-        let device = x.device();
         let [batch, d_in] = x.dims();
         let (d_sae, k) = (model.d_sae(), model.k());
         let w_dec = model.w_dec.val();
@@ -184,16 +183,16 @@ impl SaeLoss {
         let scale = 2.0 / (batch * d_in) as f32;
 
         let xc = x.clone() - b_dec.clone();
-        let pre_host = model.pre_activations_host(xc.clone());
+        let pre = model.pre_activations_for_topk(xc.clone());
 
         let centred = x.clone() - x.clone().mean_dim(0);
         let var_x = centred.powi_scalar(2).mean().unsqueeze_dim::<2>(0);
 
-        let main = select::<B>(&pre_host, d_sae, k, None, &device);
+        let main = pre.select(d_sae, k, None);
         let x_hat = decode_rows(&w_dec, main.indices.clone(), main.values.clone()) + b_dec.clone();
         let diff = x_hat.clone() - x.clone();
         let recon = diff.clone().powi_scalar(2).mean() / var_x.clone().reshape([1]);
-        let indices = main.host_indices.clone();
+        let indices = main.host_indices();
         let mut terms = vec![Term {
             selected: main,
             grad_out: diff.mul_scalar(scale) / var_x.clone(),
@@ -227,7 +226,7 @@ impl SaeLoss {
                 .mean()
                 .clamp_min(1e-20)
                 .unsqueeze_dim::<2>(0);
-            let aux = select::<B>(&pre_host, d_sae, k_aux_used, dead, &device);
+            let aux = pre.select(d_sae, k_aux_used, dead);
             let e_hat = decode_rows(&w_dec, aux.indices.clone(), aux.values.clone());
             let diff = e_hat - e;
             losses.push(diff.clone().powi_scalar(2).mean() / var_e.clone().reshape([1]));
@@ -242,7 +241,7 @@ impl SaeLoss {
 
         let multi_index = self.config.multi_k.then(|| {
             let k_mk = (self.config.multi_k_factor * k).min(d_sae);
-            let mk = select::<B>(&pre_host, d_sae, k_mk, None, &device);
+            let mk = pre.select(d_sae, k_mk, None);
             let x_hat_mk =
                 decode_rows(&w_dec, mk.indices.clone(), mk.values.clone()) + b_dec.clone();
             let diff = x_hat_mk - x.clone();

@@ -273,11 +273,47 @@ pub struct SaeOutput<B: Backend> {
     pub latents: Option<Tensor<B, 2>>,
 }
 
-/// Top-k of a host copy of pre-activations, as device tensors plus the host copies.
+/// Top-k of pre-activations, as device tensors plus, when selected on the host, the host copy
+/// of the indices.
 pub(crate) struct Selected<B: Backend> {
     pub indices: Tensor<B, 2, Int>,
     pub values: Tensor<B, 2>,
-    pub host_indices: Vec<i64>,
+    pub host_indices: Option<Vec<i64>>,
+}
+
+impl<B: Backend> Selected<B> {
+    /// The indices on the host, `[rows, k]` row-major (read back if selected on the device).
+    pub fn host_indices(&self) -> Vec<i64> {
+        self.host_indices
+            .clone()
+            .unwrap_or_else(|| int_to_host(self.indices.clone()))
+    }
+}
+
+/// Pre-activations `xc @ w_enc + b_enc` of a batch, kept where their top-k is taken: on the
+/// device when the backend selects there (burn-wgpu), else as a host copy.
+pub(crate) enum PreActivations<B: Backend> {
+    Device(Tensor<B, 2>),
+    Host(Vec<f32>, B::Device),
+}
+
+impl<B: Backend> PreActivations<B> {
+    /// Top `k` of each row among `allowed` latents, after ReLU.
+    pub fn select(&self, d_sae: usize, k: usize, allowed: Option<&[bool]>) -> Selected<B> {
+        match self {
+            Self::Device(pre) => {
+                if let Some((indices, values)) = crate::topk::device_topk(pre, k, allowed) {
+                    return Selected {
+                        indices,
+                        values: values.clamp_min(0.0),
+                        host_indices: None,
+                    };
+                }
+                select(&to_host(pre.clone()), d_sae, k, allowed, &pre.device())
+            }
+            Self::Host(pre, device) => select(pre, d_sae, k, allowed, device),
+        }
+    }
 }
 
 /// Selects the top `k` of each row of `pre` (host copy, `[rows, d_sae]`), restricted to
@@ -297,7 +333,7 @@ pub(crate) fn select<B: Backend>(
     Selected {
         indices: Tensor::from_data(TensorData::new(host_indices.clone(), [rows, k]), device),
         values: Tensor::from_data(TensorData::new(host_values, [rows, k]), device),
-        host_indices,
+        host_indices: Some(host_indices),
     }
 }
 
@@ -436,6 +472,20 @@ impl<B: Backend> TopKSae<B> {
         pre
     }
 
+    /// Pre-activations for `xc = x - b_dec`, where their top-k will be taken (see
+    /// [`PreActivations`]).
+    pub(crate) fn pre_activations_for_topk(&self, xc: Tensor<B, 2>) -> PreActivations<B> {
+        if crate::topk::has_device_topk::<B>() {
+            PreActivations::Device(
+                xc.matmul(self.w_enc.val())
+                    .add(self.b_enc.val().unsqueeze_dim(0)),
+            )
+        } else {
+            let device = xc.device();
+            PreActivations::Host(self.pre_activations_host(xc), device)
+        }
+    }
+
     /// The `k` active latents of each row: indices and post-ReLU values.
     ///
     /// # Shapes
@@ -445,9 +495,8 @@ impl<B: Backend> TopKSae<B> {
     /// If `x` is not `[batch, d_in]`.
     pub fn encode_topk(&self, x: Tensor<B, 2>) -> TopKLatents<B> {
         self.check_input(&x);
-        let device = x.device();
-        let pre = self.pre_activations_host(x - self.b_dec.val().unsqueeze_dim(0));
-        let selected = select::<B>(&pre, self.d_sae(), self.k, None, &device);
+        let pre = self.pre_activations_for_topk(x - self.b_dec.val().unsqueeze_dim(0));
+        let selected = pre.select(self.d_sae(), self.k, None);
         TopKLatents {
             indices: selected.indices,
             values: selected.values,

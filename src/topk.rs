@@ -1,4 +1,89 @@
-//! Row-wise top-k selection on the host, by partial selection instead of a full sort.
+//! Row-wise top-k selection: on the host by partial selection instead of a full sort
+//! ([`topk_rows`]), and for device tensors ([`topk_tensor`]) in one GPU kernel on burn-wgpu.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+/// The top `k` entries of each row of a `[rows, cols]` tensor, restricted to the columns where
+/// `allowed` is true when it is given: `(indices, values)`, each `[rows, k]`, every row in
+/// descending order of value with ties broken by the lower column index (NaN ranks lowest,
+/// `-0.0` below `+0.0`), exactly as [`topk_rows`].
+///
+/// With the `wgpu` feature and burn-wgpu's `f32` backend (`backend::Wgpu`), this runs as one
+/// GPU kernel and `data` never leaves the device (for `k` up to 1,024 and up to 65,535 rows);
+/// on any other backend, `data` is read to the host and selected by [`topk_rows`].
+///
+/// ```
+/// use burn::tensor::{Tensor, TensorData};
+/// type B = burn_ndarray::NdArray;
+/// let data = Tensor::<B, 2>::from_data(TensorData::new(vec![0.5f32, 2.0, 2.0, -1.0], [1, 4]), &Default::default());
+/// let (indices, values) = topk_sae::topk::topk_tensor(data, 2, None);
+/// assert_eq!(indices.into_data().convert::<i64>().into_vec::<i64>().unwrap(), vec![1, 2]);
+/// assert_eq!(values.into_data().into_vec::<f32>().unwrap(), vec![2.0, 2.0]);
+/// ```
+///
+/// # Shapes
+/// - `data`: `[rows, cols]`; `allowed`: `cols` entries → indices and values `[rows, k]`
+///
+/// # Panics
+/// If `k` exceeds the number of allowed columns, or `allowed` is shorter than a row.
+pub fn topk_tensor<B: Backend>(
+    data: Tensor<B, 2>,
+    k: usize,
+    allowed: Option<&[bool]>,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
+    if let Some(a) = allowed {
+        assert!(
+            a.len() >= data.dims()[1],
+            "allowed has {} entries for rows of {}",
+            a.len(),
+            data.dims()[1]
+        );
+    }
+    if let Some(found) = device_topk(&data, k, allowed) {
+        return found;
+    }
+    let [rows, cols] = data.dims();
+    let device = data.device();
+    let (indices, values) = topk_rows(&crate::sae::to_host(data), cols, k, allowed);
+    (
+        Tensor::from_data(TensorData::new(indices, [rows, k]), &device),
+        Tensor::from_data(TensorData::new(values, [rows, k]), &device),
+    )
+}
+
+/// Whether [`topk_tensor`] selects on the device for backend `B` (for sizes the kernel takes).
+#[cfg_attr(
+    not(feature = "wgpu"),
+    allow(clippy::extra_unused_type_parameters, reason = "B is read with the wgpu feature")
+)]
+pub(crate) fn has_device_topk<B: Backend>() -> bool {
+    #[cfg(feature = "wgpu")]
+    {
+        crate::gpu_topk::supports::<B>()
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        false
+    }
+}
+
+/// The device top-k, or `None` where the backend or the sizes have none.
+pub(crate) fn device_topk<B: Backend>(
+    data: &Tensor<B, 2>,
+    k: usize,
+    allowed: Option<&[bool]>,
+) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
+    #[cfg(feature = "wgpu")]
+    {
+        crate::gpu_topk::topk(data, k, allowed)
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = (data, k, allowed);
+        None
+    }
+}
 
 /// The top `k` entries of each row of a row-major `[rows, cols]` buffer, restricted to the columns
 /// where `allowed` is true when it is given.

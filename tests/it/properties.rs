@@ -211,3 +211,27 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `topk_tensor` on the test backend (on wgpu: the GPU kernel) returns exactly what
+    /// `topk_rows` does: the same indices in the same order and the same value bits.
+    #[test]
+    fn topk_tensor_equals_topk_rows((data, cols, k, mask) in tricky_rows()) {
+        let allowed = mask.iter().filter(|m| **m).count();
+        for use_mask in [false, true] {
+            if use_mask && allowed < k {
+                continue;
+            }
+            let m = use_mask.then_some(&mask[..]);
+            let want = topk_sae::topk::topk_rows(&data, cols, k, m);
+            let (idx, val) = topk_sae::topk::topk_tensor(tensor(&data, cols), k, m);
+            let idx: Vec<i64> = idx.into_data().convert::<i64>().into_vec().unwrap();
+            let val = to_host_vec(val);
+            prop_assert_eq!(&idx, &want.0);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&val), bits(&want.1));
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Row-wise top-k on burn-wgpu, in one cubecl kernel, so the GPU step does not read the
+//! `[batch, d_sae]` pre-activations back to the host (50 MB a step at d_sae 12,288).
+//!
+//! One cube (workgroup) per row. The kernel maps each value to a 32-bit key that orders like the
+//! value (NaN as `-inf`, `-0.0` below `+0.0`: the host top-k's order), finds the `k`-th largest
+//! key by a radix select (8 passes of 4 bits; each unit counts the digits of its contiguous
+//! chunk of the row into its own shared-memory histogram, 16 units add them up), gathers the
+//! keys above it plus the lowest-column ties, and writes them out best first by a rank sort. The
+//! result equals [`crate::topk::topk_rows`]: same indices in the same order, same values.
+//!
+//! Used only when the backend's tensors are burn-wgpu's (`Fusion<CubeBackend<WgpuRuntime, f32,
+//! i32, _>>`, the `backend::Wgpu` this crate exports); [`topk`] returns `None` for any other
+//! backend, and the callers fall back to the host top-k.
+
+use std::any::{Any, TypeId};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_fusion::client::GlobalFusionClient;
+use burn_fusion::stream::OperationStreams;
+use burn_fusion::{FusionTensor, NoOp};
+use burn_ir::{InitOperationIr, OperationIr};
+use burn_wgpu::WgpuRuntime;
+use cubecl::prelude::{CubeCount, CubeDim};
+
+/// burn-wgpu's inner backend (before fusion), for every element type we accept.
+type Inner = CubeBackend<WgpuRuntime, f32, i32, u32>;
+/// A burn-wgpu tensor as the fusion layer holds it.
+type Fused = FusionTensor<FusionCubeRuntime<WgpuRuntime>>;
+
+/// Units per cube: each owns a contiguous chunk of the row.
+const UNITS: u32 = 256;
+/// Largest `k` the kernel takes (its candidates live in shared memory); larger falls back.
+pub(crate) const MAX_K: usize = 1024;
+/// Rows per launch: one cube per row, and a dispatch dimension holds at most 65,535.
+const MAX_ROWS: usize = 65_535;
+
+/// The kernel, apart from burn's names (`Tensor` here is cubecl's).
+#[allow(
+    clippy::too_many_lines,
+    clippy::trivially_copy_pass_by_ref,
+    reason = "one kernel in cubecl's DSL, which takes its tensors by reference"
+)]
+mod kernel {
+    use cubecl::prelude::*;
+
+    /// A key that orders like the value: NaN as `-inf`, then IEEE order with `-0.0 < +0.0`.
+    #[cube]
+    fn ordered_key(v: f32) -> u32 {
+        let bits = u32::reinterpret(v);
+        let mut key = bits ^ 0xffff_ffffu32;
+        if bits & 0x8000_0000u32 == 0u32 {
+            key = bits | 0x8000_0000u32;
+        }
+        if v.is_nan() {
+            // The key of -inf (0xff80_0000 inverted).
+            key = 0x007f_ffffu32;
+        }
+        key
+    }
+
+    /// Top `k` of each row of `pre` among the columns where `allowed` is non-zero.
+    #[cube(launch)]
+    pub(super) fn topk_kernel(
+        pre: &Tensor<f32>,
+        allowed: &Tensor<i32>,
+        out_indices: &mut Tensor<i32>,
+        out_values: &mut Tensor<f32>,
+        cols: u32,
+        k: u32,
+        #[comptime] units: u32,
+        #[comptime] k_cap: u32,
+    ) {
+        let row = CUBE_POS_X as usize;
+        let unit = UNIT_POS_X as usize;
+        let n = cols as usize;
+        let kk = k as usize;
+        let units_n = units as usize;
+        let base = row * n;
+        let chunk = n.div_ceil(units_n);
+        let mut start = unit * chunk;
+        if start > n {
+            start = n;
+        }
+        let mut end = start + chunk;
+        if end > n {
+            end = n;
+        }
+
+        // hist[u * 16 + d]: unit u's count of digit d; totals[d] the cube's; state: the key prefix
+        // found so far and how many of the keys with that prefix are still to be taken.
+        let mut hist = SharedMemory::<u32>::new(units_n * 16);
+        let mut totals = SharedMemory::<u32>::new(16usize);
+        let mut state = SharedMemory::<u32>::new(2usize);
+        let mut cand_keys = SharedMemory::<u32>::new(k_cap as usize);
+        let mut cand_cols = SharedMemory::<u32>::new(k_cap as usize);
+        if unit == 0 {
+            state[0] = 0u32;
+            state[1] = k;
+        }
+        sync_cube();
+
+        let mut high_mask = 0u32;
+        for pass in 0..8u32 {
+            let shift = 28u32 - 4u32 * pass;
+            for d in 0..16usize {
+                hist[unit * 16 + d] = 0u32;
+            }
+            let prefix = state[0];
+            for j in start..end {
+                if allowed[j] != 0i32 {
+                    let key = ordered_key(pre[base + j]);
+                    if key & high_mask == prefix {
+                        let d = ((key >> shift) & 15u32) as usize;
+                        hist[unit * 16 + d] += 1u32;
+                    }
+                }
+            }
+            sync_cube();
+            if unit < 16 {
+                let mut total = 0u32;
+                for u in 0..units_n {
+                    total += hist[u * 16 + unit];
+                }
+                totals[unit] = total;
+            }
+            sync_cube();
+            if unit == 0 {
+                // Walk the digits from the largest down to the one holding the remaining-th key.
+                let mut remaining = state[1];
+                let mut digit = 0u32;
+                let mut found = false;
+                for i in 0..16u32 {
+                    let d = 15u32 - i;
+                    let c = totals[d as usize];
+                    if !found {
+                        if c >= remaining {
+                            digit = d;
+                            found = true;
+                        } else {
+                            remaining -= c;
+                        }
+                    }
+                }
+                state[0] = prefix | (digit << shift);
+                state[1] = remaining;
+            }
+            high_mask |= 15u32 << shift;
+            sync_cube();
+        }
+
+        // state[0] is the k-th largest key; every key above it is taken, and of the keys equal to
+        // it, the state[1] in the lowest columns.
+        let threshold = state[0];
+        let ties = state[1];
+        let mut above = 0u32;
+        let mut equal = 0u32;
+        for j in start..end {
+            if allowed[j] != 0i32 {
+                let key = ordered_key(pre[base + j]);
+                if key > threshold {
+                    above += 1u32;
+                } else if key == threshold {
+                    equal += 1u32;
+                }
+            }
+        }
+        hist[unit * 16] = above;
+        hist[unit * 16 + 1] = equal;
+        sync_cube();
+        if unit == 0 {
+            let mut a = 0u32;
+            let mut e = 0u32;
+            for u in 0..units_n {
+                let ua = hist[u * 16];
+                let ue = hist[u * 16 + 1];
+                hist[u * 16 + 2] = a;
+                hist[u * 16 + 3] = e;
+                a += ua;
+                e += ue;
+            }
+        }
+        sync_cube();
+        let mut at_above = hist[unit * 16 + 2];
+        let mut at_equal = hist[unit * 16 + 3];
+        let first_tie = k - ties;
+        for j in start..end {
+            if allowed[j] != 0i32 {
+                let key = ordered_key(pre[base + j]);
+                if key > threshold {
+                    cand_keys[at_above as usize] = key;
+                    cand_cols[at_above as usize] = j as u32;
+                    at_above += 1u32;
+                } else if key == threshold {
+                    if at_equal < ties {
+                        cand_keys[(first_tie + at_equal) as usize] = key;
+                        cand_cols[(first_tie + at_equal) as usize] = j as u32;
+                    }
+                    at_equal += 1u32;
+                }
+            }
+        }
+        sync_cube();
+
+        // Rank sort: a candidate's place is the number of candidates that beat it (larger key, or
+        // the same key in a lower column).
+        let mut i = unit;
+        while i < kk {
+            let key = cand_keys[i];
+            let col = cand_cols[i];
+            let mut rank = 0usize;
+            for j in 0..kk {
+                let other = cand_keys[j];
+                if other > key || (other == key && cand_cols[j] < col) {
+                    rank += 1;
+                }
+            }
+            out_indices[row * kk + rank] = i32::cast_from(col);
+            out_values[row * kk + rank] = pre[base + col as usize];
+            i += units_n;
+        }
+    }
+}
+
+/// Moves `value` into `U` when it is one (same type); `None` otherwise.
+fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
+    let boxed: Box<dyn Any> = Box::new(value);
+    boxed.downcast::<U>().ok().map(|b| *b)
+}
+
+/// Hands a kernel output back to the fusion layer as a tensor of its stream.
+fn to_fused(
+    client: &GlobalFusionClient<FusionCubeRuntime<WgpuRuntime>>,
+    t: CubeTensor<WgpuRuntime>,
+) -> Fused {
+    let shape = t.meta.shape.clone();
+    let dtype = t.dtype;
+    let handle = t.into();
+    let desc = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
+    client
+        .register(
+            OperationStreams::default(),
+            OperationIr::Init(desc),
+            NoOp::<Inner>::new(),
+        )
+        .pop()
+        .expect("an init operation has one output")
+}
+
+/// Whether `B` is burn-wgpu (its tensors are the fusion layer's over the wgpu runtime) and the
+/// kernel is not switched off by `TOPK_SAE_DEVICE_TOPK=0`.
+pub(crate) fn supports<B: Backend>() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("TOPK_SAE_DEVICE_TOPK").map_or(true, |v| v != "0"))
+        && TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<Fused>()
+        && TypeId::of::<B::IntTensorPrimitive>() == TypeId::of::<Fused>()
+}
+
+/// The top `k` of each row of `pre` (restricted to `allowed` columns), best first with ties to
+/// the lower column, as device tensors: indices `[rows, k]` and the raw (pre-ReLU) values.
+/// `None` when the backend is not burn-wgpu with `f32` floats and `i32` ints, or the sizes are
+/// outside what the kernel takes (`k` above [`MAX_K`], more than 65,535 rows); the caller then
+/// selects on the host.
+///
+/// # Shapes
+/// - `pre`: `[rows, cols]`; `allowed`: `cols` entries → `[rows, k]` twice
+///
+/// # Panics
+/// If `k` exceeds the number of allowed columns.
+pub(crate) fn topk<B: Backend>(
+    pre: &Tensor<B, 2>,
+    k: usize,
+    allowed: Option<&[bool]>,
+) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
+    if !supports::<B>() {
+        return None;
+    }
+    let [rows, cols] = pre.dims();
+    if k == 0 || k > MAX_K || rows == 0 || rows > MAX_ROWS || u32::try_from(cols).is_err() {
+        return None;
+    }
+    let n_allowed = allowed.map_or(cols, |a| a.iter().filter(|&&ok| ok).count());
+    assert!(
+        k <= n_allowed,
+        "k = {k} exceeds the {n_allowed} allowed columns"
+    );
+    let device = pre.device();
+    let mask: Vec<i32> = match allowed {
+        Some(a) => a.iter().map(|&ok| i32::from(ok)).collect(),
+        None => vec![1; cols],
+    };
+    let mask = Tensor::<B, 1, Int>::from_data(TensorData::new(mask, [cols]), &device);
+
+    let TensorPrimitive::Float(pre) = pre.clone().into_primitive() else {
+        return None;
+    };
+    let pre: Fused = cast(pre)?;
+    let mask: Fused = cast(mask.into_primitive())?;
+    let client = pre.client.clone();
+    let pre = client.resolve_tensor_float::<Inner>(pre);
+    let mask = client.resolve_tensor_int::<Inner>(mask);
+    if pre.dtype != DType::F32 || mask.dtype != DType::I32 {
+        return None;
+    }
+    let pre = into_contiguous(pre);
+    let mask = into_contiguous(mask);
+    let cube_client = pre.client.clone();
+    let cube_device = pre.device.clone();
+    let indices = empty_device_dtype::<WgpuRuntime>(
+        cube_client.clone(),
+        cube_device.clone(),
+        Shape::new([rows, k]),
+        DType::I32,
+    );
+    let values = empty_device_dtype::<WgpuRuntime>(
+        cube_client.clone(),
+        cube_device,
+        Shape::new([rows, k]),
+        DType::F32,
+    );
+    // Candidate buffers sized to a power of two, so the few k values in use compile few kernels.
+    let k_cap = k.next_power_of_two().max(32) as u32;
+    let units = UNITS.min(cube_client.properties().hardware.max_cube_dim.0);
+    kernel::topk_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        CubeCount::Static(rows as u32, 1, 1),
+        CubeDim::new_1d(units),
+        pre.into_tensor_arg(),
+        mask.into_tensor_arg(),
+        indices.clone().into_tensor_arg(),
+        values.clone().into_tensor_arg(),
+        cols as u32,
+        k as u32,
+        units,
+        k_cap,
+    );
+    let indices = cast::<Fused, B::IntTensorPrimitive>(to_fused(&client, indices))?;
+    let values = cast::<Fused, B::FloatTensorPrimitive>(to_fused(&client, values))?;
+    Some((
+        Tensor::from_primitive(indices),
+        Tensor::from_primitive(TensorPrimitive::Float(values)),
+    ))
+}
