@@ -227,6 +227,21 @@ mod kernel {
     }
 }
 
+/// Units per cube: the most, up to [`UNITS`] and a power of two, whose shared memory (a 16-bin
+/// histogram per unit, two candidate arrays of `k_cap`, 18 words of totals and state) fits the
+/// device; at least 16 (one per digit). `None` when not even 16 fit.
+fn units_for(k_cap: u32, max_units: u32, max_shared_bytes: usize) -> Option<u32> {
+    let bytes = |units: u32| 4 * (units as usize * 16 + 2 * k_cap as usize + 18);
+    let mut units = UNITS.min(max_units.max(1)).next_power_of_two();
+    if units > max_units {
+        units /= 2;
+    }
+    while units >= 16 && bytes(units) > max_shared_bytes {
+        units /= 2;
+    }
+    (units >= 16).then_some(units)
+}
+
 /// Moves `value` into `U` when it is one (same type); `None` otherwise.
 fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
     let boxed: Box<dyn Any> = Box::new(value);
@@ -325,7 +340,12 @@ pub(crate) fn topk<B: Backend>(
     );
     // Candidate buffers sized to a power of two, so the few k values in use compile few kernels.
     let k_cap = k.next_power_of_two().max(32) as u32;
-    let units = UNITS.min(cube_client.properties().hardware.max_cube_dim.0);
+    let hardware = &cube_client.properties().hardware;
+    let units = units_for(
+        k_cap,
+        hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
+        hardware.max_shared_memory_size,
+    )?;
     kernel::topk_kernel::launch::<WgpuRuntime>(
         &cube_client,
         CubeCount::Static(rows as u32, 1, 1),
@@ -345,4 +365,19 @@ pub(crate) fn topk<B: Backend>(
         Tensor::from_primitive(indices),
         Tensor::from_primitive(TensorPrimitive::Float(values)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::units_for;
+
+    #[test]
+    fn units_fit_the_shared_memory() {
+        // 256 units x 16 bins x 4 B = 16 KiB of histograms, plus the candidates.
+        assert_eq!(units_for(32, 1024, 48 * 1024), Some(256));
+        assert_eq!(units_for(32, 1024, 16 * 1024), Some(128));
+        assert_eq!(units_for(1024, 1024, 16 * 1024), Some(64));
+        assert_eq!(units_for(32, 100, 48 * 1024), Some(64));
+        assert_eq!(units_for(1024, 1024, 8 * 1024), None);
+    }
 }
