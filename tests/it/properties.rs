@@ -235,3 +235,18 @@ proptest! {
         }
     }
 }
+
+/// Above the GPU kernel's largest `k` (1,024), `topk_tensor` falls back to the host selection,
+/// with the same result as `topk_rows`.
+#[test]
+fn topk_tensor_beyond_the_kernel_k_equals_topk_rows() {
+    let cols = 1200;
+    let data = random_rows(2, cols, 11);
+    for k in [1024, 1100] {
+        let want = topk_sae::topk::topk_rows(&data, cols, k, None);
+        let (idx, val) = topk_sae::topk::topk_tensor(tensor(&data, cols), k, None);
+        let idx: Vec<i64> = idx.into_data().convert::<i64>().into_vec().unwrap();
+        assert_eq!(idx, want.0, "k = {k}");
+        assert_eq!(to_host_vec(val), want.1, "k = {k}");
+    }
+}
