@@ -11,6 +11,7 @@ use npyz::WriterBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::host::dot;
 
 /// A dense `[rows, d_in]` matrix of `f32` embeddings held on the host, every value finite.
 #[derive(Debug, Clone, PartialEq)]
@@ -838,8 +839,4 @@ impl Synthetic {
             .count();
         found as f64 / planted.len() as f64
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

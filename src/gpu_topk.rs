@@ -36,7 +36,7 @@ type Fused = FusionTensor<FusionCubeRuntime<WgpuRuntime>>;
 /// Units per cube: each owns a contiguous chunk of the row.
 const UNITS: u32 = 256;
 /// Largest `k` the kernel takes (its candidates live in shared memory); larger falls back.
-pub(crate) const MAX_K: usize = 1024;
+const MAX_K: usize = 1024;
 /// Rows per launch: one cube per row, and a dispatch dimension holds at most 65,535.
 const MAX_ROWS: usize = 65_535;
 
@@ -322,9 +322,17 @@ pub(crate) fn topk<B: Backend>(
     if pre.dtype != DType::F32 || mask.dtype != DType::I32 {
         return None;
     }
+    let cube_client = pre.client.clone();
+    // Candidate buffers sized to a power of two, so the few k values in use compile few kernels.
+    let k_cap = k.next_power_of_two().max(32) as u32;
+    let hardware = &cube_client.properties().hardware;
+    let units = units_for(
+        k_cap,
+        hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
+        hardware.max_shared_memory_size,
+    )?;
     let pre = into_contiguous(pre);
     let mask = into_contiguous(mask);
-    let cube_client = pre.client.clone();
     let cube_device = pre.device.clone();
     let indices = empty_device_dtype::<WgpuRuntime>(
         cube_client.clone(),
@@ -338,14 +346,6 @@ pub(crate) fn topk<B: Backend>(
         Shape::new([rows, k]),
         DType::F32,
     );
-    // Candidate buffers sized to a power of two, so the few k values in use compile few kernels.
-    let k_cap = k.next_power_of_two().max(32) as u32;
-    let hardware = &cube_client.properties().hardware;
-    let units = units_for(
-        k_cap,
-        hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
-        hardware.max_shared_memory_size,
-    )?;
     kernel::topk_kernel::launch::<WgpuRuntime>(
         &cube_client,
         CubeCount::Static(rows as u32, 1, 1),

@@ -676,7 +676,7 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums: lets the compiler vectorise without reassociating one long chain.
     let mut acc = [0f32; 8];
     let (ca, ra) = a.as_chunks::<8>();

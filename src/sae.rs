@@ -455,8 +455,12 @@ impl<B: Backend> TopKSae<B> {
     /// If `x` is not `[batch, d_in]`.
     pub fn pre_activations(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.check_input(&x);
-        (x - self.b_dec.val().unsqueeze_dim(0))
-            .matmul(self.w_enc.val())
+        self.pre_from_centred(x - self.b_dec.val().unsqueeze_dim(0))
+    }
+
+    /// `xc @ w_enc + b_enc` on the device, for `xc = x - b_dec`.
+    fn pre_from_centred(&self, xc: Tensor<B, 2>) -> Tensor<B, 2> {
+        xc.matmul(self.w_enc.val())
             .add(self.b_enc.val().unsqueeze_dim(0))
     }
 
@@ -476,10 +480,7 @@ impl<B: Backend> TopKSae<B> {
     /// [`PreActivations`]).
     pub(crate) fn pre_activations_for_topk(&self, xc: Tensor<B, 2>) -> PreActivations<B> {
         if crate::topk::has_device_topk::<B>() {
-            PreActivations::Device(
-                xc.matmul(self.w_enc.val())
-                    .add(self.b_enc.val().unsqueeze_dim(0)),
-            )
+            PreActivations::Device(self.pre_from_centred(xc))
         } else {
             let device = xc.device();
             PreActivations::Host(self.pre_activations_host(xc), device)
