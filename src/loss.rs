@@ -313,12 +313,10 @@ fn backward<B: Backend>(
     }
     let grad_b_enc = grad_pre.clone().sum_dim(0);
     // pre = (x - b_dec) @ w_enc + b_enc, so b_dec also receives -(dL/dpre summed) @ w_enc^T.
-    let through_encoder = grad_b_enc
-        .clone()
-        .matmul(model.w_enc.val().transpose())
-        .reshape([d_in]);
+    let through_encoder =
+        crate::sae::matmul(grad_b_enc.clone(), model.w_enc.val().transpose()).reshape([d_in]);
     SaeGradients {
-        w_enc: xc.transpose().matmul(grad_pre),
+        w_enc: crate::sae::matmul(xc.transpose(), grad_pre),
         b_enc: grad_b_enc.reshape([d_sae]),
         w_dec: grad_w_dec,
         b_dec: grad_b_dec - through_encoder,

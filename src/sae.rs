@@ -369,6 +369,24 @@ pub(crate) fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f
         .expect("a converted float tensor reads back as f32")
 }
 
+/// `a @ b`, with a product of one output column computed as two: burn-wgpu 0.21's fused matmul
+/// autotune can run a vector-times-matrix kernel on a matrix-times-vector problem and return
+/// wrong rows for `[m, k] @ [k, 1]` (burn issue #5122; seen on lavapipe for every `m > 1` and
+/// odd `k > 1`). A zero second column steers it to the general kernels; the extra column costs
+/// one more multiply-add per element of `a`. Every product in the crate goes through here.
+///
+/// # Shapes
+/// - `a`: `[m, k]`, `b`: `[k, n]` → `[m, n]`
+pub(crate) fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [k, n] = b.dims();
+    if n != 1 {
+        return a.matmul(b);
+    }
+    let padded = Tensor::cat(vec![b.clone(), Tensor::zeros([k, 1], &b.device())], 1);
+    let [m, _] = a.dims();
+    a.matmul(padded).slice([0..m, 0..1])
+}
+
 impl<B: Backend> TopKSae<B> {
     /// Assembles a model from its four parameters.
     ///
@@ -460,15 +478,14 @@ impl<B: Backend> TopKSae<B> {
 
     /// `xc @ w_enc + b_enc` on the device, for `xc = x - b_dec`.
     fn pre_from_centred(&self, xc: Tensor<B, 2>) -> Tensor<B, 2> {
-        xc.matmul(self.w_enc.val())
-            .add(self.b_enc.val().unsqueeze_dim(0))
+        matmul(xc, self.w_enc.val()).add(self.b_enc.val().unsqueeze_dim(0))
     }
 
     /// `xc @ w_enc + b_enc` on the host, row-major `[batch, d_sae]`, for `xc = x - b_dec`. The
     /// bias is added on the host: burn-ndarray's broadcast add of a `[batch, d_sae]` matrix cost
     /// as much as the product itself (15 ms at 1024 x 3072).
     pub(crate) fn pre_activations_host(&self, xc: Tensor<B, 2>) -> Vec<f32> {
-        let mut pre = to_host(xc.matmul(self.w_enc.val()));
+        let mut pre = to_host(matmul(xc, self.w_enc.val()));
         let bias = to_host(self.b_enc.val());
         for row in pre.chunks_exact_mut(bias.len()) {
             row.iter_mut().zip(&bias).for_each(|(p, b)| *p += b);
@@ -531,8 +548,7 @@ impl<B: Backend> TopKSae<B> {
     /// # Shapes
     /// - `z`: `[batch, d_sae]` → `[batch, d_in]`
     pub fn decode(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
-        z.matmul(self.w_dec.val())
-            .add(self.b_dec.val().unsqueeze_dim(0))
+        matmul(z, self.w_dec.val()).add(self.b_dec.val().unsqueeze_dim(0))
     }
 
     /// Decodes sparse latents by gathering the `k` decoder rows of each row:

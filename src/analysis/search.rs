@@ -218,7 +218,7 @@ pub fn search<B: Backend>(
             normalize_rows(&mut chunk, d_in);
         }
         let c = Tensor::<B, 2>::from_data(TensorData::new(chunk, [end - start, d_in]), device);
-        let scores = to_host(q.clone().matmul(c.transpose()));
+        let scores = to_host(crate::sae::matmul(q.clone(), c.transpose()));
         for (qi, row) in scores.chunks_exact(end - start).enumerate() {
             let list = &mut best[qi];
             for (off, &score) in row.iter().enumerate() {

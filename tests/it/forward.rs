@@ -177,3 +177,37 @@ fn loss_terms_match_naive_reference() {
         epsilon = 1e-5 * recon.max(1.0)
     );
 }
+
+#[test]
+fn one_latent_or_one_input_dimension_matches_naive_reference() {
+    // Products with a single output column: `x @ w_enc` when d_sae = 1, `z @ w_dec` when
+    // d_in = 1. burn-wgpu 0.21 returned wrong rows for `[m, k] @ [k, 1]` with odd k > 1 (burn
+    // issue #5122), which the crate's products route around.
+    for (d_in, d_sae) in [(3, 1), (5, 1), (9, 1), (1, 3), (1, 5), (1, 9)] {
+        let batch = 4;
+        let model = random_model(d_in, d_sae, 1, 11);
+        let naive = NaiveSae::from_model(&model);
+        let x = random_rows(batch, d_in, 12);
+        let pre = to_host_vec(model.pre_activations(tensor(&x, d_in)));
+        let latents = model.encode(tensor(&x, d_in));
+        let dense = to_host_vec(latents.clone());
+        let decoded = to_host_vec(model.decode(latents));
+        for b in 0..batch {
+            let want = naive.pre(&x[b * d_in..(b + 1) * d_in]);
+            for j in 0..d_sae {
+                assert_abs_diff_eq!(f64::from(pre[b * d_sae + j]), want[j], epsilon = TOL);
+            }
+            let top = NaiveSae::topk(&want, 1, None);
+            let want_dense = want[top[0]].max(0.0);
+            assert_abs_diff_eq!(
+                f64::from(dense[b * d_sae + top[0]]),
+                want_dense,
+                epsilon = TOL
+            );
+            let want_x = naive.decode(&want, &top, true);
+            for i in 0..d_in {
+                assert_abs_diff_eq!(f64::from(decoded[b * d_in + i]), want_x[i], epsilon = TOL);
+            }
+        }
+    }
+}
