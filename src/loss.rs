@@ -188,11 +188,11 @@ impl SaeLoss {
         let centred = x.clone() - x.clone().mean_dim(0);
         let var_x = centred.powi_scalar(2).mean().unsqueeze_dim::<2>(0);
 
-        let main = pre.select(d_sae, k, None);
+        let mut main = pre.select(d_sae, k, None);
         let x_hat = decode_rows(&w_dec, main.indices.clone(), main.values.clone()) + b_dec.clone();
         let diff = x_hat.clone() - x.clone();
         let recon = diff.clone().powi_scalar(2).mean() / var_x.clone().reshape([1]);
-        let indices = main.host_indices();
+        let indices = main.take_host_indices();
         let mut terms = vec![Term {
             selected: main,
             grad_out: diff.mul_scalar(scale) / var_x.clone(),

@@ -282,10 +282,11 @@ pub(crate) struct Selected<B: Backend> {
 }
 
 impl<B: Backend> Selected<B> {
-    /// The indices on the host, `[rows, k]` row-major (read back if selected on the device).
-    pub fn host_indices(&self) -> Vec<i64> {
+    /// The indices on the host, `[rows, k]` row-major: the host copy, moved out, or read back
+    /// when selected on the device.
+    pub fn take_host_indices(&mut self) -> Vec<i64> {
         self.host_indices
-            .clone()
+            .take()
             .unwrap_or_else(|| int_to_host(self.indices.clone()))
     }
 }
@@ -302,14 +303,13 @@ impl<B: Backend> PreActivations<B> {
     pub fn select(&self, d_sae: usize, k: usize, allowed: Option<&[bool]>) -> Selected<B> {
         match self {
             Self::Device(pre) => {
-                if let Some((indices, values)) = crate::topk::device_topk(pre, k, allowed) {
-                    return Selected {
-                        indices,
-                        values: values.clamp_min(0.0),
-                        host_indices: None,
-                    };
+                // The kernel, or (sizes it does not take) the host selection.
+                let (indices, values) = crate::topk::topk_tensor(pre.clone(), k, allowed);
+                Selected {
+                    indices,
+                    values: values.clamp_min(0.0),
+                    host_indices: None,
                 }
-                select(&to_host(pre.clone()), d_sae, k, allowed, &pre.device())
             }
             Self::Host(pre, device) => select(pre, d_sae, k, allowed, device),
         }
@@ -382,7 +382,8 @@ pub(crate) fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 
     if n != 1 {
         return a.matmul(b);
     }
-    let padded = Tensor::cat(vec![b.clone(), Tensor::zeros([k, 1], &b.device())], 1);
+    let zeros = Tensor::zeros([k, 1], &b.device());
+    let padded = Tensor::cat(vec![b, zeros], 1);
     let [m, _] = a.dims();
     a.matmul(padded).slice([0..m, 0..1])
 }

@@ -72,7 +72,7 @@ pub(crate) fn has_device_topk<B: Backend>() -> bool {
 }
 
 /// The device top-k, or `None` where the backend or the sizes have none.
-pub(crate) fn device_topk<B: Backend>(
+fn device_topk<B: Backend>(
     data: &Tensor<B, 2>,
     k: usize,
     allowed: Option<&[bool]>,
