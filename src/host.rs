@@ -300,25 +300,8 @@ impl HostState {
             })
             .collect();
 
-        // Entries grouped by latent (counting sort): (term, row, position in the row).
-        let mut starts = vec![0usize; d_sae + 1];
-        for t in terms {
-            for &j in &t.indices {
-                starts[j as usize + 1] += 1;
-            }
-        }
-        for j in 0..d_sae {
-            starts[j + 1] += starts[j];
-        }
-        let mut fill = starts.clone();
-        let mut entries = vec![(0u8, 0u32, 0u32); starts[d_sae]];
-        for (ti, t) in terms.iter().enumerate() {
-            for (at, &j) in t.indices.iter().enumerate() {
-                let slot = &mut fill[j as usize];
-                entries[*slot] = (ti as u8, (at / t.k) as u32, at as u32);
-                *slot += 1;
-            }
-        }
+        let lists: Vec<&[u32]> = terms.iter().map(|t| t.indices.as_slice()).collect();
+        let (starts, entries) = group_by_latent(&lists, d_sae, |j| j as usize);
 
         let [g_w_enc_t, g_b_enc, g_w_dec, g_b_dec] = &mut s.grads;
         g_w_enc_t.resize(d_sae * d_in, 0.0);
@@ -347,8 +330,9 @@ impl HostState {
                     if mine.is_empty() {
                         continue;
                     }
-                    for &(ti, b, at) in mine {
-                        let (t, b, at) = (&terms[ti as usize], b as usize, at as usize);
+                    for &(ti, at) in mine {
+                        let (t, at) = (&terms[ti as usize], at as usize);
+                        let b = at / t.k;
                         let v = t.values[at];
                         if v != 0.0 {
                             axpy(gd, v, &t.grad_out[b * d_in..(b + 1) * d_in]);
@@ -453,6 +437,39 @@ impl AdamScalars {
             *p -= *m / self.c1 / denom * self.lr;
         }
     }
+}
+
+/// The entries of several row-major `[rows, k_t]` lists of latents, grouped by latent (a stable
+/// counting sort): latent `j`'s entries are `entries[starts[j]..starts[j + 1]]`, each `(list,
+/// position in the list)`, in list order then position order.
+///
+/// # Panics
+/// If a latent is `d_sae` or more, or there are more than 256 lists.
+pub(crate) fn group_by_latent<T: Copy>(
+    lists: &[&[T]],
+    d_sae: usize,
+    latent: impl Fn(T) -> usize,
+) -> (Vec<usize>, Vec<(u8, u32)>) {
+    let mut starts = vec![0usize; d_sae + 1];
+    for list in lists {
+        for &j in *list {
+            starts[latent(j) + 1] += 1;
+        }
+    }
+    for j in 0..d_sae {
+        starts[j + 1] += starts[j];
+    }
+    let mut fill = starts.clone();
+    let mut entries = vec![(0u8, 0u32); starts[d_sae]];
+    for (li, list) in lists.iter().enumerate() {
+        let li = u8::try_from(li).expect("at most 256 lists");
+        for (at, &j) in list.iter().enumerate() {
+            let slot = &mut fill[latent(j)];
+            entries[*slot] = (li, at as u32);
+            *slot += 1;
+        }
+    }
+    (starts, entries)
 }
 
 /// Top `k` of each row of `pre + bias` (`pre` is `[batch, d_sae]`, `bias` `[d_sae]`), restricted to
@@ -703,6 +720,28 @@ mod tests {
     use burn::tensor::{Distribution, Tensor, TensorData};
 
     type B = burn_ndarray::NdArray<f32>;
+
+    #[test]
+    fn group_by_latent_is_a_stable_counting_sort() {
+        // Two lists of [2, 2] latents over d_sae 4: latent 2 in list 0 at 1 and 2, list 1 at 0.
+        let a: [u32; 4] = [0, 2, 2, 3];
+        let b: [u32; 4] = [2, 0, 3, 0];
+        let (starts, entries) = group_by_latent(&[&a, &b], 4, |j| j as usize);
+        assert_eq!(starts, vec![0, 3, 3, 6, 8]);
+        assert_eq!(
+            entries,
+            vec![
+                (0, 0),
+                (1, 1),
+                (1, 3),
+                (0, 1),
+                (0, 2),
+                (1, 0),
+                (0, 3),
+                (1, 2)
+            ]
+        );
+    }
 
     /// The host gradient equals the tensor path's (itself checked against autodiff in
     /// `tests/it/gradients.rs`) for every parameter, with AuxK (every latent dead) and multi-k on,

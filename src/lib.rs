@@ -59,7 +59,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 #[cfg(feature = "wgpu")]
-mod gpu_topk;
+mod gpu;
 mod host;
 pub mod loss;
 pub mod metrics;

@@ -11,6 +11,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use crate::error::{Error, Result};
+#[cfg(feature = "wgpu")]
+use crate::host::group_by_latent;
 use crate::sae::{Selected, TopKSae, decode_rows, to_host};
 
 /// Normalised MSE of a batch, `mean((a - x)^2) / mean((x - mean_over_batch(x))^2)`, means over
@@ -267,7 +269,7 @@ impl SaeLoss {
             multi_k,
         };
 
-        let grads = with_grads.then(|| backward(model, xc, &terms));
+        let grads = with_grads.then(|| backward(model, xc, &mut terms, &indices));
         LossOutput {
             parts,
             grads,
@@ -277,48 +279,154 @@ impl SaeLoss {
     }
 }
 
-/// Back-propagates the terms' output gradients to the parameters.
+/// Back-propagates the terms' output gradients to the parameters. `main_indices` are the main
+/// term's indices, already on the host.
 fn backward<B: Backend>(
     model: &TopKSae<B>,
     xc: Tensor<B, 2>,
-    terms: &[Term<B>],
+    terms: &mut [Term<B>],
+    main_indices: &[i64],
 ) -> SaeGradients<B> {
+    let [_, d_in] = xc.dims();
+    let w_dec = model.w_dec.val();
+    // dL/dvalue[b, j] = g[b] . w_dec[idx[b, j]], zero where ReLU clipped the value.
+    let grad_values: Vec<Tensor<B, 2>> = terms
+        .iter()
+        .map(|t| {
+            let [batch, k] = t.selected.indices.dims();
+            let flat = t.selected.indices.clone().reshape([batch * k]);
+            let rows = w_dec.clone().select(0, flat).reshape([batch, k, d_in]);
+            let dots = (rows * t.grad_out.clone().unsqueeze_dim::<3>(1))
+                .sum_dim(2)
+                .reshape([batch, k]);
+            dots * t.selected.values.clone().greater_elem(0.0).float()
+        })
+        .collect();
+    let (w_enc, b_enc, w_dec_grad) =
+        match grouped_gradients(model, &xc, terms, &grad_values, main_indices) {
+            Some(grads) => grads,
+            None => scattered_gradients(model, xc, terms, grad_values),
+        };
+    let mut b_dec = Tensor::<B, 1>::zeros([d_in], &w_dec.device());
+    for term in terms.iter().filter(|t| t.with_bias) {
+        b_dec = b_dec + term.grad_out.clone().sum_dim(0).reshape([d_in]);
+    }
+    // pre = (x - b_dec) @ w_enc + b_enc, so b_dec also receives -(dL/dpre summed) @ w_enc^T.
+    let through_encoder = crate::sae::matmul(
+        b_enc.clone().unsqueeze_dim::<2>(0),
+        model.w_enc.val().transpose(),
+    )
+    .reshape([d_in]);
+    SaeGradients {
+        w_enc,
+        b_enc,
+        w_dec: w_dec_grad,
+        b_dec: b_dec - through_encoder,
+    }
+}
+
+/// The gradients of `w_enc`, `b_enc` and `w_dec` with burn's tensor operations: the decoder's
+/// by a row scatter-add (`select_assign`), the encoder's through the dense `dL/dpre`.
+fn scattered_gradients<B: Backend>(
+    model: &TopKSae<B>,
+    xc: Tensor<B, 2>,
+    terms: &[Term<B>],
+    grad_values: Vec<Tensor<B, 2>>,
+) -> (Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>) {
     let device = xc.device();
     let [batch, d_in] = xc.dims();
     let d_sae = model.d_sae();
-    let w_dec = model.w_dec.val();
     let mut grad_w_dec = Tensor::<B, 2>::zeros([d_sae, d_in], &device);
     let mut grad_pre = Tensor::<B, 2>::zeros([batch, d_sae], &device);
-    let mut grad_b_dec = Tensor::<B, 1>::zeros([d_in], &device);
-    for term in terms {
+    for (term, grad_values) in terms.iter().zip(grad_values) {
         let indices: Tensor<B, 2, Int> = term.selected.indices.clone();
-        let values = term.selected.values.clone();
         let [_, k] = indices.dims();
-        let flat = indices.clone().reshape([batch * k]);
-        let g = term.grad_out.clone();
         // dL/dw_dec[idx[b, j]] += values[b, j] * g[b]
-        let contrib = (values.clone().unsqueeze_dim::<3>(2) * g.clone().unsqueeze_dim::<3>(1))
-            .reshape([batch * k, d_in]);
-        grad_w_dec = grad_w_dec.select_assign(0, flat.clone(), contrib, IndexingUpdateOp::Add);
-        // dL/dvalue[b, j] = g[b] . w_dec[idx[b, j]], zero where ReLU clipped the value.
-        let rows = w_dec.clone().select(0, flat).reshape([batch, k, d_in]);
-        let grad_values = (rows * g.clone().unsqueeze_dim::<3>(1))
-            .sum_dim(2)
-            .reshape([batch, k]);
-        let grad_values = grad_values * values.greater_elem(0.0).float();
+        let contrib = (term.selected.values.clone().unsqueeze_dim::<3>(2)
+            * term.grad_out.clone().unsqueeze_dim::<3>(1))
+        .reshape([batch * k, d_in]);
+        let flat = indices.clone().reshape([batch * k]);
+        grad_w_dec = grad_w_dec.select_assign(0, flat, contrib, IndexingUpdateOp::Add);
         grad_pre = grad_pre.scatter(1, indices, grad_values, IndexingUpdateOp::Add);
-        if term.with_bias {
-            grad_b_dec = grad_b_dec + g.sum_dim(0).reshape([d_in]);
-        }
     }
-    let grad_b_enc = grad_pre.clone().sum_dim(0);
-    // pre = (x - b_dec) @ w_enc + b_enc, so b_dec also receives -(dL/dpre summed) @ w_enc^T.
-    let through_encoder =
-        crate::sae::matmul(grad_b_enc.clone(), model.w_enc.val().transpose()).reshape([d_in]);
-    SaeGradients {
-        w_enc: crate::sae::matmul(xc.transpose(), grad_pre),
-        b_enc: grad_b_enc.reshape([d_sae]),
-        w_dec: grad_w_dec,
-        b_dec: grad_b_dec - through_encoder,
+    let grad_b_enc = grad_pre.clone().sum_dim(0).reshape([d_sae]);
+    (
+        crate::sae::matmul(xc.transpose(), grad_pre),
+        grad_b_enc,
+        grad_w_dec,
+    )
+}
+
+/// The gradients of `w_enc`, `b_enc` and `w_dec` by our grouped-sum kernel on burn-wgpu
+/// (`src/gpu/sparse.rs`): the entries of every term grouped by latent on the host, then one
+/// cube per latent sums its rows. `None` on other backends.
+#[cfg(feature = "wgpu")]
+fn grouped_gradients<B: Backend>(
+    model: &TopKSae<B>,
+    xc: &Tensor<B, 2>,
+    terms: &mut [Term<B>],
+    grad_values: &[Tensor<B, 2>],
+    main_indices: &[i64],
+) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>)> {
+    use crate::gpu::sparse::{Groups, sum_rows, supports};
+    if !supports::<B>() {
+        return None;
     }
+    let device = xc.device();
+    let [batch, d_in] = xc.dims();
+    let d_sae = model.d_sae();
+    // The main term's indices are on the host already; the others' ([batch, k_aux]) come back.
+    let rest: Vec<Vec<i64>> = terms[1..]
+        .iter_mut()
+        .map(|t| t.selected.take_host_indices())
+        .collect();
+    let lists: Vec<&[i64]> = std::iter::once(main_indices)
+        .chain(rest.iter().map(Vec::as_slice))
+        .collect();
+    let (starts, entries) = group_by_latent(&lists, d_sae, |j| j as usize);
+    let ks: Vec<usize> = lists.iter().map(|l| l.len() / batch).collect();
+    let bases: Vec<usize> = ks
+        .iter()
+        .scan(0, |next, k| {
+            let base = *next;
+            *next += batch * k;
+            Some(base)
+        })
+        .collect();
+    let (positions, row_of): (Vec<usize>, Vec<usize>) = entries
+        .iter()
+        .map(|&(t, at)| {
+            let (t, at) = (t as usize, at as usize);
+            (bases[t] + at, t * batch + at / ks[t])
+        })
+        .unzip();
+    let groups = Groups::upload(&starts, &positions, &row_of, &device)?;
+    let flat = |t: &Tensor<B, 2>| {
+        let [rows, k] = t.dims();
+        t.clone().reshape([rows * k])
+    };
+    // dL/dw_dec[j] = sum of values * g over the (term, row) that selected j.
+    let values = Tensor::cat(terms.iter().map(|t| flat(&t.selected.values)).collect(), 0);
+    let grad_out = Tensor::cat(terms.iter().map(|t| t.grad_out.clone()).collect(), 0);
+    let grad_w_dec = sum_rows(&groups, values, grad_out, terms.len() * batch)?;
+    // dL/dw_enc[:, j] = sum of dL/dvalue * xc over the rows that selected j, and dL/db_enc[j]
+    // the sum of dL/dvalue: one pass over [xc | 1].
+    let xc1 = Tensor::cat(vec![xc.clone(), Tensor::ones([batch, 1], &device)], 1);
+    let weights = Tensor::cat(grad_values.iter().map(flat).collect(), 0);
+    let enc = sum_rows(&groups, weights, xc1, batch)?;
+    let grad_w_enc = enc.clone().slice([0..d_sae, 0..d_in]).transpose();
+    let grad_b_enc = enc.slice([0..d_sae, d_in..d_in + 1]).reshape([d_sae]);
+    Some((grad_w_enc, grad_b_enc, grad_w_dec))
+}
+
+/// Without the `wgpu` feature there is no kernel: always `None`.
+#[cfg(not(feature = "wgpu"))]
+fn grouped_gradients<B: Backend>(
+    _model: &TopKSae<B>,
+    _xc: &Tensor<B, 2>,
+    _terms: &mut [Term<B>],
+    _grad_values: &[Tensor<B, 2>],
+    _main_indices: &[i64],
+) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>)> {
+    None
 }

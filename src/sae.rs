@@ -614,6 +614,16 @@ pub(crate) fn decode_rows<B: Backend>(
         "values must be [batch, k] like indices"
     );
     let [_, d_in] = w_dec.dims();
+    #[cfg(feature = "wgpu")]
+    if crate::gpu::sparse::supports::<B>() {
+        // burn-wgpu: our kernel, one cube per row, no [batch, k, d_in] intermediate.
+        let groups = crate::gpu::sparse::Groups::per_row(indices.clone());
+        let weights = values.clone().reshape([batch * k]);
+        let d_sae = w_dec.dims()[0];
+        if let Some(out) = crate::gpu::sparse::sum_rows(&groups, weights, w_dec.clone(), d_sae) {
+            return out;
+        }
+    }
     let rows = w_dec
         .clone()
         .select(0, indices.reshape([batch * k]))

@@ -63,7 +63,7 @@ pub fn topk_tensor<B: Backend>(
 pub(crate) fn has_device_topk<B: Backend>() -> bool {
     #[cfg(feature = "wgpu")]
     {
-        crate::gpu_topk::supports::<B>()
+        crate::gpu::topk::supports::<B>()
     }
     #[cfg(not(feature = "wgpu"))]
     {
@@ -79,7 +79,7 @@ fn device_topk<B: Backend>(
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     #[cfg(feature = "wgpu")]
     {
-        crate::gpu_topk::topk(data, k, allowed)
+        crate::gpu::topk::topk(data, k, allowed)
     }
     #[cfg(not(feature = "wgpu"))]
     {

@@ -216,6 +216,18 @@ fn multi_k_gradient_matches_autodiff() {
     );
 }
 
+/// More latents than one dispatch dimension holds (65,535 cubes): on burn-wgpu the grouped-sum
+/// kernel's cube per latent then spreads over two dimensions, and most latents have no entries
+/// (their gradient rows must come out exactly zero).
+#[test]
+fn gradient_matches_autodiff_past_one_dispatch_row() {
+    let d_sae = 70_000;
+    let model = random_model(3, d_sae, 2, 19);
+    let dead: Vec<bool> = (0..d_sae).map(|j| j % 2 == 0).collect();
+    let loss = SaeLossConfig::new().with_k_aux(Some(3));
+    check(&model, &random_rows(4, 3, 20), Some(&dead), &loss);
+}
+
 #[test]
 fn aux_is_skipped_when_nothing_is_dead() {
     let model = random_model(8, 32, 4, 17);

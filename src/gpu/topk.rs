@@ -8,30 +8,15 @@
 //! keys above it plus the lowest-column ties, and writes them out best first by a rank sort. The
 //! result equals [`crate::topk::topk_rows`]: same indices in the same order, same values.
 //!
-//! Used only when the backend's tensors are burn-wgpu's (`Fusion<CubeBackend<WgpuRuntime, f32,
-//! i32, _>>`, the `backend::Wgpu` this crate exports); [`topk`] returns `None` for any other
-//! backend, and the callers fall back to the host top-k.
-
-use std::any::{Any, TypeId};
+//! [`topk`] returns `None` for any backend but burn-wgpu (see [`super`]), and the callers fall
+//! back to the host top-k.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
-use burn_cubecl::CubeBackend;
-use burn_cubecl::fusion::FusionCubeRuntime;
-use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
-use burn_cubecl::tensor::CubeTensor;
-use burn_fusion::client::GlobalFusionClient;
-use burn_fusion::stream::OperationStreams;
-use burn_fusion::{FusionTensor, NoOp};
-use burn_ir::{InitOperationIr, OperationIr};
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
 use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-/// burn-wgpu's inner backend (before fusion), for every element type we accept.
-type Inner = CubeBackend<WgpuRuntime, f32, i32, u32>;
-/// A burn-wgpu tensor as the fusion layer holds it.
-type Fused = FusionTensor<FusionCubeRuntime<WgpuRuntime>>;
+use super::{empty, enabled, float_input, float_output, int_input, int_output};
 
 /// Units per cube: each owns a contiguous chunk of the row.
 const UNITS: u32 = 256;
@@ -242,38 +227,11 @@ fn units_for(k_cap: u32, max_units: u32, max_shared_bytes: usize) -> Option<u32>
     (units >= 16).then_some(units)
 }
 
-/// Moves `value` into `U` when it is one (same type); `None` otherwise.
-fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
-    let boxed: Box<dyn Any> = Box::new(value);
-    boxed.downcast::<U>().ok().map(|b| *b)
-}
-
-/// Hands a kernel output back to the fusion layer as a tensor of its stream.
-fn to_fused(
-    client: &GlobalFusionClient<FusionCubeRuntime<WgpuRuntime>>,
-    t: CubeTensor<WgpuRuntime>,
-) -> Fused {
-    let shape = t.meta.shape.clone();
-    let dtype = t.dtype;
-    let handle = t.into();
-    let desc = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
-    client
-        .register(
-            OperationStreams::default(),
-            OperationIr::Init(desc),
-            NoOp::<Inner>::new(),
-        )
-        .pop()
-        .expect("an init operation has one output")
-}
-
 /// Whether `B` is burn-wgpu (its tensors are the fusion layer's over the wgpu runtime) and the
 /// kernel is not switched off by `TOPK_SAE_DEVICE_TOPK=0`.
 pub(crate) fn supports<B: Backend>() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("TOPK_SAE_DEVICE_TOPK").map_or(true, |v| v != "0"))
-        && TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<Fused>()
-        && TypeId::of::<B::IntTensorPrimitive>() == TypeId::of::<Fused>()
+    static SWITCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    enabled::<B>(&SWITCH, "TOPK_SAE_DEVICE_TOPK")
 }
 
 /// The top `k` of each row of `pre` (restricted to `allowed` columns), best first with ties to
@@ -311,17 +269,8 @@ pub(crate) fn topk<B: Backend>(
     };
     let mask = Tensor::<B, 1, Int>::from_data(TensorData::new(mask, [cols]), &device);
 
-    let TensorPrimitive::Float(pre) = pre.clone().into_primitive() else {
-        return None;
-    };
-    let pre: Fused = cast(pre)?;
-    let mask: Fused = cast(mask.into_primitive())?;
-    let client = pre.client.clone();
-    let pre = client.resolve_tensor_float::<Inner>(pre);
-    let mask = client.resolve_tensor_int::<Inner>(mask);
-    if pre.dtype != DType::F32 || mask.dtype != DType::I32 {
-        return None;
-    }
+    let (pre, client) = float_input(pre.clone())?;
+    let mask = int_input(mask)?;
     let cube_client = pre.client.clone();
     // Candidate buffers sized to a power of two, so the few k values in use compile few kernels.
     let k_cap = k.next_power_of_two().max(32) as u32;
@@ -331,21 +280,8 @@ pub(crate) fn topk<B: Backend>(
         hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
         hardware.max_shared_memory_size,
     )?;
-    let pre = into_contiguous(pre);
-    let mask = into_contiguous(mask);
-    let cube_device = pre.device.clone();
-    let indices = empty_device_dtype::<WgpuRuntime>(
-        cube_client.clone(),
-        cube_device.clone(),
-        Shape::new([rows, k]),
-        DType::I32,
-    );
-    let values = empty_device_dtype::<WgpuRuntime>(
-        cube_client.clone(),
-        cube_device,
-        Shape::new([rows, k]),
-        DType::F32,
-    );
+    let indices = empty(&pre, Shape::new([rows, k]), DType::I32);
+    let values = empty(&pre, Shape::new([rows, k]), DType::F32);
     kernel::topk_kernel::launch::<WgpuRuntime>(
         &cube_client,
         CubeCount::Static(rows as u32, 1, 1),
@@ -359,11 +295,9 @@ pub(crate) fn topk<B: Backend>(
         units,
         k_cap,
     );
-    let indices = cast::<Fused, B::IntTensorPrimitive>(to_fused(&client, indices))?;
-    let values = cast::<Fused, B::FloatTensorPrimitive>(to_fused(&client, values))?;
     Some((
-        Tensor::from_primitive(indices),
-        Tensor::from_primitive(TensorPrimitive::Float(values)),
+        int_output(&client, indices)?,
+        float_output(&client, values)?,
     ))
 }
 

@@ -1,0 +1,207 @@
+//! Grouped row sums on burn-wgpu, in one cubecl kernel: the sparse decode and the sparse
+//! gradient of the decoder and encoder.
+//!
+//! `out[g, :] = sum over the entries e of group g of weights[positions[e]] * rows[row_of[e] %
+//! row_mod, :]`, one cube per group, its units over the columns, the entries of a group summed
+//! in their given order (so the result is the same on every run).
+//! - Decode: a group per example, its `k` entries the selected latents: `rows` is `w_dec`,
+//!   `weights` the values. No `[batch, k, d_in]` intermediate (400 MB at 1024 x 64 x 1536).
+//! - Gradient: a group per latent, its entries the (term, example, slot) that selected it
+//!   (grouped on the host from the indices the step reads back anyway): `w_dec`'s gradient sums
+//!   the terms' output gradients weighted by the values, `w_enc`'s (transposed) sums the centred
+//!   inputs weighted by the values' gradients. burn's `select_assign` would run this on `d_in`
+//!   units, each walking all `batch * k` rows in turn (65,536 dependent read-modify-writes at
+//!   1024 x 64, twice that for AuxK), and the dense alternative is a product as large as the
+//!   encoder's.
+//!
+//! [`sum_rows`] returns `None` for any backend but burn-wgpu (see [`super`]) or with
+//! `TOPK_SAE_DEVICE_SPARSE=0`, and the callers use burn's tensor operations.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
+use burn_wgpu::WgpuRuntime;
+use cubecl::prelude::{CubeCount, CubeDim};
+
+use super::{empty, enabled, float_input, float_output, int_input};
+
+/// Most units per cube; fewer when the rows are narrower.
+const UNITS: u32 = 256;
+/// Cubes along the first dispatch dimension (its limit); more groups use a second.
+const MAX_X: usize = 65_535;
+
+#[allow(
+    clippy::too_many_arguments,
+    clippy::trivially_copy_pass_by_ref,
+    reason = "one kernel in cubecl's DSL, which takes its tensors by reference"
+)]
+mod kernel {
+    use cubecl::prelude::*;
+
+    /// `out[g, c] = sum_{e in starts[g]..starts[g + 1]} weights[positions[e]] *
+    /// rows[(row_of[e] % row_mod) * cols + c]`.
+    #[cube(launch)]
+    pub(super) fn sum_rows_kernel(
+        starts: &Tensor<i32>,
+        positions: &Tensor<i32>,
+        row_of: &Tensor<i32>,
+        weights: &Tensor<f32>,
+        rows: &Tensor<f32>,
+        out: &mut Tensor<f32>,
+        groups: u32,
+        cols: u32,
+        row_mod: u32,
+        #[comptime] units: u32,
+    ) {
+        let group = CUBE_POS;
+        if group < groups as usize {
+            let n = cols as usize;
+            let start = usize::cast_from(starts[group]);
+            let end = usize::cast_from(starts[group + 1]);
+            let mut c = UNIT_POS_X as usize;
+            while c < n {
+                let mut acc = 0f32;
+                for e in start..end {
+                    let w = weights[usize::cast_from(positions[e])];
+                    let r = (u32::cast_from(row_of[e]) % row_mod) as usize;
+                    acc += w * rows[r * n + c];
+                }
+                out[group * n + c] = acc;
+                c += units as usize;
+            }
+        }
+    }
+}
+
+/// Whether [`sum_rows`] runs for backend `B`.
+pub(crate) fn supports<B: Backend>() -> bool {
+    static SWITCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    enabled::<B>(&SWITCH, "TOPK_SAE_DEVICE_SPARSE")
+}
+
+/// Which entries make up each group, on the device.
+pub(crate) struct Groups<B: Backend> {
+    /// `[groups + 1]`: group `g`'s entries are `starts[g]..starts[g + 1]`.
+    starts: Tensor<B, 1, Int>,
+    /// `[entries]`: where each entry's weight is.
+    positions: Tensor<B, 1, Int>,
+    /// `[entries]`: which row each entry adds (modulo the `row_mod` of [`sum_rows`]).
+    row_of: Tensor<B, 1, Int>,
+    /// How many groups.
+    count: usize,
+}
+
+impl<B: Backend> Groups<B> {
+    /// Groups given on the host; `None` when an entry does not fit an `i32`.
+    ///
+    /// # Shapes
+    /// - `starts`: `groups + 1`; `positions`, `row_of`: one per entry
+    pub fn upload(
+        starts: &[usize],
+        positions: &[usize],
+        row_of: &[usize],
+        device: &B::Device,
+    ) -> Option<Self> {
+        let to_i32 = |v: &[usize]| -> Option<Tensor<B, 1, Int>> {
+            let v: Vec<i32> = v
+                .iter()
+                .map(|&x| i32::try_from(x).ok())
+                .collect::<Option<_>>()?;
+            let n = v.len();
+            Some(Tensor::from_data(TensorData::new(v, [n]), device))
+        };
+        Some(Self {
+            starts: to_i32(starts)?,
+            positions: to_i32(positions)?,
+            row_of: to_i32(row_of)?,
+            count: starts.len().checked_sub(1)?,
+        })
+    }
+
+    /// One group per row of `indices`, its entries the row's `k` slots in order: with the
+    /// row-major `[rows, k]` values as weights and `w_dec` as rows, [`sum_rows`] decodes.
+    ///
+    /// # Shapes
+    /// - `indices`: `[rows, k]`
+    pub fn per_row(indices: Tensor<B, 2, Int>) -> Self {
+        let [rows, k] = indices.dims();
+        let device = indices.device();
+        let entries = (rows * k) as i64;
+        Self {
+            starts: Tensor::arange(0..rows as i64 + 1, &device).mul_scalar(k as i64),
+            positions: Tensor::arange(0..entries, &device),
+            row_of: indices.reshape([rows * k]),
+            count: rows,
+        }
+    }
+}
+
+/// `out[g, :] = sum over group g's entries e of weights[positions[e]] * rows[row_of[e] % row_mod, :]`,
+/// summed in entry order; `None` when the backend is not burn-wgpu (or the kernel is switched
+/// off), or the sizes do not fit the kernel's `u32` arguments.
+///
+/// # Shapes
+/// - `weights`: `[n]`, `rows`: `[r, cols]` → `[groups, cols]`
+pub(crate) fn sum_rows<B: Backend>(
+    groups: &Groups<B>,
+    weights: Tensor<B, 1>,
+    rows: Tensor<B, 2>,
+    row_mod: usize,
+) -> Option<Tensor<B, 2>> {
+    if !supports::<B>() || groups.count == 0 {
+        return None;
+    }
+    let [_, cols] = rows.dims();
+    let (n_groups, cols_u32, row_mod_u32) = (
+        u32::try_from(groups.count).ok()?,
+        u32::try_from(cols).ok()?,
+        u32::try_from(row_mod).ok().filter(|&m| m > 0)?,
+    );
+    let (rows, client) = float_input(rows)?;
+    let (weights, _) = float_input(weights)?;
+    let starts = int_input(groups.starts.clone())?;
+    let positions = int_input(groups.positions.clone())?;
+    let row_of = int_input(groups.row_of.clone())?;
+    let hardware = &rows.client.properties().hardware;
+    let max_units = hardware.max_cube_dim.0.min(hardware.max_units_per_cube);
+    let units = UNITS
+        .min(cols_u32.max(1).next_power_of_two().max(32))
+        .min(max_units);
+    let (x, y) = grid(groups.count);
+    let out = empty(&rows, Shape::new([groups.count, cols]), DType::F32);
+    let cube_client = rows.client.clone();
+    kernel::sum_rows_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        CubeCount::Static(x, y, 1),
+        CubeDim::new_1d(units),
+        starts.into_tensor_arg(),
+        positions.into_tensor_arg(),
+        row_of.into_tensor_arg(),
+        weights.into_tensor_arg(),
+        rows.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        n_groups,
+        cols_u32,
+        row_mod_u32,
+        units,
+    );
+    float_output(&client, out)
+}
+
+/// Cubes along x and y covering `groups` (the kernel skips the positions past the end).
+fn grid(groups: usize) -> (u32, u32) {
+    let x = groups.clamp(1, MAX_X);
+    (x as u32, groups.div_ceil(x).max(1) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid;
+
+    #[test]
+    fn grid_covers_every_group() {
+        assert_eq!(grid(1), (1, 1));
+        assert_eq!(grid(65_535), (65_535, 1));
+        assert_eq!(grid(65_536), (65_535, 2));
+        assert_eq!(grid(200_000), (65_535, 4));
+    }
+}
