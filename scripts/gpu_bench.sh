@@ -10,9 +10,10 @@
 # With the `device` tool (see its README): carry `.gpu` (and `.gl` with the Vulkan loader
 # packages), and run `for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; scripts/gpu_bench.sh run`.
 # The first wgpu step of each size includes shader compilation and autotuning: the script reports
-# the median step and, separately, the first step's time. topk-sae runs twice per size: with the
-# top-k in the GPU kernel (the default) and with TOPK_SAE_DEVICE_TOPK=0 (pre-activations read
-# back and selected on the host), so one run says which is faster there.
+# the median step and, separately, the first step's time. topk-sae runs three times per size:
+# with both GPU kernels (the default), with TOPK_SAE_DEVICE_TOPK=0 (pre-activations read back
+# and selected on the host) and with TOPK_SAE_DEVICE_SPARSE=0 (burn's scatter-add gradient and
+# gather decode instead of the grouped-sum kernel), so one run says what each kernel is worth.
 #
 # Status: written without a GPU (this task was not lent one). Checked here (2026-11-27): the build
 # half (6 min, 7.5 MB compressed) and a dry run of the run half on lavapipe with PyTorch on the CPU
@@ -27,6 +28,8 @@ if [ "$mode" = build ]; then
   # Stripped and compressed: 57 MB becomes about 8 MB, well inside the device tool's 64 MiB.
   strip -o .gpu/train target/release/examples/train
   xz -T0 -6 .gpu/train
+  # The figures name the code they measured.
+  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src examples Cargo.toml || echo +changes)" >.gpu/commit
   echo "built .gpu/train.xz ($(du -h .gpu/train.xz | cut -f1)); carry .gpu"
   exit 0
 fi
@@ -39,6 +42,7 @@ if [ ! -x .gpu/train ]; then
   chmod +x .gpu/train
 fi
 out=${OUT:-$(mktemp -d)}
+echo "topk-sae binary built from $(cat .gpu/commit 2>/dev/null || echo 'an unrecorded commit')"
 # Overridable for a dry run of the plumbing without a GPU, e.g.
 # ROWS=4096 D_IN=64 SIZES="8 256 16" BATCH=256 TORCH_DEVICE=cpu scripts/gpu_bench.sh run 3
 rows=${ROWS:-65536}
@@ -64,12 +68,18 @@ for size in "${size_list[@]}"; do
   set -- $size
   tag="k$1_dsae$2"
   tags+=("$tag")
-  # Top-k in the GPU kernel (the default), then on the host for comparison.
-  .gpu/train --backend wgpu --quiet --data "$data/x.npy" --k "$1" --d-sae "$2" --k-aux "$3" \
-    --batch "$batch" --max-steps "$steps" --json "$out/rust_$tag.json" | tee "$out/rust_$tag.txt"
-  TOPK_SAE_DEVICE_TOPK=0 .gpu/train --backend wgpu --quiet --data "$data/x.npy" --k "$1" \
-    --d-sae "$2" --k-aux "$3" --batch "$batch" --max-steps "$steps" \
-    --json "$out/rust-host-topk_$tag.json" | tee "$out/rust-host-topk_$tag.txt"
+  # Both kernels (the default), then the top-k on the host, then burn's scatter-add gradient
+  # and gather decode instead of the grouped-sum kernel.
+  for variant in rust rust-host-topk rust-burn-scatter; do
+    case $variant in
+      rust) vars=() ;;
+      rust-host-topk) vars=(TOPK_SAE_DEVICE_TOPK=0) ;;
+      rust-burn-scatter) vars=(TOPK_SAE_DEVICE_SPARSE=0) ;;
+    esac
+    env "${vars[@]}" .gpu/train --backend wgpu --quiet --data "$data/x.npy" --k "$1" \
+      --d-sae "$2" --k-aux "$3" --batch "$batch" --max-steps "$steps" \
+      --json "$out/${variant}_$tag.json" | tee "$out/${variant}_$tag.txt"
+  done
   "$py" scripts/torch_recipe.py --device "$torch_device" --data "$data/x.npy" --k "$1" \
     --d-sae "$2" --k-aux "$3" --batch "$batch" --max-steps "$steps" \
     --json "$out/torch_$tag.json" >/dev/null
@@ -77,11 +87,11 @@ done
 "$py" - "$out" "${tags[@]}" <<'PY'
 import json, sys
 out = sys.argv[1]
-print(f"{'size':16} {'side':14} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'NMSE':>8}")
+print(f"{'size':16} {'side':17} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'NMSE':>8}")
 for tag in sys.argv[2:]:
-    for side in ("rust", "rust-host-topk", "torch"):
+    for side in ("rust", "rust-host-topk", "rust-burn-scatter", "torch"):
         j = json.load(open(f"{out}/{side}_{tag}.json"))
         first = j.get("first_step_ms", float("nan"))
-        print(f"{tag:16} {side:14} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}")
+        print(f"{tag:16} {side:17} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}")
 PY
 rm -rf "$data"

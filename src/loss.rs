@@ -293,12 +293,7 @@ fn backward<B: Backend>(
     let grad_values: Vec<Tensor<B, 2>> = terms
         .iter()
         .map(|t| {
-            let [batch, k] = t.selected.indices.dims();
-            let flat = t.selected.indices.clone().reshape([batch * k]);
-            let rows = w_dec.clone().select(0, flat).reshape([batch, k, d_in]);
-            let dots = (rows * t.grad_out.clone().unsqueeze_dim::<3>(1))
-                .sum_dim(2)
-                .reshape([batch, k]);
+            let dots = gathered_dots(t.selected.indices.clone(), &w_dec, t.grad_out.clone());
             dots * t.selected.values.clone().greater_elem(0.0).float()
         })
         .collect();
@@ -323,6 +318,29 @@ fn backward<B: Backend>(
         w_dec: w_dec_grad,
         b_dec: b_dec - through_encoder,
     }
+}
+
+/// `out[b, j] = w_dec[indices[b, j]] . g[b]`: our kernel on burn-wgpu, else a gather of the
+/// `[batch, k, d_in]` rows.
+fn gathered_dots<B: Backend>(
+    indices: Tensor<B, 2, Int>,
+    w_dec: &Tensor<B, 2>,
+    g: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    #[cfg(feature = "wgpu")]
+    if let Some(dots) = crate::gpu::sparse::gathered_dots(indices.clone(), w_dec.clone(), g.clone())
+    {
+        return dots;
+    }
+    let [batch, k] = indices.dims();
+    let [_, d_in] = w_dec.dims();
+    let rows = w_dec
+        .clone()
+        .select(0, indices.reshape([batch * k]))
+        .reshape([batch, k, d_in]);
+    (rows * g.unsqueeze_dim::<3>(1))
+        .sum_dim(2)
+        .reshape([batch, k])
 }
 
 /// The gradients of `w_enc`, `b_enc` and `w_dec` with burn's tensor operations: the decoder's

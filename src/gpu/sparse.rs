@@ -1,5 +1,5 @@
-//! Grouped row sums on burn-wgpu, in one cubecl kernel: the sparse decode and the sparse
-//! gradient of the decoder and encoder.
+//! The sparse decode and gradient on burn-wgpu, in two cubecl kernels: grouped row sums
+//! ([`sum_rows`]) and gathered dot products ([`gathered_dots`]).
 //!
 //! `out[g, :] = sum over the entries e of group g of weights[positions[e]] * rows[row_of[e] %
 //! row_mod, :]`, one cube per group, its units over the columns, the entries of a group summed
@@ -14,13 +14,19 @@
 //!   1024 x 64, twice that for AuxK), and the dense alternative is a product as large as the
 //!   encoder's.
 //!
-//! [`sum_rows`] returns `None` for any backend but burn-wgpu (see [`super`]) or with
+//! The gradient also needs
+//! - `dL/dvalue[b, s] = w_dec[idx[b, s]] . dL/dx_hat[b]`: a cube per (example, slot), a tree sum
+//!   in shared memory, instead of burn's gather of `[batch, k, d_in]` rows.
+//!
+//! Both return `None` for any backend but burn-wgpu (see [`super`]) or with
 //! `TOPK_SAE_DEVICE_SPARSE=0`, and the callers use burn's tensor operations.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
 use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
+
+use burn_cubecl::tensor::CubeTensor;
 
 use super::{empty, enabled, float_input, float_output, int_input};
 
@@ -68,6 +74,52 @@ mod kernel {
                 out[group * n + c] = acc;
                 c += units as usize;
             }
+        }
+    }
+
+    /// `out[p] = rows[indices[p] % row_mod] . other[p / k]` for every pair `p < pairs`: a cube
+    /// per pair, its units over the columns, then a tree sum in shared memory.
+    #[cube(launch)]
+    pub(super) fn gathered_dots_kernel(
+        indices: &Tensor<i32>,
+        rows: &Tensor<f32>,
+        other: &Tensor<f32>,
+        out: &mut Tensor<f32>,
+        pairs: u32,
+        k: u32,
+        cols: u32,
+        row_mod: u32,
+        #[comptime] units: u32,
+    ) {
+        let p = CUBE_POS;
+        let unit = UNIT_POS_X as usize;
+        let n = cols as usize;
+        let units_n = units as usize;
+        let mut partial = SharedMemory::<f32>::new(units_n);
+        let mut acc = 0f32;
+        // No early return: every unit must reach the barriers.
+        if p < pairs as usize {
+            let r = (u32::cast_from(indices[p]) % row_mod) as usize;
+            let b = p / k as usize;
+            let mut c = unit;
+            while c < n {
+                acc += rows[r * n + c] * other[b * n + c];
+                c += units_n;
+            }
+        }
+        partial[unit] = acc;
+        sync_cube();
+        // The cube's size read at run time: a loop variable cannot be a comptime value.
+        let mut stride = CUBE_DIM_X as usize / 2;
+        while stride > 0 {
+            if unit < stride {
+                partial[unit] += partial[unit + stride];
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        if unit == 0 && p < pairs as usize {
+            out[p] = partial[0];
         }
     }
 }
@@ -161,11 +213,7 @@ pub(crate) fn sum_rows<B: Backend>(
     let starts = int_input(groups.starts.clone())?;
     let positions = int_input(groups.positions.clone())?;
     let row_of = int_input(groups.row_of.clone())?;
-    let hardware = &rows.client.properties().hardware;
-    let max_units = hardware.max_cube_dim.0.min(hardware.max_units_per_cube);
-    let units = UNITS
-        .min(cols_u32.max(1).next_power_of_two().max(32))
-        .min(max_units);
+    let units = units_for(cols_u32, UNITS, &rows);
     let (x, y) = grid(groups.count);
     let out = empty(&rows, Shape::new([groups.count, cols]), DType::F32);
     let cube_client = rows.client.clone();
@@ -185,6 +233,66 @@ pub(crate) fn sum_rows<B: Backend>(
         units,
     );
     float_output(&client, out)
+}
+
+/// `out[b, s] = rows[indices[b, s]] . other[b]`: for the gradient, `dL/dvalue` from the decoder
+/// rows and `dL/dx_hat`, without burn's `[n, k, cols]` gather; `None` where [`sum_rows`] is.
+///
+/// # Shapes
+/// - `indices`: `[n, k]`, `rows`: `[r, cols]`, `other`: `[n, cols]` → `[n, k]`
+pub(crate) fn gathered_dots<B: Backend>(
+    indices: Tensor<B, 2, Int>,
+    rows: Tensor<B, 2>,
+    other: Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    let [n, k] = indices.dims();
+    let [r, cols] = rows.dims();
+    if !supports::<B>() || n * k == 0 {
+        return None;
+    }
+    let (pairs, k_u32, cols_u32, row_mod) = (
+        u32::try_from(n * k).ok()?,
+        u32::try_from(k).ok()?,
+        u32::try_from(cols).ok()?,
+        u32::try_from(r).ok().filter(|&m| m > 0)?,
+    );
+    let (rows, client) = float_input(rows)?;
+    let (other, _) = float_input(other)?;
+    let indices = int_input(indices)?;
+    let units = units_for(cols_u32, 64, &rows);
+    let (x, y) = grid(n * k);
+    let out = empty(&rows, Shape::new([n, k]), DType::F32);
+    let cube_client = rows.client.clone();
+    kernel::gathered_dots_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        CubeCount::Static(x, y, 1),
+        CubeDim::new_1d(units),
+        indices.into_tensor_arg(),
+        rows.into_tensor_arg(),
+        other.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        pairs,
+        k_u32,
+        cols_u32,
+        row_mod,
+        units,
+    );
+    float_output(&client, out)
+}
+
+/// Units per cube for rows of `cols` columns: a power of two from 32 up to `most`, within what
+/// the device allows.
+fn units_for(cols: u32, most: u32, like: &CubeTensor<WgpuRuntime>) -> u32 {
+    let hardware = &like.client.properties().hardware;
+    let max_units = hardware
+        .max_cube_dim
+        .0
+        .min(hardware.max_units_per_cube)
+        .max(1);
+    // The largest power of two within the device's limit (the tree sum halves evenly).
+    let max_units = 1 << max_units.ilog2();
+    most.min(cols.max(1).next_power_of_two().max(32))
+        .min(max_units)
 }
 
 /// Cubes along x and y covering `groups` (the kernel skips the positions past the end).

@@ -216,6 +216,16 @@ fn multi_k_gradient_matches_autodiff() {
     );
 }
 
+/// Rows wider than a cube (burn-wgpu's kernels use up to 64 units for a dot product and 256
+/// for a row sum, each unit striding over the columns), with AuxK on.
+#[test]
+fn gradient_matches_autodiff_on_rows_wider_than_a_cube() {
+    let model = random_model(300, 40, 4, 21);
+    let dead: Vec<bool> = (0..40).map(|j| j % 2 == 1).collect();
+    let loss = SaeLossConfig::new().with_k_aux(Some(5));
+    check(&model, &random_rows(6, 300, 22), Some(&dead), &loss);
+}
+
 /// More latents than one dispatch dimension holds (65,535 cubes): on burn-wgpu the grouped-sum
 /// kernel's cube per latent then spreads over two dimensions, and most latents have no entries
 /// (their gradient rows must come out exactly zero).
