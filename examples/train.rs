@@ -234,6 +234,8 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         fraction
     });
     if let Some(path) = &args.json {
+        // Which of the crate's GPU kernels ran (none off burn-wgpu), so timings say what they measured.
+        let kernels = topk_sae::backend::gpu_kernels::<B>(&device);
         let mut summary = serde_json::to_value(&metrics).map_err(|e| Error::Json(e.to_string()))?;
         let extra = serde_json::json!({
             "steps": trained.steps,
@@ -247,6 +249,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             "lr": lr,
             "seed": args.seed,
             "recovered_fraction": recovered,
+            "gpu_kernels": {"top_k": kernels.top_k, "sparse": kernels.sparse},
         });
         summary
             .as_object_mut()

@@ -87,11 +87,12 @@ done
 "$py" - "$out" "${tags[@]}" <<'PY'
 import json, sys
 out = sys.argv[1]
-print(f"{'size':16} {'side':17} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'NMSE':>8}")
+print(f"{'size':16} {'side':17} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'NMSE':>8}  kernels")
 for tag in sys.argv[2:]:
     for side in ("rust", "rust-host-topk", "rust-burn-scatter", "torch"):
         j = json.load(open(f"{out}/{side}_{tag}.json"))
         first = j.get("first_step_ms", float("nan"))
-        print(f"{tag:16} {side:17} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}")
+        kernels = ",".join(n for n, on in j.get("gpu_kernels", {}).items() if on) or "-"
+        print(f"{tag:16} {side:17} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}  {kernels}")
 PY
 rm -rf "$data"

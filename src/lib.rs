@@ -75,12 +75,54 @@ pub use metrics::{Metrics, MetricsAccumulator, evaluate};
 pub use sae::{DecoderBiasInit, SaeOutput, TopKLatents, TopKSae, TopKSaeConfig};
 pub use train::{AdamConfig, StepReport, TrainConfig, Trained, Trainer, train};
 
-/// Backends re-exported for convenience, each behind its feature.
+/// Backends re-exported for convenience, each behind its feature, and which of the crate's own
+/// GPU kernels run.
 pub mod backend {
     #[cfg(feature = "ndarray")]
     pub use burn_ndarray::NdArray;
     #[cfg(feature = "wgpu")]
     pub use burn_wgpu::Wgpu;
+
+    /// Which of this crate's GPU kernels run (docs/decisions.md says what each replaces).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    #[non_exhaustive]
+    pub struct GpuKernels {
+        /// Row-wise top-k on the device; without it the pre-activations are read back and
+        /// selected on the host.
+        pub top_k: bool,
+        /// Sparse decode and gradient (grouped row sums, gathered dot products); without it
+        /// burn's gather and scatter-add run.
+        pub sparse: bool,
+    }
+
+    /// Which of the crate's GPU kernels run for backend `B` on `device`. On burn-wgpu (feature
+    /// `wgpu`) each one does unless its environment variable (`TOPK_SAE_DEVICE_TOPK`,
+    /// `TOPK_SAE_DEVICE_SPARSE`) is `0` or its first-use check failed: the first time a kernel
+    /// is needed it runs once on a small problem with a known answer, and a wrong answer (a
+    /// driver that miscompiles it) switches it off for the process, with a warning on stderr.
+    /// Other backends run none. Results are the same either way; only the speed differs.
+    ///
+    /// ```
+    /// # #[cfg(feature = "ndarray")] {
+    /// use topk_sae::backend::{NdArray, gpu_kernels};
+    /// let kernels = gpu_kernels::<NdArray<f32>>(&Default::default());
+    /// assert!(!kernels.top_k && !kernels.sparse);
+    /// # }
+    /// ```
+    pub fn gpu_kernels<B: burn::tensor::backend::Backend>(device: &B::Device) -> GpuKernels {
+        #[cfg(feature = "wgpu")]
+        {
+            GpuKernels {
+                top_k: crate::gpu::topk::supports::<B>(device),
+                sparse: crate::gpu::sparse::supports::<B>(device),
+            }
+        }
+        #[cfg(not(feature = "wgpu"))]
+        {
+            let _ = device;
+            GpuKernels::default()
+        }
+    }
 }
 
 /// The README's code blocks, compiled and run as doctests.

@@ -387,7 +387,7 @@ fn grouped_gradients<B: Backend>(
     main_indices: &[i64],
 ) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>)> {
     use crate::gpu::sparse::{Groups, sum_rows, supports};
-    if !supports::<B>() {
+    if !supports::<B>(&xc.device()) {
         return None;
     }
     let device = xc.device();

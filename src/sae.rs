@@ -497,7 +497,7 @@ impl<B: Backend> TopKSae<B> {
     /// Pre-activations for `xc = x - b_dec`, where their top-k will be taken (see
     /// [`PreActivations`]).
     pub(crate) fn pre_activations_for_topk(&self, xc: Tensor<B, 2>) -> PreActivations<B> {
-        if crate::topk::has_device_topk::<B>() {
+        if crate::topk::has_device_topk::<B>(&xc.device()) {
             PreActivations::Device(self.pre_from_centred(xc))
         } else {
             let device = xc.device();
@@ -615,7 +615,7 @@ pub(crate) fn decode_rows<B: Backend>(
     );
     let [_, d_in] = w_dec.dims();
     #[cfg(feature = "wgpu")]
-    if crate::gpu::sparse::supports::<B>() {
+    if crate::gpu::sparse::supports::<B>(&indices.device()) {
         // burn-wgpu: our kernel, one cube per row, no [batch, k, d_in] intermediate.
         let groups = crate::gpu::sparse::Groups::per_row(indices.clone());
         let weights = values.clone().reshape([batch * k]);

@@ -53,20 +53,14 @@ pub fn topk_tensor<B: Backend>(
 }
 
 /// Whether [`topk_tensor`] selects on the device for backend `B` (for sizes the kernel takes).
-#[cfg_attr(
-    not(feature = "wgpu"),
-    allow(
-        clippy::extra_unused_type_parameters,
-        reason = "B is read with the wgpu feature"
-    )
-)]
-pub(crate) fn has_device_topk<B: Backend>() -> bool {
+pub(crate) fn has_device_topk<B: Backend>(device: &B::Device) -> bool {
     #[cfg(feature = "wgpu")]
     {
-        crate::gpu::topk::supports::<B>()
+        crate::gpu::topk::supports::<B>(device)
     }
     #[cfg(not(feature = "wgpu"))]
     {
+        let _ = device;
         false
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod sparse;
 pub(crate) mod topk;
 
 use std::any::{Any, TypeId};
+use std::sync::OnceLock;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
@@ -32,11 +33,74 @@ type Fused = FusionTensor<FusionCubeRuntime<WgpuRuntime>>;
 /// The fusion layer's client, which takes our kernels' outputs back.
 type Client = GlobalFusionClient<FusionCubeRuntime<WgpuRuntime>>;
 
-/// Whether `B`'s tensors are burn-wgpu's and the kernel is not switched off by `var=0`.
-fn enabled<B: Backend>(switch: &'static std::sync::OnceLock<bool>, var: &str) -> bool {
-    *switch.get_or_init(|| std::env::var(var).map_or(true, |v| v != "0"))
-        && TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<Fused>()
-        && TypeId::of::<B::IntTensorPrimitive>() == TypeId::of::<Fused>()
+/// Whether a kernel runs: on burn-wgpu's tensors only, unless its environment variable is `0`,
+/// and only once its first-use check has passed. A kernel a driver miscompiles gives wrong
+/// numbers without an error (seen while writing one: a kernel that did not compile left its
+/// output uninitialised), so each kernel runs once on a small problem with a known answer before
+/// it is trusted; if the answer is wrong, the callers use burn's operations for the rest of the
+/// process and a warning says so on stderr.
+struct Switch {
+    /// The environment variable that switches the kernel off with `0`.
+    var: &'static str,
+    /// The kernel, for the warning.
+    what: &'static str,
+    env: OnceLock<bool>,
+    checked: OnceLock<bool>,
+}
+
+impl Switch {
+    const fn new(var: &'static str, what: &'static str) -> Self {
+        Self {
+            var,
+            what,
+            env: OnceLock::new(),
+            checked: OnceLock::new(),
+        }
+    }
+
+    /// Whether the kernel runs for backend `B`; `check` (run once per process, the first time
+    /// the rest allows it) launches the kernel on a small problem and says whether the answer
+    /// was right.
+    fn allows<B: Backend>(&self, check: impl FnOnce() -> bool) -> bool {
+        let on = *self
+            .env
+            .get_or_init(|| std::env::var(self.var).map_or(true, |v| v != "0"));
+        if !(on
+            && TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<Fused>()
+            && TypeId::of::<B::IntTensorPrimitive>() == TypeId::of::<Fused>())
+        {
+            return false;
+        }
+        *self.checked.get_or_init(|| {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).unwrap_or(false);
+            if !ok {
+                eprintln!(
+                    "topk-sae: the GPU {} kernel gave a wrong answer in its first-use check on \
+                     this device; the portable path runs instead (slower, same results). {}=0 \
+                     switches the kernel off without the check.",
+                    self.what, self.var
+                );
+            }
+            ok
+        })
+    }
+}
+
+/// Whether `got` matches `want` to `1e-5` relative to `want`'s largest magnitude (at least 1).
+fn close(got: &[f32], want: &[f32]) -> bool {
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(g, w)| (g - w).abs() <= 1e-5 * scale)
+}
+
+/// A deterministic test pattern in `[-1, 1)`, with repeats (ties) every 97 entries.
+fn pattern(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i * 37 + seed * 11) % 97) as f32 / 48.5) - 1.0)
+        .collect()
 }
 
 /// Moves `value` into `U` when it is one (same type); `None` otherwise.
@@ -103,4 +167,41 @@ fn int_output<B: Backend, const D: usize>(
 ) -> Option<Tensor<B, D, Int>> {
     let t = cast::<Fused, B::IntTensorPrimitive>(to_fused(client, t))?;
     Some(Tensor::from_primitive(t))
+}
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests {
+    use super::{Switch, close};
+
+    type Wgpu = crate::backend::Wgpu;
+
+    #[test]
+    fn a_failed_or_panicking_first_use_check_switches_the_kernel_off() {
+        static FAILS: Switch = Switch::new("TOPK_SAE_TEST_UNSET", "failing");
+        static PANICS: Switch = Switch::new("TOPK_SAE_TEST_UNSET", "panicking");
+        static PASSES: Switch = Switch::new("TOPK_SAE_TEST_UNSET", "passing");
+        static OTHER: Switch = Switch::new("TOPK_SAE_TEST_UNSET", "other");
+
+        let mut calls = 0;
+        let mut check = |answer| {
+            calls += 1;
+            answer
+        };
+        assert!(!FAILS.allows::<Wgpu>(|| check(false)));
+        // Checked once per process: a later right answer does not switch it back on.
+        assert!(!FAILS.allows::<Wgpu>(|| check(true)));
+        assert_eq!(calls, 1);
+
+        assert!(!PANICS.allows::<Wgpu>(|| panic!("a launch that fails")));
+        assert!(PASSES.allows::<Wgpu>(|| true));
+        // Other backends never run our kernels, nor their checks.
+        assert!(!OTHER.allows::<burn_ndarray::NdArray<f32>>(|| unreachable!()));
+    }
+
+    #[test]
+    fn close_is_relative_to_the_largest_magnitude() {
+        assert!(close(&[100.0, 0.0005], &[100.0, 0.0]));
+        assert!(!close(&[100.0, 0.002], &[100.0, 0.0]));
+        assert!(!close(&[1.0], &[1.0, 2.0]));
+    }
 }

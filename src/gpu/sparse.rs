@@ -28,7 +28,9 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 use burn_cubecl::tensor::CubeTensor;
 
-use super::{empty, enabled, float_input, float_output, int_input};
+use super::{Switch, close, empty, float_input, float_output, int_input, pattern};
+use crate::host::dot;
+use crate::sae::to_host;
 
 /// Most units per cube; fewer when the rows are narrower.
 const UNITS: u32 = 256;
@@ -124,10 +126,58 @@ mod kernel {
     }
 }
 
-/// Whether [`sum_rows`] runs for backend `B`.
-pub(crate) fn supports<B: Backend>() -> bool {
-    static SWITCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    enabled::<B>(&SWITCH, "TOPK_SAE_DEVICE_SPARSE")
+/// The kernels' switch (`TOPK_SAE_DEVICE_SPARSE=0` turns both off) and first-use check.
+static SWITCH: Switch = Switch::new("TOPK_SAE_DEVICE_SPARSE", "sparse decode and gradient");
+
+/// Whether [`sum_rows`] and [`gathered_dots`] run on `device` for backend `B`: burn-wgpu, not
+/// switched off, first-use check of both passed (see [`Switch`]).
+pub(crate) fn supports<B: Backend>(device: &B::Device) -> bool {
+    SWITCH.allows::<B>(|| check::<B>(device).unwrap_or(false))
+}
+
+/// Both kernels on a small problem against the same sums on the host: rows of 300 columns (more
+/// than a cube's units), groups of 3, 0 and 4 entries in a scrambled order.
+fn check<B: Backend>(device: &B::Device) -> Option<bool> {
+    let (n, cols) = (4, 300);
+    let rows_host = pattern(n * cols, 2);
+    let row = |r: usize| &rows_host[(r % n) * cols..(r % n + 1) * cols];
+    let rows = Tensor::<B, 2>::from_data(TensorData::new(rows_host.clone(), [n, cols]), device);
+
+    let weights_host = pattern(7, 3);
+    let (starts, positions, row_of) = ([0, 3, 3, 7], [6, 0, 2, 1, 5, 3, 4], [1, 3, 5, 0, 2, 7, 6]);
+    let mut want = vec![0f32; 3 * cols];
+    for g in 0..3 {
+        for e in starts[g]..starts[g + 1] {
+            let w = weights_host[positions[e]];
+            for (out, v) in want[g * cols..(g + 1) * cols]
+                .iter_mut()
+                .zip(row(row_of[e]))
+            {
+                *out += w * v;
+            }
+        }
+    }
+    let groups = Groups::upload(&starts, &positions, &row_of, device)?;
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights_host, [7]), device);
+    let got = to_host(launch_sum_rows(&groups, weights, rows.clone(), n)?);
+
+    let indices_host = [3i32, 0, 2, 1, 1, 3];
+    let other_host = pattern(2 * cols, 4);
+    let want_dots: Vec<f32> = indices_host
+        .iter()
+        .enumerate()
+        .map(|(p, &r)| {
+            dot(
+                row(r as usize),
+                &other_host[(p / 3) * cols..(p / 3 + 1) * cols],
+            )
+        })
+        .collect();
+    let indices =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(indices_host.to_vec(), [2, 3]), device);
+    let other = Tensor::<B, 2>::from_data(TensorData::new(other_host, [2, cols]), device);
+    let dots = to_host(launch_gathered_dots(indices, rows, other)?);
+    Some(close(&got, &want) && close(&dots, &want_dots))
 }
 
 /// Which entries make up each group, on the device.
@@ -188,8 +238,8 @@ impl<B: Backend> Groups<B> {
 }
 
 /// `out[g, :] = sum over group g's entries e of weights[positions[e]] * rows[row_of[e] % row_mod, :]`,
-/// summed in entry order; `None` when the backend is not burn-wgpu (or the kernel is switched
-/// off), or the sizes do not fit the kernel's `u32` arguments.
+/// summed in entry order; `None` when the kernel does not run here (see [`supports`]), or the
+/// sizes do not fit the kernel's `u32` arguments.
 ///
 /// # Shapes
 /// - `weights`: `[n]`, `rows`: `[r, cols]` → `[groups, cols]`
@@ -199,7 +249,20 @@ pub(crate) fn sum_rows<B: Backend>(
     rows: Tensor<B, 2>,
     row_mod: usize,
 ) -> Option<Tensor<B, 2>> {
-    if !supports::<B>() || groups.count == 0 {
+    if !supports::<B>(&rows.device()) {
+        return None;
+    }
+    launch_sum_rows(groups, weights, rows, row_mod)
+}
+
+/// [`sum_rows`] without the switch.
+fn launch_sum_rows<B: Backend>(
+    groups: &Groups<B>,
+    weights: Tensor<B, 1>,
+    rows: Tensor<B, 2>,
+    row_mod: usize,
+) -> Option<Tensor<B, 2>> {
+    if groups.count == 0 {
         return None;
     }
     let [_, cols] = rows.dims();
@@ -245,9 +308,21 @@ pub(crate) fn gathered_dots<B: Backend>(
     rows: Tensor<B, 2>,
     other: Tensor<B, 2>,
 ) -> Option<Tensor<B, 2>> {
+    if !supports::<B>(&rows.device()) {
+        return None;
+    }
+    launch_gathered_dots(indices, rows, other)
+}
+
+/// [`gathered_dots`] without the switch.
+fn launch_gathered_dots<B: Backend>(
+    indices: Tensor<B, 2, Int>,
+    rows: Tensor<B, 2>,
+    other: Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
     let [n, k] = indices.dims();
     let [r, cols] = rows.dims();
-    if !supports::<B>() || n * k == 0 {
+    if n * k == 0 {
         return None;
     }
     let (pairs, k_u32, cols_u32, row_mod) = (

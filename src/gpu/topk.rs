@@ -16,7 +16,9 @@ use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
 use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{empty, enabled, float_input, float_output, int_input, int_output};
+use super::{Switch, empty, float_input, float_output, int_input, int_output, pattern};
+use crate::sae::{int_to_host, to_host};
+use crate::topk::topk_rows;
 
 /// Units per cube: each owns a contiguous chunk of the row.
 const UNITS: u32 = 256;
@@ -227,16 +229,29 @@ fn units_for(k_cap: u32, max_units: u32, max_shared_bytes: usize) -> Option<u32>
     (units >= 16).then_some(units)
 }
 
-/// Whether `B` is burn-wgpu (its tensors are the fusion layer's over the wgpu runtime) and the
-/// kernel is not switched off by `TOPK_SAE_DEVICE_TOPK=0`.
-pub(crate) fn supports<B: Backend>() -> bool {
-    static SWITCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    enabled::<B>(&SWITCH, "TOPK_SAE_DEVICE_TOPK")
+/// The kernel's switch (`TOPK_SAE_DEVICE_TOPK=0` turns it off) and first-use check.
+static SWITCH: Switch = Switch::new("TOPK_SAE_DEVICE_TOPK", "top-k");
+
+/// Whether [`topk`] runs on `device` for backend `B`: burn-wgpu, not switched off, first-use
+/// check passed (see [`Switch`]).
+pub(crate) fn supports<B: Backend>(device: &B::Device) -> bool {
+    SWITCH.allows::<B>(|| {
+        // Three rows of 600 with ties, a mask, k 5: every unit owns more than one column.
+        let (rows, cols, k) = (3, 600, 5);
+        let data = pattern(rows * cols, 1);
+        let allowed: Vec<bool> = (0..cols).map(|j| j % 5 != 0).collect();
+        let pre = Tensor::<B, 2>::from_data(TensorData::new(data.clone(), [rows, cols]), device);
+        let Some((indices, values)) = launch(&pre, k, Some(&allowed)) else {
+            return false;
+        };
+        let (want_indices, want_values) = topk_rows(&data, cols, k, Some(&allowed));
+        int_to_host(indices) == want_indices && to_host(values) == want_values
+    })
 }
 
 /// The top `k` of each row of `pre` (restricted to `allowed` columns), best first with ties to
 /// the lower column, as device tensors: indices `[rows, k]` and the raw (pre-ReLU) values.
-/// `None` when the backend is not burn-wgpu with `f32` floats and `i32` ints, or the sizes are
+/// `None` when the kernel does not run here (see [`supports`]), or the sizes are
 /// outside what the kernel takes (`k` above [`MAX_K`], more than 65,535 rows); the caller then
 /// selects on the host.
 ///
@@ -250,9 +265,18 @@ pub(crate) fn topk<B: Backend>(
     k: usize,
     allowed: Option<&[bool]>,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
-    if !supports::<B>() {
+    if !supports::<B>(&pre.device()) {
         return None;
     }
+    launch(pre, k, allowed)
+}
+
+/// [`topk`] without the switch.
+fn launch<B: Backend>(
+    pre: &Tensor<B, 2>,
+    k: usize,
+    allowed: Option<&[bool]>,
+) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     let [rows, cols] = pre.dims();
     if k == 0 || k > MAX_K || rows == 0 || rows > MAX_ROWS || u32::try_from(cols).is_err() {
         return None;

@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 use topk_sae::sae::to_host_vec;
 
 use crate::reference::NaiveSae;
-use crate::{random_model, random_rows, tensor};
+use crate::{TestBackend, random_model, random_rows, tensor};
 
 const TOL: f64 = 1e-5;
 
@@ -210,4 +210,13 @@ fn one_latent_or_one_input_dimension_matches_naive_reference() {
             }
         }
     }
+}
+
+/// The crate's GPU kernels pass their first-use checks and run on burn-wgpu (lavapipe in CI), so
+/// the wgpu tests exercise them rather than the fallbacks; other backends run none.
+#[test]
+fn gpu_kernels_run_on_wgpu_and_only_there() {
+    let kernels = topk_sae::backend::gpu_kernels::<TestBackend>(&Default::default());
+    let on = cfg!(feature = "test-wgpu");
+    assert_eq!((kernels.top_k, kernels.sparse), (on, on));
 }
