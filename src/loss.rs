@@ -411,14 +411,21 @@ fn grouped_gradients<B: Backend>(
             Some(base)
         })
         .collect();
-    let (positions, row_of): (Vec<usize>, Vec<usize>) = entries
+    // Positions index the terms' values laid end to end, rows their output gradients; the
+    // kernel takes i32s.
+    let entries_total: usize = lists.iter().map(|l| l.len()).sum();
+    if i32::try_from(entries_total.max(terms.len() * batch)).is_err() {
+        return None;
+    }
+    let (positions, row_of): (Vec<i32>, Vec<i32>) = entries
         .iter()
         .map(|&(t, at)| {
             let (t, at) = (t as usize, at as usize);
-            (bases[t] + at, t * batch + at / ks[t])
+            ((bases[t] + at) as i32, (t * batch + at / ks[t]) as i32)
         })
         .unzip();
-    let groups = Groups::upload(&starts, &positions, &row_of, &device)?;
+    let starts = starts.into_iter().map(|s| s as i32).collect();
+    let groups = Groups::upload(starts, positions, row_of, &device);
     let flat = |t: &Tensor<B, 2>| {
         let [rows, k] = t.dims();
         t.clone().reshape([rows * k])

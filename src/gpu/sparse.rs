@@ -144,20 +144,24 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
     let rows = Tensor::<B, 2>::from_data(TensorData::new(rows_host.clone(), [n, cols]), device);
 
     let weights_host = pattern(7, 3);
-    let (starts, positions, row_of) = ([0, 3, 3, 7], [6, 0, 2, 1, 5, 3, 4], [1, 3, 5, 0, 2, 7, 6]);
+    let (starts, positions, row_of) = (
+        [0i32, 3, 3, 7],
+        [6i32, 0, 2, 1, 5, 3, 4],
+        [1i32, 3, 5, 0, 2, 7, 6],
+    );
     let mut want = vec![0f32; 3 * cols];
     for g in 0..3 {
-        for e in starts[g]..starts[g + 1] {
-            let w = weights_host[positions[e]];
+        for e in starts[g] as usize..starts[g + 1] as usize {
+            let w = weights_host[positions[e] as usize];
             for (out, v) in want[g * cols..(g + 1) * cols]
                 .iter_mut()
-                .zip(row(row_of[e]))
+                .zip(row(row_of[e] as usize))
             {
                 *out += w * v;
             }
         }
     }
-    let groups = Groups::upload(&starts, &positions, &row_of, device)?;
+    let groups = Groups::upload(starts.to_vec(), positions.to_vec(), row_of.to_vec(), device);
     let weights = Tensor::<B, 1>::from_data(TensorData::new(weights_host, [7]), device);
     let got = to_host(launch_sum_rows(&groups, weights, rows.clone(), n)?);
 
@@ -193,30 +197,27 @@ pub(crate) struct Groups<B: Backend> {
 }
 
 impl<B: Backend> Groups<B> {
-    /// Groups given on the host; `None` when an entry does not fit an `i32`.
+    /// Groups given on the host.
     ///
     /// # Shapes
     /// - `starts`: `groups + 1`; `positions`, `row_of`: one per entry
     pub fn upload(
-        starts: &[usize],
-        positions: &[usize],
-        row_of: &[usize],
+        starts: Vec<i32>,
+        positions: Vec<i32>,
+        row_of: Vec<i32>,
         device: &B::Device,
-    ) -> Option<Self> {
-        let to_i32 = |v: &[usize]| -> Option<Tensor<B, 1, Int>> {
-            let v: Vec<i32> = v
-                .iter()
-                .map(|&x| i32::try_from(x).ok())
-                .collect::<Option<_>>()?;
+    ) -> Self {
+        let count = starts.len().saturating_sub(1);
+        let tensor = |v: Vec<i32>| {
             let n = v.len();
-            Some(Tensor::from_data(TensorData::new(v, [n]), device))
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device)
         };
-        Some(Self {
-            starts: to_i32(starts)?,
-            positions: to_i32(positions)?,
-            row_of: to_i32(row_of)?,
-            count: starts.len().checked_sub(1)?,
-        })
+        Self {
+            starts: tensor(starts),
+            positions: tensor(positions),
+            row_of: tensor(row_of),
+            count,
+        }
     }
 
     /// One group per row of `indices`, its entries the row's `k` slots in order: with the
