@@ -9,15 +9,17 @@
 #
 # With the `device` tool (see its README): carry `.gpu` (and `.gl` with the Vulkan loader
 # packages), and run `for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; scripts/gpu_bench.sh run`.
-# The first wgpu step of each size includes shader compilation and autotuning: the script reports
-# the median step and, separately, the first step's time. topk-sae runs three times per size:
-# with both GPU kernels (the default), with TOPK_SAE_DEVICE_TOPK=0 (pre-activations read back
-# and selected on the host) and with TOPK_SAE_DEVICE_SPARSE=0 (burn's scatter-add gradient and
-# gather decode instead of the grouped-sum kernel), so one run says what each kernel is worth.
+# The first wgpu step of each size includes shader compilation, autotuning and our kernels'
+# first-use checks: the script reports the median step and, separately, the first step's time.
+# topk-sae runs three times per size: with both GPU kernels (the default), with
+# TOPK_SAE_DEVICE_TOPK=0 (pre-activations read back and selected on the host) and with
+# TOPK_SAE_DEVICE_SPARSE=0 (burn's scatter-add gradient and gather decode instead of the
+# grouped-sum kernel), so one run says what each kernel is worth.
 #
 # Status: written without a GPU (this task was not lent one). Checked here (2026-11-27): the build
 # half (6 min, 7.5 MB compressed) and a dry run of the run half on lavapipe with PyTorch on the CPU
-# (the command in the overrides' comment below, 53 s); the run half has not run on a GPU yet.
+# (the command in the overrides' comment below, about a minute; last with the three variants and
+# the kernels column); the run half has not run on a GPU yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
