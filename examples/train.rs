@@ -249,7 +249,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             "lr": lr,
             "seed": args.seed,
             "recovered_fraction": recovered,
-            "gpu_kernels": {"top_k": kernels.top_k, "sparse": kernels.sparse},
+            "gpu_kernels": {"top_k": kernels.top_k.name(), "sparse": kernels.sparse.name()},
         });
         summary
             .as_object_mut()

@@ -94,7 +94,7 @@ for tag in sys.argv[2:]:
     for side in ("rust", "rust-host-topk", "rust-burn-scatter", "torch"):
         j = json.load(open(f"{out}/{side}_{tag}.json"))
         first = j.get("first_step_ms", float("nan"))
-        kernels = ",".join(n for n, on in j.get("gpu_kernels", {}).items() if on) or "-"
+        kernels = ",".join(n for n, st in j.get("gpu_kernels", {}).items() if st == "runs") or "-"
         print(f"{tag:16} {side:17} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}  {kernels}")
 PY
 rm -rf "$data"

@@ -83,38 +83,67 @@ pub mod backend {
     #[cfg(feature = "wgpu")]
     pub use burn_wgpu::Wgpu;
 
+    /// Whether one of this crate's GPU kernels runs, and if not, why.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    #[non_exhaustive]
+    pub enum KernelStatus {
+        /// It runs.
+        Runs,
+        /// Not this backend: the kernels are burn-wgpu's (feature `wgpu`).
+        #[default]
+        Unavailable,
+        /// Switched off by its environment variable set to `0`.
+        SwitchedOff,
+        /// It gave a wrong answer (or panicked) in its first-use check on this device, so the
+        /// portable path runs: slower, same results.
+        FailedCheck,
+    }
+
+    impl KernelStatus {
+        /// A short name: `runs`, `unavailable`, `switched_off` or `failed_check`.
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::Runs => "runs",
+                Self::Unavailable => "unavailable",
+                Self::SwitchedOff => "switched_off",
+                Self::FailedCheck => "failed_check",
+            }
+        }
+    }
+
     /// Which of this crate's GPU kernels run (docs/decisions.md says what each replaces).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
     #[non_exhaustive]
     pub struct GpuKernels {
         /// Row-wise top-k on the device; without it the pre-activations are read back and
         /// selected on the host.
-        pub top_k: bool,
+        pub top_k: KernelStatus,
         /// Sparse decode and gradient (grouped row sums, gathered dot products); without it
         /// burn's gather and scatter-add run.
-        pub sparse: bool,
+        pub sparse: KernelStatus,
     }
 
     /// Which of the crate's GPU kernels run for backend `B` on `device`. On burn-wgpu (feature
     /// `wgpu`) each one does unless its environment variable (`TOPK_SAE_DEVICE_TOPK`,
     /// `TOPK_SAE_DEVICE_SPARSE`) is `0` or its first-use check failed: the first time a kernel
     /// is needed it runs once on a small problem with a known answer, and a wrong answer (a
-    /// driver that miscompiles it) switches it off for the process, with a warning on stderr.
-    /// Other backends run none. Results are the same either way; only the speed differs.
+    /// driver that miscompiles it) switches it off for the process, with a `log` warning. Other
+    /// backends run none. Results are the same either way; only the speed differs.
     ///
     /// ```
     /// # #[cfg(feature = "ndarray")] {
-    /// use topk_sae::backend::{NdArray, gpu_kernels};
+    /// use topk_sae::backend::{KernelStatus, NdArray, gpu_kernels};
     /// let kernels = gpu_kernels::<NdArray<f32>>(&Default::default());
-    /// assert!(!kernels.top_k && !kernels.sparse);
+    /// assert_eq!(kernels.top_k, KernelStatus::Unavailable);
+    /// assert_eq!(kernels.sparse, KernelStatus::Unavailable);
     /// # }
     /// ```
     pub fn gpu_kernels<B: burn::tensor::backend::Backend>(device: &B::Device) -> GpuKernels {
         #[cfg(feature = "wgpu")]
         {
             GpuKernels {
-                top_k: crate::gpu::topk::supports::<B>(device),
-                sparse: crate::gpu::sparse::supports::<B>(device),
+                top_k: crate::gpu::topk::status::<B>(device),
+                sparse: crate::gpu::sparse::status::<B>(device),
             }
         }
         #[cfg(not(feature = "wgpu"))]

@@ -15,7 +15,14 @@ pub fn run_on(name: &str, job: impl Job) -> Result<()> {
     match name {
         "ndarray" => job.run::<topk_sae::backend::NdArray<f32>>(&Default::default()),
         #[cfg(feature = "wgpu")]
-        "wgpu" => job.run::<topk_sae::backend::Wgpu>(&Default::default()),
+        "wgpu" => {
+            let device = Default::default();
+            let result = job.run::<topk_sae::backend::Wgpu>(&device);
+            warn_failed_kernels(topk_sae::backend::gpu_kernels::<topk_sae::backend::Wgpu>(
+                &device,
+            ));
+            result
+        }
         other => Err(Error::InvalidConfig {
             field: "backend",
             value: other.to_owned(),
@@ -25,6 +32,21 @@ pub fn run_on(name: &str, job: impl Job) -> Result<()> {
                 "must be ndarray (wgpu needs a build with --features wgpu)".into()
             },
         }),
+    }
+}
+
+/// Says on stderr which of the crate's GPU kernels failed their first-use check on this device
+/// (the library only logs it).
+#[cfg(feature = "wgpu")]
+fn warn_failed_kernels(kernels: topk_sae::backend::GpuKernels) {
+    use topk_sae::backend::KernelStatus;
+    for (name, status) in [("top-k", kernels.top_k), ("sparse", kernels.sparse)] {
+        if status == KernelStatus::FailedCheck {
+            eprintln!(
+                "warning: the GPU {name} kernel gave a wrong answer in its first-use check on \
+                 this device; the portable path ran instead (slower, same results)"
+            );
+        }
     }
 }
 

@@ -14,6 +14,8 @@ use std::any::{Any, TypeId};
 use std::sync::OnceLock;
 
 use burn::tensor::backend::Backend;
+
+use crate::backend::KernelStatus;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::fusion::FusionCubeRuntime;
@@ -37,8 +39,9 @@ type Client = GlobalFusionClient<FusionCubeRuntime<WgpuRuntime>>;
 /// and only once its first-use check has passed. A kernel a driver miscompiles gives wrong
 /// numbers without an error (seen while writing one: a kernel that did not compile left its
 /// output uninitialised), so each kernel runs once on a small problem with a known answer before
-/// it is trusted; if the answer is wrong, the callers use burn's operations for the rest of the
-/// process and a warning says so on stderr.
+/// it is trusted; if the answer is wrong, the callers use the portable path for the rest of the
+/// process, a `log` warning says so, and [`crate::backend::gpu_kernels`] reports
+/// [`KernelStatus::FailedCheck`] (the examples print it).
 struct Switch {
     /// The environment variable that switches the kernel off with `0`.
     var: &'static str,
@@ -58,31 +61,39 @@ impl Switch {
         }
     }
 
-    /// Whether the kernel runs for backend `B`; `check` (run once per process, the first time
-    /// the rest allows it) launches the kernel on a small problem and says whether the answer
-    /// was right.
-    fn allows<B: Backend>(&self, check: impl FnOnce() -> bool) -> bool {
+    /// The kernel's status for backend `B`; `check` (run once per process, the first time the
+    /// rest allows it) launches the kernel on a small problem and says whether the answer was
+    /// right.
+    fn status<B: Backend>(&self, check: impl FnOnce() -> bool) -> KernelStatus {
+        if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<Fused>()
+            || TypeId::of::<B::IntTensorPrimitive>() != TypeId::of::<Fused>()
+        {
+            return KernelStatus::Unavailable;
+        }
         let on = *self
             .env
             .get_or_init(|| std::env::var(self.var).map_or(true, |v| v != "0"));
-        if !(on
-            && TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<Fused>()
-            && TypeId::of::<B::IntTensorPrimitive>() == TypeId::of::<Fused>())
-        {
-            return false;
+        if !on {
+            return KernelStatus::SwitchedOff;
         }
-        *self.checked.get_or_init(|| {
+        let passed = *self.checked.get_or_init(|| {
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).unwrap_or(false);
             if !ok {
-                eprintln!(
-                    "topk-sae: the GPU {} kernel gave a wrong answer in its first-use check on \
-                     this device; the portable path runs instead (slower, same results). {}=0 \
+                log::warn!(
+                    "the GPU {} kernel gave a wrong answer in its first-use check on this \
+                     device; the portable path runs instead (slower, same results). {}=0 \
                      switches the kernel off without the check.",
-                    self.what, self.var
+                    self.what,
+                    self.var
                 );
             }
             ok
-        })
+        });
+        if passed {
+            KernelStatus::Runs
+        } else {
+            KernelStatus::FailedCheck
+        }
     }
 }
 
@@ -171,7 +182,7 @@ fn int_output<B: Backend, const D: usize>(
 
 #[cfg(all(test, feature = "ndarray"))]
 mod tests {
-    use super::{Switch, close};
+    use super::{KernelStatus, Switch, close};
 
     type Wgpu = crate::backend::Wgpu;
 
@@ -187,15 +198,23 @@ mod tests {
             calls += 1;
             answer
         };
-        assert!(!FAILS.allows::<Wgpu>(|| check(false)));
+        assert_eq!(
+            FAILS.status::<Wgpu>(|| check(false)),
+            KernelStatus::FailedCheck
+        );
         // Checked once per process: a later right answer does not switch it back on.
-        assert!(!FAILS.allows::<Wgpu>(|| check(true)));
+        assert_eq!(
+            FAILS.status::<Wgpu>(|| check(true)),
+            KernelStatus::FailedCheck
+        );
         assert_eq!(calls, 1);
 
-        assert!(!PANICS.allows::<Wgpu>(|| panic!("a launch that fails")));
-        assert!(PASSES.allows::<Wgpu>(|| true));
+        let panics = PANICS.status::<Wgpu>(|| panic!("a launch that fails"));
+        assert_eq!(panics, KernelStatus::FailedCheck);
+        assert_eq!(PASSES.status::<Wgpu>(|| true), KernelStatus::Runs);
         // Other backends never run our kernels, nor their checks.
-        assert!(!OTHER.allows::<burn_ndarray::NdArray<f32>>(|| unreachable!()));
+        let other = OTHER.status::<burn_ndarray::NdArray<f32>>(|| unreachable!());
+        assert_eq!(other, KernelStatus::Unavailable);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 use burn_cubecl::tensor::CubeTensor;
 
-use super::{Switch, close, empty, float_input, float_output, int_input, pattern};
+use super::{KernelStatus, Switch, close, empty, float_input, float_output, int_input, pattern};
 use crate::host::dot;
 use crate::sae::to_host;
 
@@ -132,7 +132,12 @@ static SWITCH: Switch = Switch::new("TOPK_SAE_DEVICE_SPARSE", "sparse decode and
 /// Whether [`sum_rows`] and [`gathered_dots`] run on `device` for backend `B`: burn-wgpu, not
 /// switched off, first-use check of both passed (see [`Switch`]).
 pub(crate) fn supports<B: Backend>(device: &B::Device) -> bool {
-    SWITCH.allows::<B>(|| check::<B>(device).unwrap_or(false))
+    status::<B>(device) == KernelStatus::Runs
+}
+
+/// The kernel's [`KernelStatus`] on `device` for backend `B` (runs the first-use check once).
+pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
+    SWITCH.status::<B>(|| check::<B>(device).unwrap_or(false))
 }
 
 /// Both kernels on a small problem against the same sums on the host: rows of 300 columns (more

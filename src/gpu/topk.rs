@@ -16,7 +16,9 @@ use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
 use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{Switch, empty, float_input, float_output, int_input, int_output, pattern};
+use super::{
+    KernelStatus, Switch, empty, float_input, float_output, int_input, int_output, pattern,
+};
 use crate::sae::{int_to_host, to_host};
 use crate::topk::topk_rows;
 
@@ -235,7 +237,12 @@ static SWITCH: Switch = Switch::new("TOPK_SAE_DEVICE_TOPK", "top-k");
 /// Whether [`topk`] runs on `device` for backend `B`: burn-wgpu, not switched off, first-use
 /// check passed (see [`Switch`]).
 pub(crate) fn supports<B: Backend>(device: &B::Device) -> bool {
-    SWITCH.allows::<B>(|| {
+    status::<B>(device) == KernelStatus::Runs
+}
+
+/// The kernel's [`KernelStatus`] on `device` for backend `B` (runs the first-use check once).
+pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
+    SWITCH.status::<B>(|| {
         // Three rows of 600 with ties, a mask, k 5: every unit owns more than one column.
         let (rows, cols, k) = (3, 600, 5);
         let data = pattern(rows * cols, 1);
