@@ -13,7 +13,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use crate::error::{Error, Result};
 #[cfg(feature = "wgpu")]
 use crate::host::group_by_latent;
-use crate::sae::{Selected, TopKSae, decode_rows, to_host};
+use crate::sae::{Selected, TopKSae, decode_rows, gather_rows, to_host};
 
 /// Normalised MSE of a batch, `mean((a - x)^2) / mean((x - mean_over_batch(x))^2)`, means over
 /// all elements.
@@ -333,12 +333,7 @@ fn gathered_dots<B: Backend>(
         return dots;
     }
     let [batch, k] = indices.dims();
-    let [_, d_in] = w_dec.dims();
-    let rows = w_dec
-        .clone()
-        .select(0, indices.reshape([batch * k]))
-        .reshape([batch, k, d_in]);
-    (rows * g.unsqueeze_dim::<3>(1))
+    (gather_rows(w_dec, indices) * g.unsqueeze_dim::<3>(1))
         .sum_dim(2)
         .reshape([batch, k])
 }

@@ -598,6 +598,22 @@ impl<B: Backend> TopKSae<B> {
     }
 }
 
+/// The decoder rows each example selected, `w_dec[indices[b, j]]`, with burn's `select`.
+///
+/// # Shapes
+/// - `w_dec`: `[d_sae, d_in]`, `indices`: `[batch, k]` → `[batch, k, d_in]`
+pub(crate) fn gather_rows<B: Backend>(
+    w_dec: &Tensor<B, 2>,
+    indices: Tensor<B, 2, Int>,
+) -> Tensor<B, 3> {
+    let [batch, k] = indices.dims();
+    let [_, d_in] = w_dec.dims();
+    w_dec
+        .clone()
+        .select(0, indices.reshape([batch * k]))
+        .reshape([batch, k, d_in])
+}
+
 /// `sum_j values[b, j] * w_dec[indices[b, j]]` without a bias.
 ///
 /// # Shapes
@@ -624,11 +640,7 @@ pub(crate) fn decode_rows<B: Backend>(
             return out;
         }
     }
-    let rows = w_dec
-        .clone()
-        .select(0, indices.reshape([batch * k]))
-        .reshape([batch, k, d_in]);
-    (rows * values.unsqueeze_dim::<3>(2))
+    (gather_rows(w_dec, indices) * values.unsqueeze_dim::<3>(2))
         .sum_dim(1)
         .reshape([batch, d_in])
 }
