@@ -14,12 +14,17 @@
 # topk-sae runs three times per size: with both GPU kernels (the default), with
 # TOPK_SAE_DEVICE_TOPK=0 (pre-activations read back and selected on the host) and with
 # TOPK_SAE_DEVICE_SPARSE=0 (burn's scatter-add gradient and gather decode instead of the
-# grouped-sum kernel), so one run says what each kernel is worth.
+# grouped-sum kernel), so one run says what each kernel is worth. The comparison with PyTorch runs
+# first. Each run has a time limit (RUN_LIMIT_S, 150 s) and none starts after DEADLINE_S (500 s):
+# a hang on some driver (seen with burn's matmul on OpenGL, docs/decisions.md) costs that run
+# only, and the table is printed anyway. Logs and JSON land in $OUT, the card's name on stdout.
+# Give the device call a limit of about 570 s.
 #
 # Status: written without a GPU (this task was not lent one). Checked here (2026-11-27): the build
 # half (6 min, 7.5 MB compressed) and a dry run of the run half on lavapipe with PyTorch on the CPU
-# (the command in the overrides' comment below, about a minute; last with the three variants and
-# the kernels column); the run half has not run on a GPU yet.
+# (the command in the overrides' comment below, about a minute), last with the three variants,
+# the kernels column and the time limits (also with limits small enough to skip runs); the run
+# half has not run on a GPU yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
@@ -37,14 +42,24 @@ if [ "$mode" = build ]; then
 fi
 steps=${2:-50}
 py=${PYTHON:-python3}
-if [ ! -x .gpu/train ]; then
-  # Python's lzma, in case the machine has no xz.
-  "$py" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-    .gpu/train.xz .gpu/train
-  chmod +x .gpu/train
-fi
+# Unpacked outside .gpu, so that a dry run here leaves the carried folder small.
+bin=$(mktemp -d)/train
+# Python's lzma, in case the machine has no xz.
+"$py" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+  .gpu/train.xz "$bin"
+chmod +x "$bin"
 out=${OUT:-$(mktemp -d)}
 echo "topk-sae binary built from $(cat .gpu/commit 2>/dev/null || echo 'an unrecorded commit')"
+# The card the figures are for (nothing on a machine without an NVIDIA driver).
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+# The device tool's README: where the loader finds no NVIDIA Vulkan driver, point it at the one
+# the driver mount carries.
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$icd" ] &&
+  ! ls /usr/share/vulkan/icd.d/nvidia_icd*.json /etc/vulkan/icd.d/nvidia_icd*.json >/dev/null 2>&1; then
+  export VK_DRIVER_FILES=$icd
+  echo "VK_DRIVER_FILES=$icd"
+fi
 # Overridable for a dry run of the plumbing without a GPU, e.g.
 # ROWS=4096 D_IN=64 SIZES="8 256 16" BATCH=256 TORCH_DEVICE=cpu scripts/gpu_bench.sh run 3
 rows=${ROWS:-65536}
@@ -52,6 +67,11 @@ d_in=${D_IN:-1536}
 sizes=${SIZES:-"32 3072 64;64 12288 128"}
 batch=${BATCH:-1024}
 torch_device=${TORCH_DEVICE:-cuda}
+# One call on the device machine may run 10 minutes: every run gets its own time limit, none starts
+# past the deadline, and the table is printed whatever happened (a driver on which a kernel hangs
+# costs one run, not the figures of the others).
+deadline=$((SECONDS + ${DEADLINE_S:-500}))
+run_limit=${RUN_LIMIT_S:-150}
 data=$(mktemp -d)
 "$py" - "$data/x.npy" "$rows" "$d_in" <<'PY'
 import sys, numpy as np
@@ -64,27 +84,44 @@ coef = rng.uniform(0.2, 1, (n, 8)).astype(np.float32)
 x = np.einsum("nk,nkd->nd", coef, dirs[idx]) + 0.01 * rng.standard_normal((n, d), dtype=np.float32)
 np.save(sys.argv[1], (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
 PY
+# `timed NAME CMD...`: runs CMD within the run limit and the deadline; its output goes to
+# $out/NAME.txt, and a failure or timeout is noted there and on stdout instead of stopping the script.
+timed() {
+  local name=$1 left=$((deadline - SECONDS))
+  shift
+  if [ "$left" -le 10 ]; then
+    echo "$name: skipped (deadline)" | tee "$out/$name.txt"
+    return 0
+  fi
+  local limit=$((left < run_limit ? left : run_limit)) rc=0
+  timeout -k 5 "$limit" "$@" >"$out/$name.txt" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "$name: exit $rc after $((SECONDS - deadline + left)) s (124: over its ${limit} s limit)" |
+      tee -a "$out/$name.txt"
+  fi
+}
 tags=()
 IFS=';' read -ra size_list <<<"$sizes"
 for size in "${size_list[@]}"; do
-  set -- $size
-  tag="k$1_dsae$2"
-  tags+=("$tag")
-  # Both kernels (the default), then the top-k on the host, then burn's scatter-add gradient
-  # and gather decode instead of the grouped-sum kernel.
-  for variant in rust rust-host-topk rust-burn-scatter; do
+  read -r k d_sae k_aux <<<"$size"
+  tags+=("k${k}_dsae${d_sae}")
+done
+# The comparison first (both kernels, and PyTorch), at both sizes; then what each kernel is worth:
+# the top-k on the host, and burn's scatter-add gradient and gather decode instead of the
+# grouped-sum kernel.
+for variant in rust torch rust-host-topk rust-burn-scatter; do
+  for i in "${!size_list[@]}"; do
+    read -r k d_sae k_aux <<<"${size_list[$i]}"
+    tag=${tags[$i]}
+    flags=(--data "$data/x.npy" --k "$k" --d-sae "$d_sae" --k-aux "$k_aux" --batch "$batch"
+      --max-steps "$steps" --json "$out/${variant}_$tag.json")
     case $variant in
-      rust) vars=() ;;
-      rust-host-topk) vars=(TOPK_SAE_DEVICE_TOPK=0) ;;
-      rust-burn-scatter) vars=(TOPK_SAE_DEVICE_SPARSE=0) ;;
+      rust) timed "${variant}_$tag" "$bin" --backend wgpu --quiet "${flags[@]}" ;;
+      rust-host-topk) timed "${variant}_$tag" env TOPK_SAE_DEVICE_TOPK=0 "$bin" --backend wgpu --quiet "${flags[@]}" ;;
+      rust-burn-scatter) timed "${variant}_$tag" env TOPK_SAE_DEVICE_SPARSE=0 "$bin" --backend wgpu --quiet "${flags[@]}" ;;
+      torch) timed "${variant}_$tag" "$py" scripts/torch_recipe.py --device "$torch_device" "${flags[@]}" ;;
     esac
-    env "${vars[@]}" .gpu/train --backend wgpu --quiet --data "$data/x.npy" --k "$1" \
-      --d-sae "$2" --k-aux "$3" --batch "$batch" --max-steps "$steps" \
-      --json "$out/${variant}_$tag.json" | tee "$out/${variant}_$tag.txt"
   done
-  "$py" scripts/torch_recipe.py --device "$torch_device" --data "$data/x.npy" --k "$1" \
-    --d-sae "$2" --k-aux "$3" --batch "$batch" --max-steps "$steps" \
-    --json "$out/torch_$tag.json" >/dev/null
 done
 "$py" - "$out" "${tags[@]}" <<'PY'
 import json, sys
@@ -92,9 +129,13 @@ out = sys.argv[1]
 print(f"{'size':16} {'side':17} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'NMSE':>8}  kernels")
 for tag in sys.argv[2:]:
     for side in ("rust", "rust-host-topk", "rust-burn-scatter", "torch"):
-        j = json.load(open(f"{out}/{side}_{tag}.json"))
+        try:
+            j = json.load(open(f"{out}/{side}_{tag}.json"))
+        except (OSError, ValueError):
+            print(f"{tag:16} {side:17} no result: see {side}_{tag}.txt")
+            continue
         first = j.get("first_step_ms", float("nan"))
         kernels = ",".join(n for n, st in j.get("gpu_kernels", {}).items() if st == "runs") or "-"
         print(f"{tag:16} {side:17} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}  {kernels}")
 PY
-rm -rf "$data"
+rm -rf "$data" "$(dirname "$bin")"
