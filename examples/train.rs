@@ -175,12 +175,15 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         .expect("valid template"),
     );
     let mut step_ms = Vec::with_capacity(total as usize);
+    // Steps with a live AuxK term (dead latents present), so timings say which step they measured.
+    let mut aux_steps = 0u64;
     let started = Instant::now();
     let mut last = Instant::now();
     bar.set_position(trainer.steps_done());
     let trained = trainer.fit(&data, |r| {
         step_ms.push(last.elapsed().as_secs_f64() * 1e3);
         last = Instant::now();
+        aux_steps += u64::from(r.loss.aux > 0.0);
         bar.set_position(r.step);
         bar.set_message(format!(
             "nmse {:.4} aux {:.4} dead {:.3}",
@@ -243,6 +246,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             "ms_per_step_median": median,
             "encode_seconds": encode_seconds,
             "first_step_ms": first_step_ms,
+            "aux_steps": aux_steps,
             "backend": args.backend,
             "data": data.name(),
             "batch": config.batch_size,

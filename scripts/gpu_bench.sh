@@ -67,6 +67,12 @@ d_in=${D_IN:-1536}
 sizes=${SIZES:-"32 3072 64;64 12288 128"}
 batch=${BATCH:-1024}
 torch_device=${TORCH_DEVICE:-cuda}
+# Latents unused for more than this many samples are dead and feed the AuxK term. The recipe's
+# 272,384 would leave AuxK off for the first 266 steps, so a short run would time a step without
+# it. With 0, every latent that does not fire in a batch counts as dead, so AuxK runs in every step
+# that leaves any latent unused (the `aux` column counts them), on both sides: the step of a long
+# run with dead latents, which costs about the same however many there are beyond k_aux.
+dead_threshold=${DEAD_THRESHOLD:-0}
 # One call on the device machine may run 10 minutes: every run gets its own time limit, none starts
 # past the deadline, and the table is printed whatever happened (a driver on which a kernel hangs
 # costs one run, not the figures of the others).
@@ -114,7 +120,7 @@ for variant in rust torch rust-host-topk rust-burn-scatter; do
     read -r k d_sae k_aux <<<"${size_list[$i]}"
     tag=${tags[$i]}
     flags=(--data "$data/x.npy" --k "$k" --d-sae "$d_sae" --k-aux "$k_aux" --batch "$batch"
-      --max-steps "$steps" --json "$out/${variant}_$tag.json")
+      --max-steps "$steps" --dead-threshold "$dead_threshold" --json "$out/${variant}_$tag.json")
     case $variant in
       rust) timed "${variant}_$tag" "$bin" --backend wgpu --quiet "${flags[@]}" ;;
       rust-host-topk) timed "${variant}_$tag" env TOPK_SAE_DEVICE_TOPK=0 "$bin" --backend wgpu --quiet "${flags[@]}" ;;
@@ -126,7 +132,10 @@ done
 "$py" - "$out" "${tags[@]}" <<'PY'
 import json, sys
 out = sys.argv[1]
-print(f"{'size':16} {'side':17} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'NMSE':>8}  kernels")
+# encode s: the corpus encoded in chunks of 4,096 rows, best of 3; host s: the same from host
+# memory to host memory (topk-sae always works that way; PyTorch's first figure has the data on
+# the GPU already); aux: steps with a live AuxK term, of all.
+print(f"{'size':16} {'side':17} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'host s':>8} {'NMSE':>8} {'aux':>7}  kernels")
 for tag in sys.argv[2:]:
     for side in ("rust", "rust-host-topk", "rust-burn-scatter", "torch"):
         try:
@@ -136,6 +145,8 @@ for tag in sys.argv[2:]:
             continue
         first = j.get("first_step_ms", float("nan"))
         kernels = ",".join(n for n, st in j.get("gpu_kernels", {}).items() if st == "runs") or "-"
-        print(f"{tag:16} {side:17} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {j['nmse']:8.4f}  {kernels}")
+        host = j.get("encode_host_seconds", j["encode_seconds"])
+        aux = f"{j.get('aux_steps', '?')}/{j.get('steps', '?')}"
+        print(f"{tag:16} {side:17} {j['ms_per_step_median']:9.2f} {first:14.1f} {j['encode_seconds']:9.3f} {host:8.3f} {j['nmse']:8.4f} {aux:>7}  {kernels}")
 PY
 rm -rf "$data" "$(dirname "$bin")"

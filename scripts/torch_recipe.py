@@ -6,7 +6,9 @@ side-by-side timing against topk-sae. Not part of CI.
         --max-steps 110 --threads 2 --device cpu --json torch.json
 
 Prints one JSON object: ms_per_step_median, steps, nmse (dataset, around the mean), log_fd,
-act_mean, dead_frac, train_seconds.
+act_mean, dead_frac, train_seconds, first_step_ms, aux_steps (steps with a live AuxK term),
+encode_seconds (data already on the device) and
+encode_host_seconds (from host memory to host memory).
 """
 import argparse
 import json
@@ -70,7 +72,7 @@ def main():
 
     steps_per_epoch = math.ceil(n / a.batch)
     total = steps_per_epoch * a.epochs if a.max_steps is None else a.max_steps
-    times, step = [], 0
+    times, step, aux_steps = [], 0, 0
     g = torch.Generator(device="cpu").manual_seed(a.seed)
     started = time.perf_counter()
     while step < total:
@@ -87,6 +89,7 @@ def main():
             since_fired[idx.flatten()] = 0
             dead = since_fired > a.dead_threshold
             if dead.any():
+                aux_steps += 1
                 masked = pre.masked_fill(~dead, float("-inf"))
                 ka = min(k_aux, int(dead.sum()))
                 top = torch.topk(masked, ka, dim=-1)
@@ -119,6 +122,19 @@ def main():
                 torch.cuda.synchronize()
             encode_seconds = min(encode_seconds, time.perf_counter() - t0)
             del codes, idx_all, val_all
+    # The same from host memory to host memory (each chunk uploaded, its codes read back), as
+    # topk-sae's encode_corpus does: the like-for-like figure when the corpus is not on the GPU.
+    x_host = x_all.cpu()
+    encode_host_seconds = float("inf")
+    with torch.no_grad():
+        for _ in range(3):
+            t0 = time.perf_counter()
+            codes = [
+                tuple(c.cpu() for c in encode(x_host[s:s + 4096].to(dev))[1:])
+                for s in range(0, n, 4096)
+            ]
+            encode_host_seconds = min(encode_host_seconds, time.perf_counter() - t0)
+            del codes
 
     # SPEC section 4 metrics over the whole data set.
     with torch.no_grad():
@@ -134,8 +150,11 @@ def main():
         out = {
             "steps": step,
             "ms_per_step_median": statistics.median(times),
+            "first_step_ms": times[0],
+            "aux_steps": aux_steps,
             "train_seconds": train_seconds,
             "encode_seconds": encode_seconds,
+            "encode_host_seconds": encode_host_seconds,
             "nmse": sq_err / total_var,
             "log_fd": float(torch.log10(density + 1e-10).mean()),
             "act_mean": act_sum / (n * k),
