@@ -93,7 +93,7 @@ PY
 # `timed NAME CMD...`: runs CMD within the run limit and the deadline; its output goes to
 # $out/NAME.txt, and a failure or timeout is noted there and on stdout instead of stopping the script.
 timed() {
-  local name=$1 left=$((deadline - SECONDS))
+  local name=$1 start=$SECONDS left=$((deadline - SECONDS))
   shift
   if [ "$left" -le 10 ]; then
     echo "$name: skipped (deadline)" | tee "$out/$name.txt"
@@ -101,9 +101,10 @@ timed() {
   fi
   local limit=$((left < run_limit ? left : run_limit)) rc=0
   timeout -k 5 "$limit" "$@" >"$out/$name.txt" 2>&1 || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    echo "$name: exit $rc after $((SECONDS - deadline + left)) s (124: over its ${limit} s limit)" |
-      tee -a "$out/$name.txt"
+  if [ "$rc" -eq 124 ]; then
+    echo "$name: stopped at its ${limit} s limit" | tee -a "$out/$name.txt"
+  elif [ "$rc" -ne 0 ]; then
+    echo "$name: exit $rc after $((SECONDS - start)) s" | tee -a "$out/$name.txt"
   fi
 }
 tags=()
@@ -122,11 +123,13 @@ for variant in rust torch rust-host-topk rust-burn-scatter; do
     flags=(--data "$data/x.npy" --k "$k" --d-sae "$d_sae" --k-aux "$k_aux" --batch "$batch"
       --max-steps "$steps" --dead-threshold "$dead_threshold" --json "$out/${variant}_$tag.json")
     case $variant in
-      rust) timed "${variant}_$tag" "$bin" --backend wgpu --quiet "${flags[@]}" ;;
-      rust-host-topk) timed "${variant}_$tag" env TOPK_SAE_DEVICE_TOPK=0 "$bin" --backend wgpu --quiet "${flags[@]}" ;;
-      rust-burn-scatter) timed "${variant}_$tag" env TOPK_SAE_DEVICE_SPARSE=0 "$bin" --backend wgpu --quiet "${flags[@]}" ;;
-      torch) timed "${variant}_$tag" "$py" scripts/torch_recipe.py --device "$torch_device" "${flags[@]}" ;;
+      rust) cmd=(env) ;;
+      rust-host-topk) cmd=(env TOPK_SAE_DEVICE_TOPK=0) ;;
+      rust-burn-scatter) cmd=(env TOPK_SAE_DEVICE_SPARSE=0) ;;
+      torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
     esac
+    [ "$variant" = torch ] || cmd+=("$bin" --backend wgpu --quiet)
+    timed "${variant}_$tag" "${cmd[@]}" "${flags[@]}"
   done
 done
 "$py" - "$out" "${tags[@]}" <<'PY'

@@ -109,32 +109,35 @@ def main():
             step += 1
     train_seconds = time.perf_counter() - started
 
-    # Corpus encoding, timed on its own, best of three: top-k indices and values of every row,
-    # batches of 4096.
-    encode_seconds = float("inf")
-    with torch.no_grad():
-        for _ in range(3):
-            t0 = time.perf_counter()
-            codes = [encode(x_all[s:s + 4096])[1:] for s in range(0, n, 4096)]
-            idx_all = torch.cat([c[0] for c in codes])
-            val_all = torch.cat([c[1] for c in codes])
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            encode_seconds = min(encode_seconds, time.perf_counter() - t0)
-            del codes, idx_all, val_all
+    def best_of_3(run):
+        """Seconds of the fastest of three calls of `run`, device work included."""
+        best = float("inf")
+        with torch.no_grad():
+            for _ in range(3):
+                t0 = time.perf_counter()
+                run()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t0)
+        return best
+
+    # Corpus encoding, timed on its own: top-k indices and values of every row, batches of 4096.
+    def encode_on_device():
+        codes = [encode(x_all[s:s + 4096])[1:] for s in range(0, n, 4096)]
+        return torch.cat([c[0] for c in codes]), torch.cat([c[1] for c in codes])
+
     # The same from host memory to host memory (each chunk uploaded, its codes read back), as
     # topk-sae's encode_corpus does: the like-for-like figure when the corpus is not on the GPU.
     x_host = x_all.cpu()
-    encode_host_seconds = float("inf")
-    with torch.no_grad():
-        for _ in range(3):
-            t0 = time.perf_counter()
-            codes = [
-                tuple(c.cpu() for c in encode(x_host[s:s + 4096].to(dev))[1:])
-                for s in range(0, n, 4096)
-            ]
-            encode_host_seconds = min(encode_host_seconds, time.perf_counter() - t0)
-            del codes
+
+    def encode_host_to_host():
+        return [
+            tuple(c.cpu() for c in encode(x_host[s:s + 4096].to(dev))[1:])
+            for s in range(0, n, 4096)
+        ]
+
+    encode_seconds = best_of_3(encode_on_device)
+    encode_host_seconds = best_of_3(encode_host_to_host)
 
     # SPEC section 4 metrics over the whole data set.
     with torch.no_grad():

@@ -14,8 +14,6 @@ use std::any::{Any, TypeId};
 use std::sync::OnceLock;
 
 use burn::tensor::backend::Backend;
-
-use crate::backend::KernelStatus;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::fusion::FusionCubeRuntime;
@@ -27,6 +25,8 @@ use burn_fusion::stream::OperationStreams;
 use burn_fusion::{FusionTensor, NoOp};
 use burn_ir::{InitOperationIr, OperationIr};
 use burn_wgpu::WgpuRuntime;
+
+use crate::backend::KernelStatus;
 
 /// burn-wgpu's inner backend (before fusion), for every element type we accept.
 type Inner = CubeBackend<WgpuRuntime, f32, i32, u32>;
