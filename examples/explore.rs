@@ -241,6 +241,17 @@ fn esc(s: &str) -> String {
 #[allow(clippy::too_many_lines)] // one linear script: data, model, analysis, report
 fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let device = device.clone();
+    // Bad settings and an unwritable report folder fail now, not after training.
+    let family_config = FamilyConfig {
+        min_density: args.family_min_density,
+        ..FamilyConfig::default()
+    };
+    family_config.validate()?;
+    std::fs::create_dir_all(&args.out).map_err(|source| Error::Io {
+        action: "create",
+        path: args.out.clone(),
+        source,
+    })?;
     let (data, docs) = if let Some(path) = &args.data {
         let data = Embeddings::from_npy(path)?;
         let docs = match &args.texts {
@@ -322,19 +333,8 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     ranked.truncate(30);
-    let fams = analysis::families(
-        &codes,
-        &FamilyConfig {
-            min_density: args.family_min_density,
-            ..FamilyConfig::default()
-        },
-    );
+    let fams = analysis::families(&codes, &family_config)?;
 
-    std::fs::create_dir_all(&args.out).map_err(|source| Error::Io {
-        action: "create",
-        path: args.out.clone(),
-        source,
-    })?;
     let mut html = String::new();
     let _ = write!(
         html,

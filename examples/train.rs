@@ -10,7 +10,7 @@
 //!     --batch 1024 --epochs 5 --seed 0 --json out.json
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
@@ -91,6 +91,9 @@ backend::backend_main!(Args, run);
 #[allow(clippy::too_many_lines)] // one linear script: load, configure, train, report
 fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let device = device.clone();
+    if let Some(path) = &args.json {
+        check_parent_folder(path)?;
+    }
     let synthetic_set: Option<Synthetic> = match &args.data {
         Some(_) => None,
         None => Some(synthetic(&SyntheticConfig::new().with_seed(args.seed))?),
@@ -268,4 +271,23 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         })?;
     }
     Ok(())
+}
+
+/// Fails before training rather than after it when `--json` names a file in a missing folder.
+fn check_parent_folder(path: &Path) -> Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if parent.is_dir() {
+        return Ok(());
+    }
+    Err(Error::Io {
+        action: "write",
+        path: path.to_owned(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("folder {} does not exist", parent.display()),
+        ),
+    })
 }

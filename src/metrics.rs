@@ -76,8 +76,8 @@ impl Metrics {
 
     /// The header line of [`Metrics`]' table row (`Display`).
     pub fn table_header() -> &'static str {
-        "|   k | d_sae |   NMSE |     EV | Log FD | Act Mean |     L0 |  dead | dense | cosine |\n\
-         |----:|------:|-------:|-------:|-------:|---------:|-------:|------:|------:|-------:|"
+        "|    k |  d_sae |   NMSE |      EV |   Log FD | Act Mean |     L0 |  dead | dense |  cosine |\n\
+         |-----:|-------:|-------:|--------:|---------:|---------:|-------:|------:|------:|--------:|"
     }
 }
 
@@ -87,7 +87,7 @@ impl fmt::Display for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "| {:>3} | {:>5} | {:>6.4} | {:>6.4} | {:>6.4} | {:>8.4} | {:>6.2} | {:>5.3} | {:>5.3} | {:>6.4} |",
+            "| {:>4} | {:>6} | {:>6.4} | {:>7.4} | {:>8.4} | {:>8.4} | {:>6.2} | {:>5.3} | {:>5.3} | {:>7.4} |",
             self.k,
             self.d_sae,
             self.nmse,
@@ -264,4 +264,45 @@ pub fn evaluate<B: Backend>(
         progress(end);
     }
     Ok(acc.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    fn row(k: usize, d_sae: usize, signed: f64) -> Metrics {
+        Metrics {
+            rows: 8,
+            k,
+            d_sae,
+            nmse: 1.0126,
+            explained_variance: -0.0126 * signed,
+            log_fd: -10.0 * signed,
+            act_mean: 12.3456,
+            l0: 128.0,
+            dead_frac: 1.0,
+            dense_frac: 0.0,
+            cosine: -0.6941 * signed,
+            density: Vec::new(),
+            mean_activation: Vec::new(),
+        }
+    }
+
+    fn cell_widths(line: &str) -> Vec<usize> {
+        line.split('|').map(|c| c.chars().count()).collect()
+    }
+
+    #[test]
+    fn table_rows_line_up_with_the_header_for_negative_and_wide_values() {
+        let mut lines = Metrics::table_header().lines();
+        let header = cell_widths(lines.next().unwrap());
+        assert_eq!(cell_widths(lines.next().unwrap()), header);
+        for m in [
+            row(1024, 131_072, 1.0),
+            row(4, 64, -1.0),
+            row(32, 3072, 0.5),
+        ] {
+            assert_eq!(cell_widths(&m.to_string()), header, "{m}");
+        }
+    }
 }

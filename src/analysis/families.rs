@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::CorpusCodes;
+use crate::{Error, Result};
 
 /// Thresholds of the family search; defaults are the paper's.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -37,6 +38,36 @@ impl Default for FamilyConfig {
             max_jaccard: 0.6,
             min_density: 0.0,
         }
+    }
+}
+
+impl FamilyConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first bad field: a threshold that is not finite,
+    /// `min_density` or `max_jaccard` outside `[0, 1]`, or `rounds == 0` (each of which would
+    /// otherwise quietly find no families, or no duplicates).
+    pub fn validate(&self) -> Result<()> {
+        if !self.min_cooccurrence.is_finite() {
+            return Err(Error::invalid(
+                "min_cooccurrence",
+                self.min_cooccurrence,
+                "must be finite",
+            ));
+        }
+        if self.rounds == 0 {
+            return Err(Error::invalid("rounds", self.rounds, "must be >= 1"));
+        }
+        for (field, value) in [
+            ("max_jaccard", self.max_jaccard),
+            ("min_density", self.min_density),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(Error::invalid(field, value, "must be in [0, 1]"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -85,7 +116,11 @@ pub fn cooccurrence(codes: &CorpusCodes) -> HashMap<(u32, u32), u32> {
 /// they number more than `min_family_children`; the roots are removed and the search repeats
 /// (`rounds` times). Finally a family whose children overlap an earlier-found (or, in the same
 /// round, larger) family's with Jaccard above `max_jaccard` is dropped as a duplicate.
-pub fn families(codes: &CorpusCodes, config: &FamilyConfig) -> Vec<Family> {
+///
+/// # Errors
+/// The errors of [`FamilyConfig::validate`].
+pub fn families(codes: &CorpusCodes, config: &FamilyConfig) -> Result<Vec<Family>> {
+    config.validate()?;
     let c = cooccurrence(codes);
     let freq = |i: u32| f64::from(c.get(&(i, i)).copied().unwrap_or(0));
     // Undirected candidate edges with weight max(M_ij, M_ji).
@@ -158,7 +193,7 @@ pub fn families(codes: &CorpusCodes, config: &FamilyConfig) -> Vec<Family> {
             }
         }
     }
-    found
+    Ok(found)
 }
 
 fn jaccard(a: &[usize], b: &[usize]) -> f64 {

@@ -6,7 +6,7 @@ use topk_sae::analysis::{
 };
 use topk_sae::data::{SyntheticConfig, synthetic};
 use topk_sae::sae::to_host_vec;
-use topk_sae::{AdamConfig, Embeddings, Normalizer, TopKSaeConfig, TrainConfig, train};
+use topk_sae::{AdamConfig, Embeddings, Error, Normalizer, TopKSaeConfig, TrainConfig, train};
 
 use crate::{TestBackend, random_model, random_rows};
 
@@ -164,7 +164,7 @@ fn assert_groups_found_with_their_parents(
 #[test]
 fn families_recover_planted_groups() {
     let (c, planted) = planted_codes(4, 5, 20);
-    let found = families(&c, &FamilyConfig::default());
+    let found = families(&c, &FamilyConfig::default()).unwrap();
     // Measure: for each planted group, the best Jaccard between its children and any family's.
     let (mean, _) = mean_best_jaccard(&planted, &found);
     assert!(mean >= 0.8, "mean best Jaccard {mean}: {found:?}");
@@ -174,6 +174,46 @@ fn families_recover_planted_groups() {
 /// A latent that fired three times, each time beside parent 0 and its first child, joins that
 /// family with the paper's thresholds (`M = 3 / (3 + 1)`); `min_density` leaves it out and the
 /// planted families are found as before.
+#[test]
+fn families_reject_thresholds_that_would_silently_find_nothing() {
+    let (c, _) = planted_codes(4, 5, 20);
+    for (config, field) in [
+        (
+            FamilyConfig {
+                min_density: 2.0,
+                ..FamilyConfig::default()
+            },
+            "min_density",
+        ),
+        (
+            FamilyConfig {
+                min_cooccurrence: f64::NAN,
+                ..FamilyConfig::default()
+            },
+            "min_cooccurrence",
+        ),
+        (
+            FamilyConfig {
+                max_jaccard: -0.5,
+                ..FamilyConfig::default()
+            },
+            "max_jaccard",
+        ),
+        (
+            FamilyConfig {
+                rounds: 0,
+                ..FamilyConfig::default()
+            },
+            "rounds",
+        ),
+    ] {
+        match families(&c, &config) {
+            Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected InvalidConfig, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn families_min_density_leaves_rare_latents_out() {
     let (c, planted) = planted_codes(4, 5, 20);
@@ -186,13 +226,15 @@ fn families_min_density_leaves_rare_latents_out() {
     let c = codes(&refs, c.d_sae + 1);
     let in_a_family =
         |f: &[topk_sae::analysis::Family]| f.iter().any(|f| f.children.contains(&(rare as usize)));
-    assert!(in_a_family(&families(&c, &FamilyConfig::default())));
+    assert!(in_a_family(
+        &families(&c, &FamilyConfig::default()).unwrap()
+    ));
     // 3 of 403 documents is below 1%.
     let config = FamilyConfig {
         min_density: 0.01,
         ..FamilyConfig::default()
     };
-    let found = families(&c, &config);
+    let found = families(&c, &config).unwrap();
     assert!(!in_a_family(&found), "{found:?}");
     assert_groups_found_with_their_parents(&planted, &found);
 }
@@ -490,7 +532,8 @@ fn families_recover_planted_child_directions_end_to_end() {
             min_density: env("MIN_DENSITY", 0.01),
             ..FamilyConfig::default()
         },
-    );
+    )
+    .unwrap();
     let groups: Vec<Vec<usize>> = planted
         .groups
         .iter()
