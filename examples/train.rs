@@ -146,7 +146,19 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
                 _ => path.clone(),
             };
             eprintln!("resuming from {}", dir.display());
-            Trainer::<B>::resume(&dir, &device)?
+            let trainer = Trainer::<B>::resume(&dir, &device)?;
+            let d_in = trainer.config().model.d_in;
+            if is_synthetic && d_in != data.d_in() {
+                return Err(Error::InvalidConfig {
+                    field: "data",
+                    value: format!("synthetic, width {}", data.d_in()),
+                    reason: format!(
+                        "cannot resume a model with d_in = {d_in}: pass the data it was trained \
+                         on with --data"
+                    ),
+                });
+            }
+            trainer
         }
         None => Trainer::<B>::new(config, &data, &device)?,
     };
