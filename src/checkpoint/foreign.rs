@@ -99,10 +99,17 @@ fn detect(path: &Path) -> Result<Format> {
                 return Ok(format);
             }
         }
-        return Err(format_err(
-            path,
-            "folder holds none of meta.json, sae_weights.safetensors, sae.safetensors",
-        ));
+        let none = "folder holds none of meta.json, sae_weights.safetensors, sae.safetensors";
+        // A training run's --checkpoint-dir: point at the checkpoint the user most likely meant.
+        let reason = match super::latest(path) {
+            Ok(Some(newest)) => format!(
+                "{none}; it holds training checkpoints (step-NNNNNNNNNN folders): pass one of \
+                 them, the newest is {}",
+                newest.display()
+            ),
+            _ => none.to_owned(),
+        };
+        return Err(format_err(path, reason));
     }
     if !path.exists() {
         return Err(Error::Io {

@@ -152,6 +152,15 @@ fn checkpoints_keep_the_last_m() {
             .unwrap(),
         "step-0000000010"
     );
+    // Loading the folder of checkpoints itself names the newest one to pass instead.
+    let err = checkpoint::load_any::<TestBackend>(
+        root.path(),
+        &LoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert_format_error(&err, "meta.json", "the newest is");
+    assert!(err.to_string().ends_with("step-0000000010"), "{err}");
 }
 
 #[test]
