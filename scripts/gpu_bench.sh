@@ -49,6 +49,7 @@ bin=$(mktemp -d)/train
   .gpu/train.xz "$bin"
 chmod +x "$bin"
 out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
 echo "topk-sae binary built from $(cat .gpu/commit 2>/dev/null || echo 'an unrecorded commit')"
 # The card the figures are for (nothing on a machine without an NVIDIA driver).
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
