@@ -24,7 +24,7 @@ use topk_sae::prelude::*;
 
 /// Explore a top-k SAE's features and write an HTML report.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Backend: ndarray (CPU) or wgpu (GPU: Vulkan, Metal, DX12; build with --features wgpu).
     #[arg(long, default_value = "ndarray")]
@@ -55,7 +55,11 @@ struct Args {
     seed: u64,
     /// Families: leave out latents firing in fewer than this fraction of documents (0 keeps all,
     /// as in the paper).
-    #[arg(long = "family-min-density", default_value_t = 0.0)]
+    #[arg(
+        long = "family-min-density",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     family_min_density: f64,
 }
 

@@ -15,7 +15,7 @@ use topk_sae::sae::to_host_vec;
 
 /// Inspect a top-k SAE checkpoint.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Backend: ndarray (CPU) or wgpu (GPU: Vulkan, Metal, DX12; build with --features wgpu).
     #[arg(long, default_value = "ndarray")]

@@ -23,7 +23,7 @@ use topk_sae::train::Trainer;
 
 /// Train a top-k sparse autoencoder and print its metrics.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Backend: ndarray (CPU) or wgpu (GPU: Vulkan, Metal, DX12; build with --features wgpu).
     #[arg(long, default_value = "ndarray")]
@@ -51,7 +51,7 @@ struct Args {
     #[arg(long = "max-steps")]
     max_steps: Option<u64>,
     /// Adam learning rate [default: 1e-4, the reference recipe; 2e-3 on synthetic data].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Seed of initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
