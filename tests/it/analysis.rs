@@ -171,9 +171,6 @@ fn families_recover_planted_groups() {
     assert_groups_found_with_their_parents(&planted, &found);
 }
 
-/// A latent that fired three times, each time beside parent 0 and its first child, joins that
-/// family with the paper's thresholds (`M = 3 / (3 + 1)`); `min_density` leaves it out and the
-/// planted families are found as before.
 #[test]
 fn families_reject_thresholds_that_would_silently_find_nothing() {
     let (c, _) = planted_codes(4, 5, 20);
@@ -214,6 +211,9 @@ fn families_reject_thresholds_that_would_silently_find_nothing() {
     }
 }
 
+/// A latent that fired three times, each time beside parent 0 and its first child, joins that
+/// family with the paper's thresholds (`M = 3 / (3 + 1)`); `min_density` leaves it out and the
+/// planted families are found as before.
 #[test]
 fn families_min_density_leaves_rare_latents_out() {
     let (c, planted) = planted_codes(4, 5, 20);
