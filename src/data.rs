@@ -44,18 +44,7 @@ impl Embeddings {
         if rows == 0 || d_in == 0 {
             return Err(Error::EmptyData { source_name: name });
         }
-        if let Some(pos) = data.iter().position(|v| !v.is_finite()) {
-            let what = if data[pos].is_nan() {
-                "NaN"
-            } else {
-                "an infinite value"
-            };
-            return Err(Error::NonFinite {
-                row: pos / d_in,
-                what,
-                source_name: name,
-            });
-        }
+        check_finite(&data, d_in, &name)?;
         Ok(Self {
             data,
             rows,
@@ -241,6 +230,23 @@ impl Embeddings {
     /// Applies a fitted normalisation to every row in place.
     pub fn normalize(&mut self, normalizer: &Normalizer) {
         normalizer.apply_rows(&mut self.data, self.d_in);
+    }
+}
+
+/// [`Error::NonFinite`] naming the first row of `data` (rows `d_in` wide) that holds NaN or an
+/// infinity, with `source_name` as the data's name.
+pub(crate) fn check_finite(data: &[f32], d_in: usize, source_name: &str) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(pos) => Err(Error::NonFinite {
+            row: pos / d_in.max(1),
+            what: if data[pos].is_nan() {
+                "NaN"
+            } else {
+                "an infinite value"
+            },
+            source_name: source_name.to_owned(),
+        }),
     }
 }
 
@@ -465,10 +471,39 @@ impl Normalizer {
         }
     }
 
+    /// Checks that the normaliser fits inputs `d_in` wide and holds usable numbers: a centring
+    /// mean of `d_in` finite values, a finite positive scale. A normaliser from
+    /// [`Normalizer::fit`] always passes; this is for one read from a file or built by hand.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `normalizer.mean` or `normalizer.scale`.
+    pub fn check(&self, d_in: usize) -> Result<()> {
+        match self.kind {
+            NormalizationKind::Center if self.mean.len() != d_in => Err(Error::invalid(
+                "normalizer.mean",
+                format!("{} values", self.mean.len()),
+                format!("must hold d_in = {d_in} values"),
+            )),
+            NormalizationKind::Center => match self.mean.iter().position(|m| !m.is_finite()) {
+                Some(i) => Err(Error::invalid(
+                    "normalizer.mean",
+                    format!("entry {i} = {}", self.mean[i]),
+                    "must be finite",
+                )),
+                None => Ok(()),
+            },
+            NormalizationKind::ScaleToDIn if !(self.scale.is_finite() && self.scale > 0.0) => Err(
+                Error::invalid("normalizer.scale", self.scale, "must be finite and > 0"),
+            ),
+            NormalizationKind::None | NormalizationKind::ScaleToDIn => Ok(()),
+        }
+    }
+
     /// Applies the normalisation to row-major rows of width `d_in`, in place.
     ///
     /// # Panics
-    /// If the normaliser centres and `d_in` differs from its mean's length.
+    /// If the normaliser centres and `d_in` differs from its mean's length ([`Normalizer::check`]
+    /// tells beforehand).
     pub fn apply_rows(&self, rows: &mut [f32], d_in: usize) {
         match self.kind {
             NormalizationKind::None => {}

@@ -226,7 +226,8 @@ impl MetricsAccumulator {
 ///
 /// # Errors
 /// [`crate::Error::WidthMismatch`] when the data's width is not the model's `d_in`;
-/// [`crate::Error::InvalidConfig`] when `batch_size` is 0.
+/// [`crate::Error::InvalidConfig`] when `batch_size` is 0 or `normalizer` does not fit the model
+/// ([`Normalizer::check`]).
 pub fn evaluate<B: Backend>(
     model: &TopKSae<B>,
     data: &Embeddings,
@@ -236,6 +237,7 @@ pub fn evaluate<B: Backend>(
     mut progress: impl FnMut(usize),
 ) -> crate::Result<Metrics> {
     data.check_width(model.d_in())?;
+    normalizer.check(model.d_in())?;
     let mut acc = MetricsAccumulator::new(model.d_in(), model.d_sae(), model.k());
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
     let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));

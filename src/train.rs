@@ -315,7 +315,8 @@ impl<B: Backend> Trainer<B> {
     ///
     /// # Errors
     /// The errors of [`TrainConfig::validate`]; [`Error::InvalidConfig`] when the model's
-    /// dimensions differ from `config.model`.
+    /// dimensions differ from `config.model` or `normalizer` does not fit them
+    /// ([`Normalizer::check`]).
     pub fn from_model(
         config: TrainConfig,
         model: TopKSae<B>,
@@ -324,6 +325,7 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<Self> {
         config.validate()?;
         let m = &config.model;
+        normalizer.check(m.d_in)?;
         if (model.d_in(), model.d_sae(), model.k()) != (m.d_in, m.d_sae, m.k) {
             return Err(Error::invalid(
                 "model",

@@ -45,7 +45,7 @@ pub struct CorpusCodes {
 ///
 /// # Errors
 /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`] when
-/// `batch_size` is 0.
+/// `batch_size` is 0 or `normalizer` does not fit the model ([`Normalizer::check`]).
 pub fn encode_corpus<B: Backend>(
     model: &TopKSae<B>,
     data: &Embeddings,
@@ -55,6 +55,7 @@ pub fn encode_corpus<B: Backend>(
     mut progress: impl FnMut(usize),
 ) -> Result<CorpusCodes> {
     data.check_width(model.d_in())?;
+    normalizer.check(model.d_in())?;
     let k = model.k();
     let mut indices = Vec::with_capacity(data.rows() * k);
     let mut values = Vec::with_capacity(data.rows() * k);

@@ -82,8 +82,9 @@ pub struct Ranked {
 /// and decodes: `z' @ w_dec + b_dec`.
 ///
 /// # Errors
-/// [`Error::WidthMismatch`] when `query` is not `d_in` long; [`Error::InvalidConfig`] when an
-/// edit names a latent `>= d_sae`.
+/// [`Error::WidthMismatch`] when `query` is not `d_in` long; [`Error::NonFinite`] when it holds
+/// NaN or an infinity; [`Error::InvalidConfig`] when an edit names a latent `>= d_sae` or a value
+/// or factor that is not finite.
 pub fn steer<B: Backend>(
     model: &TopKSae<B>,
     query: &[f32],
@@ -97,12 +98,26 @@ pub fn steer<B: Backend>(
             source_name: "query".into(),
         });
     }
+    crate::data::check_finite(query, query.len(), "query")?;
     if let Some(bad) = edits.iter().find(|e| e.latent() >= model.d_sae()) {
         return Err(Error::invalid(
             "latent",
             bad.latent(),
             format!("must be < d_sae ({})", model.d_sae()),
         ));
+    }
+    for edit in edits {
+        if let FeatureEdit::Set { value: v, .. }
+        | FeatureEdit::Add { value: v, .. }
+        | FeatureEdit::Scale { factor: v, .. } = *edit
+            && !v.is_finite()
+        {
+            return Err(Error::invalid(
+                "edit",
+                format!("{edit:?}"),
+                "value and factor must be finite",
+            ));
+        }
     }
     let x = Tensor::<B, 2>::from_data(TensorData::new(query.to_vec(), [1, query.len()]), device);
     let top = model.encode_topk(x);
@@ -144,8 +159,9 @@ pub fn steer<B: Backend>(
 /// The paper's variant: `query + sum_i weight_i * w_dec[latent_i]`.
 ///
 /// # Errors
-/// [`Error::WidthMismatch`] when `query` is not `d_in` long; [`Error::InvalidConfig`] when a
-/// latent is `>= d_sae`.
+/// [`Error::WidthMismatch`] when `query` is not `d_in` long; [`Error::NonFinite`] when it holds
+/// NaN or an infinity; [`Error::InvalidConfig`] when a latent is `>= d_sae` or a weight is not
+/// finite.
 pub fn add_decoder_rows<B: Backend>(
     model: &TopKSae<B>,
     query: &[f32],
@@ -159,12 +175,16 @@ pub fn add_decoder_rows<B: Backend>(
             source_name: "query".into(),
         });
     }
+    crate::data::check_finite(query, d_in, "query")?;
     if let Some((bad, _)) = rows.iter().find(|(j, _)| *j >= model.d_sae()) {
         return Err(Error::invalid(
             "latent",
             bad,
             format!("must be < d_sae ({})", model.d_sae()),
         ));
+    }
+    if let Some((_, bad)) = rows.iter().find(|(_, w)| !w.is_finite()) {
+        return Err(Error::invalid("weight", bad, "must be finite"));
     }
     let w_dec = to_host(model.w_dec.val());
     let mut out = query.to_vec();
@@ -183,6 +203,7 @@ pub fn add_decoder_rows<B: Backend>(
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] when `queries` is not a multiple of `d_in` long;
+/// [`Error::NonFinite`] naming the first query that holds NaN or an infinity;
 /// [`Error::InvalidConfig`] when `chunk_rows` is 0.
 pub fn search<B: Backend>(
     corpus: &Embeddings,
@@ -201,6 +222,7 @@ pub fn search<B: Backend>(
             cols: d_in,
         });
     }
+    crate::data::check_finite(queries, d_in, "queries")?;
     if chunk_rows == 0 {
         return Err(Error::invalid("chunk_rows", 0, "must be >= 1"));
     }
@@ -255,14 +277,15 @@ fn normalize_rows(rows: &mut [f32], d_in: usize) {
 /// the highest decoder cosine, and that cosine. Both are row-major `[d_sae, d_in]`.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when either is not a multiple of `d_in` long.
+/// [`Error::ShapeMismatch`] when either is not a multiple of `d_in` long; [`Error::NonFinite`]
+/// naming the matrix (`larger` or `smaller`) and row that hold NaN or an infinity.
 pub fn match_features<B: Backend>(
     larger: &[f32],
     smaller: &[f32],
     d_in: usize,
     device: &B::Device,
 ) -> Result<Vec<(usize, f32)>> {
-    for w in [larger, smaller] {
+    for (w, name) in [(larger, "larger"), (smaller, "smaller")] {
         if d_in == 0 || w.len() % d_in != 0 || w.is_empty() {
             return Err(Error::ShapeMismatch {
                 len: w.len(),
@@ -270,6 +293,7 @@ pub fn match_features<B: Backend>(
                 cols: d_in,
             });
         }
+        crate::data::check_finite(w, d_in, name)?;
     }
     let small = Embeddings::from_vec(smaller.to_vec(), smaller.len() / d_in, d_in)?;
     let hits = search::<B>(&small, larger, 1, Metric::Cosine, 4096, device)?;

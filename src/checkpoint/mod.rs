@@ -155,6 +155,27 @@ impl HostParams {
                 format!("must be in 1..=d_sae ({d_sae})"),
             ));
         }
+        for (name, t, width) in [
+            ("w_enc", &self.w_enc, d_sae),
+            ("b_enc", &self.b_enc, d_sae),
+            ("w_dec", &self.w_dec, d_in),
+            ("b_dec", &self.b_dec, d_in),
+        ] {
+            if let Some(pos) = t.data.iter().position(|v| !v.is_finite()) {
+                let at = if t.shape.len() == 2 {
+                    format!("[{}, {}]", pos / width, pos % width)
+                } else {
+                    format!("[{pos}]")
+                };
+                return Err(format_err(
+                    path,
+                    format!(
+                        "{name}{at} is {}; the weights are unusable (saved from a diverged run?)",
+                        t.data[pos]
+                    ),
+                ));
+            }
+        }
         let t2 = |t: HostTensor, s: [usize; 2]| {
             Tensor::<B, 2>::from_data(TensorData::new(t.data, s), device)
         };
@@ -272,8 +293,10 @@ pub(crate) fn native_files<B: Backend>(
 ///
 /// # Errors
 /// [`Error::Io`] for a missing file; [`Error::Format`] naming the file for invalid JSON, an
-/// unknown `format_version`, a corrupt safetensors file, a wrong dtype, missing or extra tensors
-/// or a shape that disagrees with the config; [`Error::InvalidConfig`] for an invalid stored config.
+/// unknown `format_version`, a corrupt safetensors file, a wrong dtype, missing or extra tensors,
+/// a shape that disagrees with the config, a NaN or infinite weight, or a stored normaliser that
+/// does not fit the model ([`Normalizer::check`]); [`Error::InvalidConfig`] for an invalid stored
+/// model config.
 pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<Checkpoint<B>> {
     let dir = dir.as_ref();
     let meta_path = dir.join(META_FILE);
@@ -290,6 +313,10 @@ pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<Che
     let config_path = dir.join(CONFIG_FILE);
     let config: CheckpointConfig = read_json(&config_path)?;
     config.model.validate()?;
+    config
+        .normalizer
+        .check(config.model.d_in)
+        .map_err(|e| format_err(&config_path, e.to_string()))?;
     let model_path = dir.join(MODEL_FILE);
     let (tensors, _) = io::read_safetensors(&model_path)?;
     let [w_enc, b_enc, w_dec, b_dec] = HostParams::take(

@@ -316,6 +316,68 @@ fn bad_native_checkpoints_are_typed_errors() {
     assert_format_error(&err, "model.safetensors", "config.json says");
 }
 
+#[test]
+fn unusable_weights_and_normalisers_are_rejected_on_load() {
+    use safetensors::Dtype::F32;
+    let model_file = |p: &Path| p.join("model.safetensors");
+    // A NaN weight (a diverged run's checkpoint) is named by tensor and position.
+    let err = load_error(|p| {
+        let mut w_dec = vec![0.5f32; 32];
+        w_dec[3 * 4 + 2] = f32::NAN;
+        let t = [
+            ("w_enc", F32, vec![4, 8], zeros(32)),
+            ("b_enc", F32, vec![8], zeros(8)),
+            ("w_dec", F32, vec![8, 4], le_bytes(&w_dec)),
+            ("b_dec", F32, vec![4], zeros(4)),
+        ];
+        std::fs::write(model_file(p), safetensors_file(&t)).unwrap();
+    });
+    assert_format_error(&err, "model.safetensors", "w_dec[3, 2] is NaN");
+    let err = load_error(|p| {
+        let t = [
+            ("w_enc", F32, vec![4, 8], zeros(32)),
+            ("b_enc", F32, vec![8], zeros(8)),
+            ("w_dec", F32, vec![8, 4], zeros(32)),
+            (
+                "b_dec",
+                F32,
+                vec![4],
+                le_bytes(&[0.0, f32::INFINITY, 0.0, 0.0]),
+            ),
+        ];
+        std::fs::write(model_file(p), safetensors_file(&t)).unwrap();
+    });
+    assert_format_error(&err, "model.safetensors", "b_dec[1] is inf");
+    // A stored normaliser that does not fit the model (hand-edited config.json): an error at
+    // load time, not a panic when it is first applied.
+    let with_normalizer = |normalizer: serde_json::Value| {
+        load_error(move |p| {
+            let path = p.join("config.json");
+            let mut config: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            config["normalizer"] = normalizer;
+            std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        })
+    };
+    let err =
+        with_normalizer(serde_json::json!({"kind": "Center", "mean": [0.1, 0.2], "scale": 1.0}));
+    assert_format_error(
+        &err,
+        "config.json",
+        "normalizer.mean (2 values) must hold d_in = 4",
+    );
+    let err = with_normalizer(serde_json::json!({"kind": "ScaleToDIn", "mean": [], "scale": 0.0}));
+    assert_format_error(
+        &err,
+        "config.json",
+        "normalizer.scale (0) must be finite and > 0",
+    );
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
 fn recon_of(model: &topk_sae::TopKSae<TestBackend>, normalizer: &Normalizer) -> Vec<f32> {
     let x = Embeddings::from_npy(fixtures().join("input.npy")).unwrap();
     let out = model.forward(normalizer.apply(tensor(x.as_slice(), x.d_in())));

@@ -208,6 +208,127 @@ fn wrong_width_is_rejected_with_both_widths() {
     );
 }
 
+/// A normaliser that does not fit the model (built by hand or read from elsewhere) is an error
+/// from every function that applies one, not a panic half-way through.
+#[test]
+fn a_normaliser_that_does_not_fit_the_model_is_an_error() {
+    use topk_sae::{NormalizationKind, Normalizer, analysis, evaluate};
+    let device = Default::default();
+    let model = crate::random_model(4, 8, 2, 1);
+    let data = Embeddings::from_vec(crate::random_rows(6, 4, 2), 6, 4).unwrap();
+    let cases = [
+        (
+            Normalizer {
+                kind: NormalizationKind::Center,
+                mean: vec![0.0; 3],
+                scale: 1.0,
+            },
+            "invalid config: normalizer.mean (3 values) must hold d_in = 4 values",
+        ),
+        (
+            Normalizer {
+                kind: NormalizationKind::Center,
+                mean: vec![0.0, f32::NAN, 0.0, 0.0],
+                scale: 1.0,
+            },
+            "invalid config: normalizer.mean (entry 1 = NaN) must be finite",
+        ),
+        (
+            Normalizer {
+                kind: NormalizationKind::ScaleToDIn,
+                mean: vec![],
+                scale: -2.0,
+            },
+            "invalid config: normalizer.scale (-2) must be finite and > 0",
+        ),
+    ];
+    for (normalizer, want) in cases {
+        assert_eq!(normalizer.check(4).unwrap_err().to_string(), want);
+        let err = evaluate(&model, &data, &normalizer, 4, &device, |_| {}).unwrap_err();
+        assert_eq!(err.to_string(), want);
+        let err =
+            analysis::encode_corpus(&model, &data, &normalizer, 4, &device, |_| {}).unwrap_err();
+        assert_eq!(err.to_string(), want);
+        let config = TrainConfig::new(TopKSaeConfig::new(4, 8, 2));
+        let err = Trainer::from_model(config, model.clone(), normalizer, &device).unwrap_err();
+        assert_eq!(err.to_string(), want);
+    }
+    for kind in [
+        NormalizationKind::None,
+        NormalizationKind::Center,
+        NormalizationKind::ScaleToDIn,
+    ] {
+        Normalizer::fit(kind, &data).check(4).unwrap();
+    }
+}
+
+/// NaN or infinite queries, steering values and weights are errors: a NaN query would otherwise
+/// rank arbitrary documents first with NaN scores.
+#[test]
+fn non_finite_queries_and_edits_are_errors() {
+    use topk_sae::analysis::{self, FeatureEdit, Metric};
+    let device = Default::default();
+    let model = crate::random_model(4, 8, 2, 1);
+    let corpus = Embeddings::from_vec(crate::random_rows(6, 4, 2), 6, 4).unwrap();
+    let good = [0.1f32, 0.2, 0.3, 0.4];
+    let mut queries = good.repeat(3);
+    queries[2 * 4 + 1] = f32::NAN;
+    let err =
+        analysis::search::<TestBackend>(&corpus, &queries, 3, Metric::Dot, 4, &device).unwrap_err();
+    assert_eq!(err.to_string(), "row 2 of queries holds NaN");
+    let inf_query = [0.1, f32::INFINITY, 0.3, 0.4];
+    let err = analysis::steer(&model, &inf_query, &[], &device).unwrap_err();
+    assert_eq!(err.to_string(), "row 0 of query holds an infinite value");
+    let err = analysis::add_decoder_rows(&model, &inf_query, &[]).unwrap_err();
+    assert_eq!(err.to_string(), "row 0 of query holds an infinite value");
+    for edit in [
+        FeatureEdit::Set {
+            latent: 1,
+            value: f32::NAN,
+        },
+        FeatureEdit::Add {
+            latent: 1,
+            value: f32::NEG_INFINITY,
+        },
+        FeatureEdit::Scale {
+            latent: 1,
+            factor: f32::INFINITY,
+        },
+    ] {
+        let err = analysis::steer(&model, &good, &[edit], &device).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidConfig { field: "edit", .. }),
+            "{edit:?}: {err:?}"
+        );
+    }
+    let err = analysis::add_decoder_rows(&model, &good, &[(1, f32::NAN)]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid config: weight (NaN) must be finite"
+    );
+    let mut larger = good.repeat(2);
+    larger[5] = f32::NAN;
+    let err = analysis::match_features::<TestBackend>(&larger, &good, 4, &device).unwrap_err();
+    assert_eq!(err.to_string(), "row 1 of larger holds NaN");
+    // The finite versions of the same calls work.
+    assert_eq!(
+        analysis::search::<TestBackend>(&corpus, &good.repeat(3), 3, Metric::Dot, 4, &device)
+            .unwrap()
+            .len(),
+        3
+    );
+    analysis::steer(
+        &model,
+        &good,
+        &[FeatureEdit::Add {
+            latent: 1,
+            value: 0.5,
+        }],
+        &device,
+    )
+    .unwrap();
+}
+
 #[test]
 fn k_zero_and_k_above_d_sae_are_invalid() {
     let err = TopKSaeConfig::new(8, 16, 0).validate().unwrap_err();
