@@ -3,6 +3,77 @@
 //!
 //! Everything works from [`CorpusCodes`], the top-k indices and values of every document
 //! (`O(N * k)` memory, never `O(N * d_sae)`).
+//!
+//! ## From a trained model to features, families and a steered search
+//! The texts here are made up from the synthetic set's planted directions (row `i` names the
+//! "topics" it mixes), so for most latents the first word of the label is the planted direction
+//! its decoder row is closest to. With real data the texts are the abstracts the embeddings came
+//! from, one per row (the `explore` example does all of this on them).
+//! ```
+//! use topk_sae::analysis::{self, FamilyConfig, FeatureEdit, LabelConfig, Metric};
+//! use topk_sae::data::{SyntheticConfig, synthetic};
+//! use topk_sae::prelude::*;
+//! # fn main() -> topk_sae::Result<()> {
+//! type B = topk_sae::backend::NdArray<f32>;
+//! let device = Default::default();
+//! let synthetic_config = SyntheticConfig::new().with_rows(4_000).with_d_in(64);
+//! let set = synthetic(&synthetic_config.with_n_directions(32))?;
+//! let data = &set.embeddings;
+//! let config = TrainConfig::new(TopKSaeConfig::new(64, 64, 4))
+//!     .with_batch_size(256)
+//!     .with_epochs(10)
+//!     .with_optimizer(AdamConfig::new().with_lr(1e-3));
+//! let trained = train::<B>(config, data, &device, |_| {})?;
+//!
+//! // Encode the corpus once: every later question is answered from these codes.
+//! let (model, normalizer) = (&trained.model, &trained.normalizer);
+//! let codes = analysis::encode_corpus(model, data, normalizer, 1024, &device, |_| {})?;
+//! assert_eq!((codes.rows, codes.k), (4_000, 4));
+//!
+//! // Which documents light a feature up: statistics with each latent's 20 strongest documents.
+//! let stats = analysis::feature_stats(&codes, 20, 20);
+//! let busiest = stats.iter().max_by(|a, b| a.density.total_cmp(&b.density)).unwrap();
+//! println!(
+//!     "latent {} fires on {:.1}% of documents, strongest on {:?}",
+//!     busiest.latent,
+//!     100.0 * busiest.density,
+//!     busiest.top_documents.iter().map(|(doc, _)| doc).collect::<Vec<_>>(),
+//! );
+//!
+//! // Offline labels: the words that set a latent's top documents apart from the corpus.
+//! // (Labels keep words of letters only: planted direction 27 is written "topicbb".)
+//! let letter = |i: u32| char::from(b'a' + i as u8);
+//! let word = |t: &u32| format!("topic{}{}", letter(t / 26), letter(t % 26));
+//! let active = set.active.len() / data.rows();
+//! let texts: Vec<String> = set
+//!     .active
+//!     .chunks(active)
+//!     .map(|topics| topics.iter().map(word).collect::<Vec<_>>().join(" "))
+//!     .collect();
+//! // The topics of a row come in no particular order, so word pairs mean nothing here.
+//! let no_bigrams = LabelConfig { bigrams: false, ..LabelConfig::default() };
+//! let labels = analysis::label_features(&stats, &texts, &no_bigrams);
+//! if let Some(label) = labels.iter().max_by(|a, b| a.score().total_cmp(&b.score())) {
+//!     println!("latent {}: {:?}", label.latent, label.terms);
+//! }
+//!
+//! // Feature families: latents that fire under a common parent.
+//! for family in analysis::families(&codes, &FamilyConfig::default())? {
+//!     println!("parent {} -> children {:?}", family.parent, family.children);
+//! }
+//!
+//! // Steered search: encode a query, turn a feature up, decode, rank the corpus. Query and
+//! // corpus both in the model's input space (normalised like the training data).
+//! let mut corpus = data.clone();
+//! corpus.normalize(normalizer);
+//! let query = corpus.row(0);
+//! let boost = FeatureEdit::Add { latent: busiest.latent, value: 0.5 };
+//! let steered = analysis::steer(model, query, &[boost], &device)?;
+//! let (query, top) = (&steered.embedding, 5);
+//! let hits = analysis::search::<B>(&corpus, query, top, Metric::Cosine, 4096, &device)?;
+//! assert_eq!(hits[0].len(), top);
+//! # Ok(()) }
+//! ```
 
 mod families;
 mod labels;
