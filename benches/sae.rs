@@ -1,6 +1,7 @@
 //! Criterion benches: top-k alone, encode, forward and a full training step, at the sizes in the
-//! bench ids (`d_in x d_sae, k, batch`). Inputs are built outside the timer; every timed closure
-//! reads its result back to the host, so lazy or asynchronous backends are synchronised.
+//! bench ids (`d_in x d_sae, k, batch`); co-occurrence counts and feature families over a corpus's
+//! codes. Inputs are built outside the timer; every timed closure reads its result back to the
+//! host, so lazy or asynchronous backends are synchronised.
 
 // criterion_main! writes an undocumented `main`.
 #![allow(missing_docs)]
@@ -108,5 +109,47 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(sae, benches);
+/// Codes of `rows` documents with `k` distinct latents each out of `d_sae`, drawn with a
+/// Zipf-like frequency (latent `j` about as often as `1 / j`), like a trained SAE's.
+fn zipf_codes(rows: usize, k: usize, d_sae: usize) -> topk_sae::analysis::CorpusCodes {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut indices = Vec::with_capacity(rows * k);
+    for _ in 0..rows {
+        let start = indices.len();
+        while indices.len() - start < k {
+            let j = ((d_sae as f64).powf(rng.random::<f64>()) as u32).min(d_sae as u32 - 1);
+            if !indices[start..].contains(&j) {
+                indices.push(j);
+            }
+        }
+    }
+    topk_sae::analysis::CorpusCodes {
+        rows,
+        k,
+        d_sae,
+        values: vec![1.0; rows * k],
+        indices,
+    }
+}
+
+/// Feature families over a corpus the size of the development set's larger cousins: 50,000
+/// documents of a saerch-sized SAE (`k` 64, `d_sae` 9216).
+fn analysis_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("analysis");
+    group.sample_size(10);
+    let (rows, k, d_sae) = (50_000, 64, 9216);
+    let codes = zipf_codes(rows, k, d_sae);
+    let id = format!("docs{rows}_k{k}_dsae{d_sae}");
+    group.bench_function(BenchmarkId::new("cooccurrence", &id), |b| {
+        b.iter(|| topk_sae::analysis::cooccurrence(&codes).pair_count());
+    });
+    let config = topk_sae::analysis::FamilyConfig::default();
+    group.bench_function(BenchmarkId::new("families", &id), |b| {
+        b.iter(|| topk_sae::analysis::families(&codes, &config).expect("valid config"));
+    });
+    group.finish();
+}
+
+criterion_group!(sae, benches, analysis_benches);
 criterion_main!(sae);

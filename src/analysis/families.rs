@@ -84,27 +84,143 @@ pub struct Family {
     pub edges: Vec<(usize, usize)>,
 }
 
-/// Co-occurrence counts `C = A^T A` of the one-hot top-k matrix, as a sparse map
-/// `(i, j) -> count` with `i <= j` (`C_ii` is the number of documents where `i` fired).
-pub fn cooccurrence(codes: &CorpusCodes) -> HashMap<(u32, u32), u32> {
-    let mut c: HashMap<(u32, u32), u32> = HashMap::new();
-    let mut row: Vec<u32> = Vec::with_capacity(codes.k);
-    for doc in 0..codes.rows {
-        row.clear();
-        row.extend(
-            codes.indices[doc * codes.k..(doc + 1) * codes.k]
-                .iter()
-                .copied(),
-        );
-        row.sort_unstable();
-        row.dedup();
-        for (a, &i) in row.iter().enumerate() {
-            for &j in &row[a..] {
-                *c.entry((i, j)).or_default() += 1;
-            }
+/// Co-occurrence counts `C = A^T A` of the one-hot top-k matrix `A` (`[documents, d_sae]`),
+/// stored sparse: `C_ii` for every latent, and `C_ij` for the pairs `i < j` that fired together
+/// at least once, row by row (compressed sparse rows of the upper triangle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cooccurrence {
+    counts: Vec<u32>,
+    offsets: Vec<usize>,
+    partners: Vec<u32>,
+    pair_counts: Vec<u32>,
+}
+
+impl Cooccurrence {
+    /// `C_ii` for every latent: in how many documents it fired.
+    pub fn counts(&self) -> &[u32] {
+        &self.counts
+    }
+
+    /// `C_ij` (symmetric; `C_ii` when `i == j`); 0 for latents that never fired together.
+    ///
+    /// # Panics
+    /// If `i` or `j` is `>= d_sae`.
+    pub fn get(&self, i: usize, j: usize) -> u32 {
+        if i == j {
+            return self.counts[i];
+        }
+        let (a, b) = (i.min(j), i.max(j));
+        let row = self.offsets[a]..self.offsets[a + 1];
+        match self.partners[row.clone()].binary_search(&(b as u32)) {
+            Ok(at) => self.pair_counts[row.start + at],
+            Err(_) => 0,
         }
     }
-    c
+
+    /// The pairs that fired together, `(i, j, C_ij)` with `i < j`, ascending by `(i, j)`.
+    pub fn pairs(&self) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        (0..self.counts.len()).flat_map(move |i| {
+            let row = self.offsets[i]..self.offsets[i + 1];
+            self.partners[row.clone()]
+                .iter()
+                .zip(&self.pair_counts[row])
+                .map(move |(&j, &n)| (i as u32, j, n))
+        })
+    }
+
+    /// How many pairs fired together.
+    pub fn pair_count(&self) -> usize {
+        self.partners.len()
+    }
+}
+
+/// Counts co-occurrences (a latent listed twice in one document counts once there).
+///
+/// Work is `O(documents * k^2)` array increments, latents in parallel: each latent's documents
+/// are visited once and its partners counted in a dense scratch row. Memory is the pairs that
+/// occur, not `d_sae^2`.
+///
+/// # Panics
+/// If an index of `codes` is `>= d_sae` (codes from [`super::encode_corpus`] or
+/// [`CorpusCodes::load_npy`] never are).
+pub fn cooccurrence(codes: &CorpusCodes) -> Cooccurrence {
+    use rayon::prelude::*;
+    let (d_sae, k) = (codes.d_sae, codes.k);
+    // Each document's distinct latents, ascending.
+    let mut rows: Vec<u32> = Vec::with_capacity(codes.rows * k);
+    let mut row_starts = Vec::with_capacity(codes.rows + 1);
+    row_starts.push(0);
+    let mut counts = vec![0u32; d_sae];
+    for doc in 0..codes.rows {
+        let start = rows.len();
+        rows.extend_from_slice(&codes.indices[doc * k..(doc + 1) * k]);
+        rows[start..].sort_unstable();
+        let mut kept = start;
+        for at in start..rows.len() {
+            if at == start || rows[at] != rows[kept - 1] {
+                rows[kept] = rows[at];
+                kept += 1;
+            }
+        }
+        rows.truncate(kept);
+        for &i in &rows[start..] {
+            counts[i as usize] += 1;
+        }
+        row_starts.push(rows.len());
+    }
+    // The documents of each latent (inverted lists), by a counting sort.
+    let mut doc_starts = vec![0usize; d_sae + 1];
+    for (i, &n) in counts.iter().enumerate() {
+        doc_starts[i + 1] = doc_starts[i] + n as usize;
+    }
+    let mut fill = doc_starts.clone();
+    let mut docs = vec![0u32; rows.len()];
+    for doc in 0..codes.rows {
+        for &i in &rows[row_starts[doc]..row_starts[doc + 1]] {
+            docs[fill[i as usize]] = doc as u32;
+            fill[i as usize] += 1;
+        }
+    }
+    let per_latent: Vec<(Vec<u32>, Vec<u32>)> = (0..d_sae)
+        .into_par_iter()
+        .map_init(
+            || (vec![0u32; d_sae], Vec::new()),
+            |(scratch, touched), i| {
+                for &doc in &docs[doc_starts[i]..doc_starts[i + 1]] {
+                    let row = &rows[row_starts[doc as usize]..row_starts[doc as usize + 1]];
+                    // Partners above `i` only: the row is ascending.
+                    let above = row.partition_point(|&j| j as usize <= i);
+                    for &j in &row[above..] {
+                        if scratch[j as usize] == 0 {
+                            touched.push(j);
+                        }
+                        scratch[j as usize] += 1;
+                    }
+                }
+                touched.sort_unstable();
+                let n: Vec<u32> = touched
+                    .iter()
+                    .map(|&j| std::mem::take(&mut scratch[j as usize]))
+                    .collect();
+                (std::mem::take(touched), n)
+            },
+        )
+        .collect();
+    let mut offsets = Vec::with_capacity(d_sae + 1);
+    offsets.push(0);
+    let total = per_latent.iter().map(|p| p.0.len()).sum();
+    let (mut partners, mut pair_counts) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    for (p, n) in per_latent {
+        partners.extend(p);
+        pair_counts.extend(n);
+        offsets.push(partners.len());
+    }
+    Cooccurrence {
+        counts,
+        offsets,
+        partners,
+        pair_counts,
+    }
 }
 
 /// Finds feature families as in SPEC §6 (latents below `min_density` left out first, none by
@@ -122,12 +238,11 @@ pub fn cooccurrence(codes: &CorpusCodes) -> HashMap<(u32, u32), u32> {
 pub fn families(codes: &CorpusCodes, config: &FamilyConfig) -> Result<Vec<Family>> {
     config.validate()?;
     let c = cooccurrence(codes);
-    let freq = |i: u32| f64::from(c.get(&(i, i)).copied().unwrap_or(0));
+    let freq = |i: u32| f64::from(c.counts()[i as usize]);
     // Undirected candidate edges with weight max(M_ij, M_ji).
     let mut edges: Vec<(f64, u32, u32)> = c
-        .iter()
-        .filter(|((i, j), _)| i != j)
-        .filter_map(|(&(i, j), &n)| {
+        .pairs()
+        .filter_map(|(i, j, n)| {
             let n = f64::from(n);
             let m = (n / (freq(i) + 1.0)).max(n / (freq(j) + 1.0));
             (m >= config.min_cooccurrence).then(|| (m.exp(), i, j))

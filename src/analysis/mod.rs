@@ -85,7 +85,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use npyz::WriterBuilder;
 
-pub use families::{Family, FamilyConfig, cooccurrence, families};
+pub use families::{Cooccurrence, Family, FamilyConfig, cooccurrence, families};
 pub use labels::{FeatureLabel, LabelConfig, label_features, tokenize};
 pub use search::{
     FeatureEdit, Metric, Ranked, Steered, add_decoder_rows, match_features, search, steer,

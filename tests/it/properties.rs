@@ -250,3 +250,58 @@ fn topk_tensor_beyond_the_kernel_k_equals_topk_rows() {
         assert_eq!(to_host_vec(val), want.1, "k = {k}");
     }
 }
+
+/// Random top-k codes: `rows` documents of `k` latents below `d_sae`, repeats within a document
+/// allowed (hand-built codes may hold them).
+fn random_codes() -> impl Strategy<Value = topk_sae::analysis::CorpusCodes> {
+    (0usize..40, 1usize..6, 1usize..20).prop_flat_map(|(rows, k, d_sae)| {
+        proptest::collection::vec(0..d_sae as u32, rows * k).prop_map(move |indices| {
+            topk_sae::analysis::CorpusCodes {
+                rows,
+                k,
+                d_sae,
+                values: vec![1.0; rows * k],
+                indices,
+            }
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `cooccurrence` equals counting every document's distinct latent pairs in a map:
+    /// `C_ii` per latent, `C_ij` for `i < j` through `pairs` (ascending) and `get` (symmetric).
+    #[test]
+    fn cooccurrence_equals_counting_pairs_in_a_map(codes in random_codes()) {
+        let mut want = std::collections::BTreeMap::<(u32, u32), u32>::new();
+        for doc in 0..codes.rows {
+            let mut row = codes.indices[doc * codes.k..(doc + 1) * codes.k].to_vec();
+            row.sort_unstable();
+            row.dedup();
+            for (a, &i) in row.iter().enumerate() {
+                for &j in &row[a..] {
+                    *want.entry((i, j)).or_default() += 1;
+                }
+            }
+        }
+        let c = topk_sae::analysis::cooccurrence(&codes);
+        let diag: Vec<u32> = (0..codes.d_sae as u32)
+            .map(|i| want.get(&(i, i)).copied().unwrap_or(0))
+            .collect();
+        prop_assert_eq!(c.counts(), &diag[..]);
+        let pairs: Vec<(u32, u32, u32)> = want
+            .iter()
+            .filter(|((i, j), _)| i != j)
+            .map(|(&(i, j), &n)| (i, j, n))
+            .collect();
+        prop_assert_eq!(c.pairs().collect::<Vec<_>>(), pairs.clone());
+        prop_assert_eq!(c.pair_count(), pairs.len());
+        for i in 0..codes.d_sae {
+            for j in 0..codes.d_sae {
+                let key = (i.min(j) as u32, i.max(j) as u32);
+                prop_assert_eq!(c.get(i, j), want.get(&key).copied().unwrap_or(0));
+            }
+        }
+    }
+}
