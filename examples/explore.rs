@@ -183,15 +183,16 @@ fn histogram_svg(metrics: &Metrics) -> Result<String> {
             .y_desc("latents")
             .draw()
             .map_err(svg_err)?;
+        // One rectangle per bin, in bin order (plotters' `Histogram` sums through a hash map,
+        // which drew the same bars in a different order every run).
         chart
-            .draw_series(
-                Histogram::vertical(&chart).style(BLUE.filled()).data(
-                    counts
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| (i as u32, *c as u32)),
-                ),
-            )
+            .draw_series(counts.iter().enumerate().map(|(i, c)| {
+                let (i, c) = (i as u32, *c as u32);
+                Rectangle::new(
+                    [(SegmentValue::Exact(i), 0), (SegmentValue::Exact(i + 1), c)],
+                    BLUE.filled(),
+                )
+            }))
             .map_err(svg_err)?;
         root.present().map_err(svg_err)?;
     }
