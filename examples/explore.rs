@@ -319,7 +319,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     let codes = analysis::encode_corpus(&model, &data, &normalizer, 4096, &device, |_| {})?;
     let stats = analysis::feature_stats(&codes, 20, 20);
     let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
-    let labels = analysis::label_features(&stats, &texts, &LabelConfig::default());
+    let labels = analysis::label_features(&stats, &texts, &LabelConfig::default())?;
     let label_of = |j: usize| labels.iter().find(|l| l.latent == j);
     let label_text = |j: usize| {
         label_of(j).map_or_else(String::new, |l| {

@@ -52,7 +52,7 @@
 //!     .collect();
 //! // The topics of a row come in no particular order, so word pairs mean nothing here.
 //! let no_bigrams = LabelConfig { bigrams: false, ..LabelConfig::default() };
-//! let labels = analysis::label_features(&stats, &texts, &no_bigrams);
+//! let labels = analysis::label_features(&stats, &texts, &no_bigrams)?;
 //! if let Some(label) = labels.iter().max_by(|a, b| a.score().total_cmp(&b.score())) {
 //!     println!("latent {}: {:?}", label.latent, label.terms);
 //! }

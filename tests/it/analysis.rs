@@ -359,7 +359,7 @@ fn labels_pick_the_distinctive_words() {
         2,
     );
     let stats = feature_stats(&c, 5, 4);
-    let labels = analysis::label_features(&stats, &texts, &LabelConfig::default());
+    let labels = analysis::label_features(&stats, &texts, &LabelConfig::default()).unwrap();
     let galaxy = labels.iter().find(|l| l.latent == 1).unwrap();
     let top: Vec<&str> = galaxy.terms.iter().map(|t| t.0.as_str()).collect();
     assert!(top.contains(&"galaxy"), "{top:?}");
@@ -369,6 +369,84 @@ fn labels_pick_the_distinctive_words() {
             .all(|t| t.split(' ').all(|w| texts[0].contains(w))),
         "{top:?}"
     );
+}
+
+/// A term must be in `min_top_share` of a latent's top documents: "quasar" is in 2 of the 5
+/// galaxy abstracts (and in 2 other documents, so it passes `min_document_frequency`).
+#[test]
+fn labels_keep_only_terms_in_min_top_share_of_the_top_documents() {
+    let mut texts: Vec<String> = (0..40)
+        .map(|i| format!("neural network training loss number {i}"))
+        .collect();
+    for (i, text) in texts.iter_mut().take(5).enumerate() {
+        let extra = if i < 2 { "quasar" } else { "" };
+        *text = format!("galaxy cluster lensing survey {extra}");
+    }
+    texts[30].push_str(" quasar");
+    texts[31].push_str(" quasar");
+    let c = codes(
+        &(0..40)
+            .map(|i| {
+                if i < 5 {
+                    &[(1u32, 1.0f32)][..]
+                } else {
+                    &[(0u32, 1.0f32)][..]
+                }
+            })
+            .collect::<Vec<_>>(),
+        2,
+    );
+    let stats = feature_stats(&c, 5, 4);
+    let words_of = |share: f64| {
+        let config = LabelConfig {
+            words: 50,
+            bigrams: false,
+            min_top_share: share,
+            ..LabelConfig::default()
+        };
+        let labels = analysis::label_features(&stats, &texts, &config).unwrap();
+        let galaxy = labels.iter().find(|l| l.latent == 1).unwrap();
+        galaxy.terms.iter().map(|t| t.0.clone()).collect::<Vec<_>>()
+    };
+    // 2 of 5 is 40%: kept at the default 20%, dropped at 50%; the words in all 5 stay.
+    assert!(
+        words_of(0.2).contains(&"quasar".to_owned()),
+        "{:?}",
+        words_of(0.2)
+    );
+    let strict = words_of(0.5);
+    assert!(!strict.contains(&"quasar".to_owned()), "{strict:?}");
+    assert!(strict.contains(&"galaxy".to_owned()), "{strict:?}");
+    // Settings that would quietly give empty or meaningless labels are errors.
+    for (config, field) in [
+        (
+            LabelConfig {
+                words: 0,
+                ..LabelConfig::default()
+            },
+            "words",
+        ),
+        (
+            LabelConfig {
+                prior_strength: f64::NAN,
+                ..LabelConfig::default()
+            },
+            "prior_strength",
+        ),
+        (
+            LabelConfig {
+                min_top_share: 1.5,
+                ..LabelConfig::default()
+            },
+            "min_top_share",
+        ),
+    ] {
+        let err = analysis::label_features(&stats, &texts, &config).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidConfig { field: f, .. } if f == field),
+            "{err:?}"
+        );
+    }
 }
 
 #[test]
