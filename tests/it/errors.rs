@@ -401,6 +401,46 @@ fn every_config_field_is_checked() {
     assert!(base().validate().is_ok());
 }
 
+/// The synthetic generators check their noise and weights: an infinite noise level used to panic
+/// inside the normal distribution, and a NaN or negative one was silently taken as 0.
+#[test]
+fn synthetic_configs_are_checked() {
+    use topk_sae::data::{FamilySyntheticConfig, SyntheticConfig, synthetic, synthetic_families};
+    let small = || {
+        SyntheticConfig::new()
+            .with_rows(10)
+            .with_d_in(8)
+            .with_n_directions(4)
+    };
+    for (config, field) in [
+        (small().with_noise(f32::INFINITY), "noise"),
+        (small().with_noise(f32::NAN), "noise"),
+        (small().with_noise(-0.1), "noise"),
+        (small().with_mean_weight(f32::NAN), "mean_weight"),
+        (small().with_mean_weight(-1.0), "mean_weight"),
+    ] {
+        match synthetic(&config) {
+            Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            other => panic!(
+                "{field}: expected InvalidConfig, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    assert!(synthetic(&small()).is_ok());
+    let families = || FamilySyntheticConfig::new().with_rows(10).with_d_in(64);
+    for noise in [f32::INFINITY, f32::NAN, -0.1] {
+        match synthetic_families(&families().with_noise(noise)) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "noise"),
+            other => panic!(
+                "noise {noise}: expected InvalidConfig, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    assert!(synthetic_families(&families()).is_ok());
+}
+
 #[test]
 fn nan_loss_stops_training_naming_the_step() {
     // A model whose weights hold NaN produces a NaN loss at the first step.
