@@ -476,10 +476,23 @@ impl<B: Backend> Trainer<B> {
                 ),
             ));
         }
+        let state_path = dir.join(TRAINER_JSON);
         if state.position > state.rows {
             return Err(format_err(
-                &dir.join(TRAINER_JSON),
+                &state_path,
                 format!("position {} exceeds rows {}", state.position, state.rows),
+            ));
+        }
+        // One shuffle starts each epoch, so a saved state has at most `epoch + 1`; a larger count
+        // (a damaged file) would replay shuffles for as long as it says.
+        if state.shuffles > state.epoch as u64 + 1 {
+            return Err(format_err(
+                &state_path,
+                format!(
+                    "shuffles {} exceeds epoch + 1 = {}",
+                    state.shuffles,
+                    state.epoch as u64 + 1
+                ),
             ));
         }
         trainer.since_fired = since_fired;
@@ -489,7 +502,14 @@ impl<B: Backend> Trainer<B> {
         trainer.position = state.position;
         // Replay the shuffles so that this epoch's order and the generator's state match.
         if state.rows > 0 {
-            trainer.order = (0..state.rows).collect();
+            trainer.order = Vec::new();
+            trainer.order.try_reserve_exact(state.rows).map_err(|_| {
+                format_err(
+                    &state_path,
+                    format!("rows {} is more than this machine can hold", state.rows),
+                )
+            })?;
+            trainer.order.extend(0..state.rows);
             for _ in 0..state.shuffles {
                 trainer.order.shuffle(&mut trainer.rng);
             }

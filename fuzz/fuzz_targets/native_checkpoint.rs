@@ -40,6 +40,21 @@ fuzz_target!(|data: &[u8]| {
     }
     std::fs::write(dir.join(FILES[which as usize % FILES.len()]), bytes).unwrap();
     let device = Default::default();
-    let _ = topk_sae::checkpoint::load::<B>(&dir, &device);
-    let _ = Trainer::<B>::resume(&dir, &device);
+    // What loads must also be usable: evaluate the model with its stored normaliser, and train
+    // a resumed run on (short) data; errors are fine, panics are findings.
+    if let Ok(ckpt) = topk_sae::checkpoint::load::<B>(&dir, &device) {
+        let (d_in, d_sae) = (ckpt.model.d_in(), ckpt.model.d_sae());
+        if d_in * d_sae <= 1 << 16 {
+            let rows = topk_sae::Embeddings::from_vec((0..3 * d_in).map(|i| (i as f32 * 0.61).cos()).collect(), 3, d_in).unwrap();
+            let _ = topk_sae::evaluate(&ckpt.model, &rows, &ckpt.normalizer, 2, &device, |_| {});
+            let _ = topk_sae::analysis::encode_corpus(&ckpt.model, &rows, &ckpt.normalizer, 2, &device, |_| {});
+        }
+    }
+    if let Ok(trainer) = Trainer::<B>::resume(&dir, &device) {
+        let m = &trainer.config().model;
+        if m.d_in * m.d_sae <= 1 << 16 && trainer.config().total_steps(16) <= 64 {
+            let data = topk_sae::Embeddings::from_vec((0..16 * m.d_in).map(|i| (i as f32 * 0.37).sin()).collect(), 16, m.d_in).unwrap();
+            let _ = trainer.fit(&data, |_| {});
+        }
+    }
 });

@@ -195,6 +195,63 @@ fn resuming_with_other_data_is_an_error() {
     ));
 }
 
+/// A damaged `trainer.json` is a format error naming it, before any work: a shuffle count the
+/// run cannot have reached would be replayed for as long as it says, and an absurd row count
+/// would abort the process on allocation.
+#[test]
+fn damaged_trainer_state_is_a_format_error() {
+    let data = synthetic(
+        &SyntheticConfig::new()
+            .with_rows(300)
+            .with_d_in(8)
+            .with_n_directions(12),
+    )
+    .unwrap()
+    .embeddings;
+    let root = tempfile::tempdir().unwrap();
+    Trainer::<TestBackend>::new(
+        run_config().with_max_steps(Some(2)),
+        &data,
+        &Default::default(),
+    )
+    .unwrap()
+    .with_checkpoints(CheckpointPolicy::new(root.path(), 1))
+    .fit(&data, |_| {})
+    .unwrap();
+    let dir = checkpoint::latest(root.path()).unwrap().unwrap();
+    let state_path = dir.join("trainer.json");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    for (field, value, needle) in [
+        (
+            "shuffles",
+            serde_json::json!(1_000_000_000_000u64),
+            "shuffles 1000000000000 exceeds",
+        ),
+        (
+            "rows",
+            serde_json::json!(u64::MAX / 2),
+            "is more than this machine can hold",
+        ),
+        (
+            "position",
+            serde_json::json!(301),
+            "position 301 exceeds rows 300",
+        ),
+    ] {
+        let mut state = saved.clone();
+        state[field] = value;
+        if field == "rows" {
+            state["position"] = serde_json::json!(0);
+        }
+        std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+        let err = Trainer::<TestBackend>::resume(&dir, &Default::default()).unwrap_err();
+        assert_format_error(&err, "trainer.json", needle);
+    }
+    std::fs::write(&state_path, serde_json::to_vec(&saved).unwrap()).unwrap();
+    assert!(Trainer::<TestBackend>::resume(&dir, &Default::default()).is_ok());
+}
+
 /// Saves a valid checkpoint, lets `corrupt` damage it, and returns the load error.
 fn load_error(corrupt: impl FnOnce(&Path)) -> Error {
     let dir = tempfile::tempdir().unwrap();
