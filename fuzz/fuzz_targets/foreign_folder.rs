@@ -1,5 +1,6 @@
 //! The SAELens and sparsify fixture folders with one file replaced by the fuzz input (the first
-//! byte picks which): `checkpoint::load_any` returns a value or an error, never panics.
+//! byte picks which): `checkpoint::load_any` returns a value or an error, never panics, and what
+//! loads evaluates and exports without panicking.
 #![no_main]
 
 use std::path::Path;
@@ -26,5 +27,14 @@ fuzz_target!(|data: &[u8]| {
     // libFuzzer's timer signal can interrupt a copy (EINTR): copy through read/write, which retry.
     std::fs::write(dir.join(kept), std::fs::read(fixtures.join(kept)).unwrap()).unwrap();
     std::fs::write(dir.join(fuzzed), bytes).unwrap();
-    let _ = load_any::<B>(&dir, &LoadOptions::default(), &Default::default());
+    let device = Default::default();
+    // What loads must also be usable: evaluate it and export it back to SAELens.
+    if let Ok(ckpt) = load_any::<B>(&dir, &LoadOptions::default(), &device) {
+        let (d_in, d_sae) = (ckpt.model.d_in(), ckpt.model.d_sae());
+        if d_in * d_sae <= 1 << 16 {
+            let rows = topk_sae::Embeddings::from_vec((0..3 * d_in).map(|i| (i as f32 * 0.61).cos()).collect(), 3, d_in).unwrap();
+            let _ = topk_sae::evaluate(&ckpt.model, &rows, &ckpt.normalizer, 2, &device, |_| {});
+            let _ = topk_sae::checkpoint::export_saelens(dir.join("export"), &ckpt.model, &ckpt.normalizer);
+        }
+    }
 });

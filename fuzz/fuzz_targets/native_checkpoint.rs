@@ -1,5 +1,6 @@
 //! A valid native checkpoint with one file replaced by the fuzz input (the first byte picks
-//! which): `checkpoint::load` and `Trainer::resume` return a value or an error, never panic.
+//! which): `checkpoint::load` and `Trainer::resume` return a value or an error, never panic; what
+//! loads evaluates and what resumes trains without panicking.
 #![no_main]
 
 use std::path::PathBuf;

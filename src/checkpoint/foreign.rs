@@ -454,12 +454,14 @@ fn read_sparsify(dir: &Path, k: Option<usize>) -> Result<Read> {
 /// "none"`).
 ///
 /// # Errors
-/// [`Error::Io`] when the folder cannot be written.
+/// [`Error::Io`] when the folder cannot be written; [`Error::InvalidConfig`] when `normalizer`
+/// does not fit the model ([`Normalizer::check`]), which would fold into wrong weights.
 pub fn export_saelens<B: Backend>(
     dir: impl AsRef<Path>,
     model: &TopKSae<B>,
     normalizer: &Normalizer,
 ) -> Result<()> {
+    normalizer.check(model.d_in())?;
     let mut p = HostParams::from_model(model);
     match normalizer.kind {
         NormalizationKind::None => {}

@@ -209,7 +209,8 @@ fn wrong_width_is_rejected_with_both_widths() {
 }
 
 /// A normaliser that does not fit the model (built by hand or read from elsewhere) is an error
-/// from every function that applies one, not a panic half-way through.
+/// from every function that applies one, not a panic half-way through (or, for the SAELens
+/// export, weights folded with the wrong mean).
 #[test]
 fn a_normaliser_that_does_not_fit_the_model_is_an_error() {
     use topk_sae::{NormalizationKind, Normalizer, analysis, evaluate};
@@ -248,6 +249,10 @@ fn a_normaliser_that_does_not_fit_the_model_is_an_error() {
         assert_eq!(err.to_string(), want);
         let err =
             analysis::encode_corpus(&model, &data, &normalizer, 4, &device, |_| {}).unwrap_err();
+        assert_eq!(err.to_string(), want);
+        let dir = tempfile::tempdir().unwrap();
+        let err = topk_sae::checkpoint::export_saelens(dir.path().join("out"), &model, &normalizer)
+            .unwrap_err();
         assert_eq!(err.to_string(), want);
         let config = TrainConfig::new(TopKSaeConfig::new(4, 8, 2));
         let err = Trainer::from_model(config, model.clone(), normalizer, &device).unwrap_err();
