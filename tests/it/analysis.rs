@@ -1,8 +1,8 @@
 //! Corpus encoding, statistics, labels, families, steered search and matching.
 
 use topk_sae::analysis::{
-    self, CorpusCodes, FamilyConfig, FeatureEdit, LabelConfig, Metric, encode_corpus, families,
-    feature_stats,
+    self, CorpusCodes, FamilyConfig, FeatureEdit, FeatureStats, LabelConfig, Metric, encode_corpus,
+    families, feature_stats,
 };
 use topk_sae::data::{SyntheticConfig, synthetic};
 use topk_sae::sae::to_host_vec;
@@ -338,14 +338,18 @@ fn matching_a_permuted_model_recovers_the_permutation() {
     }
 }
 
-#[test]
-fn labels_pick_the_distinctive_words() {
-    let mut texts: Vec<String> = (0..40)
-        .map(|i| format!("neural network training loss number {i}"))
+/// 40 documents: the first 5 are `galaxy(i)` and fire latent 1 alone, the other 35 are about
+/// neural networks and fire latent 0. Returns the texts and the statistics (top 5 documents).
+fn galaxy_corpus(galaxy: impl Fn(usize) -> String) -> (Vec<String>, Vec<FeatureStats>) {
+    let texts: Vec<String> = (0..40)
+        .map(|i| {
+            if i < 5 {
+                galaxy(i)
+            } else {
+                format!("neural network training loss number {i}")
+            }
+        })
         .collect();
-    for (i, text) in texts.iter_mut().take(5).enumerate() {
-        *text = format!("galaxy cluster lensing survey of galaxy clusters {i}");
-    }
     let c = codes(
         &(0..40)
             .map(|i| {
@@ -359,6 +363,13 @@ fn labels_pick_the_distinctive_words() {
         2,
     );
     let stats = feature_stats(&c, 5, 4);
+    (texts, stats)
+}
+
+#[test]
+fn labels_pick_the_distinctive_words() {
+    let (texts, stats) =
+        galaxy_corpus(|i| format!("galaxy cluster lensing survey of galaxy clusters {i}"));
     let labels = analysis::label_features(&stats, &texts, &LabelConfig::default()).unwrap();
     let galaxy = labels.iter().find(|l| l.latent == 1).unwrap();
     let top: Vec<&str> = galaxy.terms.iter().map(|t| t.0.as_str()).collect();
@@ -375,28 +386,12 @@ fn labels_pick_the_distinctive_words() {
 /// galaxy abstracts (and in 2 other documents, so it passes `min_document_frequency`).
 #[test]
 fn labels_keep_only_terms_in_min_top_share_of_the_top_documents() {
-    let mut texts: Vec<String> = (0..40)
-        .map(|i| format!("neural network training loss number {i}"))
-        .collect();
-    for (i, text) in texts.iter_mut().take(5).enumerate() {
+    let (mut texts, stats) = galaxy_corpus(|i| {
         let extra = if i < 2 { "quasar" } else { "" };
-        *text = format!("galaxy cluster lensing survey {extra}");
-    }
+        format!("galaxy cluster lensing survey {extra}")
+    });
     texts[30].push_str(" quasar");
     texts[31].push_str(" quasar");
-    let c = codes(
-        &(0..40)
-            .map(|i| {
-                if i < 5 {
-                    &[(1u32, 1.0f32)][..]
-                } else {
-                    &[(0u32, 1.0f32)][..]
-                }
-            })
-            .collect::<Vec<_>>(),
-        2,
-    );
-    let stats = feature_stats(&c, 5, 4);
     let words_of = |share: f64| {
         let config = LabelConfig {
             words: 50,

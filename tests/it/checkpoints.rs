@@ -163,8 +163,9 @@ fn checkpoints_keep_the_last_m() {
     assert!(err.to_string().ends_with("step-0000000010"), "{err}");
 }
 
-#[test]
-fn resuming_with_other_data_is_an_error() {
+/// Trains two steps on 300 synthetic rows of width 8 with a checkpoint every step; returns the
+/// data, the run's root folder and its latest checkpoint.
+fn two_step_run() -> (Embeddings, tempfile::TempDir, PathBuf) {
     let data = synthetic(
         &SyntheticConfig::new()
             .with_rows(300)
@@ -183,12 +184,15 @@ fn resuming_with_other_data_is_an_error() {
     .with_checkpoints(CheckpointPolicy::new(root.path(), 1))
     .fit(&data, |_| {})
     .unwrap();
+    let latest = checkpoint::latest(root.path()).unwrap().unwrap();
+    (data, root, latest)
+}
+
+#[test]
+fn resuming_with_other_data_is_an_error() {
+    let (data, _root, latest) = two_step_run();
     let other = Embeddings::from_vec(data.as_slice()[..8 * 100].to_vec(), 100, 8).unwrap();
-    let trainer = Trainer::<TestBackend>::resume(
-        checkpoint::latest(root.path()).unwrap().unwrap(),
-        &Default::default(),
-    )
-    .unwrap();
+    let trainer = Trainer::<TestBackend>::resume(latest, &Default::default()).unwrap();
     assert!(matches!(
         trainer.fit(&other, |_| {}).unwrap_err(),
         Error::InvalidConfig { field: "data", .. }
@@ -200,25 +204,7 @@ fn resuming_with_other_data_is_an_error() {
 /// would abort the process on allocation.
 #[test]
 fn damaged_trainer_state_is_a_format_error() {
-    let data = synthetic(
-        &SyntheticConfig::new()
-            .with_rows(300)
-            .with_d_in(8)
-            .with_n_directions(12),
-    )
-    .unwrap()
-    .embeddings;
-    let root = tempfile::tempdir().unwrap();
-    Trainer::<TestBackend>::new(
-        run_config().with_max_steps(Some(2)),
-        &data,
-        &Default::default(),
-    )
-    .unwrap()
-    .with_checkpoints(CheckpointPolicy::new(root.path(), 1))
-    .fit(&data, |_| {})
-    .unwrap();
-    let dir = checkpoint::latest(root.path()).unwrap().unwrap();
+    let (_data, _root, dir) = two_step_run();
     let state_path = dir.join("trainer.json");
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
