@@ -151,21 +151,16 @@ pub fn cooccurrence(codes: &CorpusCodes) -> Cooccurrence {
     let mut row_starts = Vec::with_capacity(codes.rows + 1);
     row_starts.push(0);
     let mut counts = vec![0u32; d_sae];
+    let mut row: Vec<u32> = Vec::with_capacity(k);
     for doc in 0..codes.rows {
-        let start = rows.len();
-        rows.extend_from_slice(&codes.indices[doc * k..(doc + 1) * k]);
-        rows[start..].sort_unstable();
-        let mut kept = start;
-        for at in start..rows.len() {
-            if at == start || rows[at] != rows[kept - 1] {
-                rows[kept] = rows[at];
-                kept += 1;
-            }
-        }
-        rows.truncate(kept);
-        for &i in &rows[start..] {
+        row.clear();
+        row.extend_from_slice(&codes.indices[doc * k..(doc + 1) * k]);
+        row.sort_unstable();
+        row.dedup();
+        for &i in &row {
             counts[i as usize] += 1;
         }
+        rows.extend_from_slice(&row);
         row_starts.push(rows.len());
     }
     // The documents of each latent (inverted lists), by a counting sort.
