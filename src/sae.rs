@@ -633,10 +633,11 @@ pub(crate) fn decode_rows<B: Backend>(
     #[cfg(feature = "wgpu")]
     if crate::gpu::sparse::supports::<B>(&indices.device()) {
         // burn-wgpu: our kernel, one cube per row, no [batch, k, d_in] intermediate.
-        let groups = crate::gpu::sparse::Groups::per_row(indices.clone());
         let weights = values.clone().reshape([batch * k]);
         let d_sae = w_dec.dims()[0];
-        if let Some(out) = crate::gpu::sparse::sum_rows(&groups, weights, w_dec.clone(), d_sae) {
+        if let Some(groups) = crate::gpu::sparse::Groups::per_row(indices.clone())
+            && let Some(out) = crate::gpu::sparse::sum_rows(&groups, weights, w_dec.clone(), d_sae)
+        {
             return out;
         }
     }
