@@ -64,6 +64,7 @@ mod host;
 pub mod loss;
 pub mod metrics;
 pub mod prelude;
+mod profile;
 pub mod sae;
 pub mod topk;
 pub mod train;

@@ -13,6 +13,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use crate::error::{Error, Result};
 #[cfg(feature = "wgpu")]
 use crate::host::group_by_latent;
+use crate::profile::mark;
 use crate::sae::{Selected, TopKSae, decode_rows, gather_rows, to_host};
 
 /// Normalised MSE of a batch, `mean((a - x)^2) / mean((x - mean_over_batch(x))^2)`, means over
@@ -143,6 +144,33 @@ pub struct LossOutput<B: Backend> {
     pub k_aux_used: usize,
 }
 
+/// [`SaeLoss::evaluate`]'s results before the term values are read back.
+pub(crate) struct Evaluated<B: Backend> {
+    /// `[terms]`: the main term's NMSE, then AuxK's and multi-k's when they ran.
+    pub values: Tensor<B, 1>,
+    coefs: Vec<f32>,
+    aux_index: Option<usize>,
+    multi_index: Option<usize>,
+    /// Gradients, when asked for.
+    pub grads: Option<SaeGradients<B>>,
+    /// Row-major `[batch, k]` indices of the main top-k.
+    pub indices: Vec<i64>,
+    /// How many latents the AuxK term decoded per row (0 when it was skipped).
+    pub k_aux_used: usize,
+}
+
+impl<B: Backend> Evaluated<B> {
+    /// The loss parts from the term values, read back.
+    pub fn parts(&self, values: &[f32]) -> LossParts {
+        LossParts {
+            total: values.iter().zip(&self.coefs).map(|(v, c)| v * c).sum(),
+            recon: values[0],
+            aux: self.aux_index.map_or(0.0, |i| values[i]),
+            multi_k: self.multi_index.map_or(0.0, |i| values[i]),
+        }
+    }
+}
+
 /// One decoded term: which latents, their values, and `dL/dx_hat` for the term.
 struct Term<B: Backend> {
     selected: Selected<B>,
@@ -178,6 +206,25 @@ impl SaeLoss {
         dead: Option<&[bool]>,
         with_grads: bool,
     ) -> LossOutput<B> {
+        let evaluated = self.evaluate_on_device(model, x, dead, with_grads);
+        let parts = evaluated.parts(&to_host(evaluated.values.clone()));
+        LossOutput {
+            parts,
+            grads: evaluated.grads,
+            indices: evaluated.indices,
+            k_aux_used: evaluated.k_aux_used,
+        }
+    }
+
+    /// [`SaeLoss::evaluate`] with the term values left on the device, so that the trainer reads
+    /// them back with the gradient norm, in one transfer.
+    pub(crate) fn evaluate_on_device<B: Backend>(
+        &self,
+        model: &TopKSae<B>,
+        x: Tensor<B, 2>,
+        dead: Option<&[bool]>,
+        with_grads: bool,
+    ) -> Evaluated<B> {
         let [batch, d_in] = x.dims();
         let (d_sae, k) = (model.d_sae(), model.k());
         let w_dec = model.w_dec.val();
@@ -189,12 +236,17 @@ impl SaeLoss {
 
         let centred = x.clone() - x.clone().mean_dim(0);
         let var_x = centred.powi_scalar(2).mean().unsqueeze_dim::<2>(0);
+        let device = x.device();
+        mark::<B>(&device, "encoder matmul, var(x)");
 
         let mut main = pre.select(d_sae, k, None);
+        mark::<B>(&device, "top-k (main)");
         let x_hat = decode_rows(&w_dec, main.indices.clone(), main.values.clone()) + b_dec.clone();
         let diff = x_hat.clone() - x.clone();
         let recon = diff.clone().powi_scalar(2).mean() / var_x.clone().reshape([1]);
+        mark::<B>(&device, "decode (main)");
         let indices = main.take_host_indices();
+        mark::<B>(&device, "indices read-back (main)");
         let mut terms = vec![Term {
             selected: main,
             grad_out: diff.mul_scalar(scale) / var_x.clone(),
@@ -219,6 +271,7 @@ impl SaeLoss {
         let dead = dead.as_deref();
         let n_dead = dead.map_or(0, |d| d.iter().filter(|v| **v).count());
         let k_aux_used = self.k_aux.min(n_dead);
+        mark::<B>(&device, "dead mask (host)");
         let aux_index = (k_aux_used > 0).then(|| {
             let e = x.clone() - x_hat.clone();
             let centred_e = e.clone() - e.clone().mean_dim(0);
@@ -228,10 +281,13 @@ impl SaeLoss {
                 .mean()
                 .clamp_min(1e-20)
                 .unsqueeze_dim::<2>(0);
+            mark::<B>(&device, "residual variance (aux)");
             let aux = pre.select(d_sae, k_aux_used, dead);
+            mark::<B>(&device, "top-k (aux)");
             let e_hat = decode_rows(&w_dec, aux.indices.clone(), aux.values.clone());
             let diff = e_hat - e;
             losses.push(diff.clone().powi_scalar(2).mean() / var_e.clone().reshape([1]));
+            mark::<B>(&device, "decode (aux)");
             coefs.push(self.config.aux_coef);
             terms.push(Term {
                 selected: aux,
@@ -257,21 +313,12 @@ impl SaeLoss {
             losses.len() - 1
         });
 
-        let values = to_host(Tensor::cat(losses, 0));
-        let recon = values[0];
-        let aux = aux_index.map_or(0.0, |i| values[i]);
-        let multi_k = multi_index.map_or(0.0, |i| values[i]);
-        let total = values.iter().zip(&coefs).map(|(v, c)| v * c).sum();
-        let parts = LossParts {
-            total,
-            recon,
-            aux,
-            multi_k,
-        };
-
         let grads = with_grads.then(|| backward(model, xc, &mut terms, &indices));
-        LossOutput {
-            parts,
+        Evaluated {
+            values: Tensor::cat(losses, 0),
+            coefs,
+            aux_index,
+            multi_index,
             grads,
             indices,
             k_aux_used,
@@ -297,6 +344,7 @@ fn backward<B: Backend>(
             dots * t.selected.values.clone().greater_elem(0.0).float()
         })
         .collect();
+    mark::<B>(&w_dec.device(), "value grads (gathered dots)");
     let (w_enc, b_enc, w_dec_grad) =
         match grouped_gradients(model, &xc, terms, &grad_values, main_indices) {
             Some(grads) => grads,
@@ -312,6 +360,7 @@ fn backward<B: Backend>(
         model.w_enc.val().transpose(),
     )
     .reshape([d_in]);
+    mark::<B>(&w_dec.device(), "bias grads");
     SaeGradients {
         w_enc,
         b_enc,
@@ -393,6 +442,7 @@ fn grouped_gradients<B: Backend>(
         .iter_mut()
         .map(|t| t.selected.take_host_indices())
         .collect();
+    mark::<B>(&device, "indices read-back (aux)");
     let lists: Vec<&[i64]> = std::iter::once(main_indices)
         .chain(rest.iter().map(Vec::as_slice))
         .collect();
@@ -420,7 +470,9 @@ fn grouped_gradients<B: Backend>(
         })
         .unzip();
     let starts = starts.into_iter().map(|s| s as i32).collect();
+    mark::<B>(&device, "grouping by latent (host)");
     let groups = Groups::upload(starts, positions, row_of, &device);
+    mark::<B>(&device, "groups upload");
     let flat = |t: &Tensor<B, 2>| {
         let [rows, k] = t.dims();
         t.clone().reshape([rows * k])
@@ -429,6 +481,7 @@ fn grouped_gradients<B: Backend>(
     let values = Tensor::cat(terms.iter().map(|t| flat(&t.selected.values)).collect(), 0);
     let grad_out = Tensor::cat(terms.iter().map(|t| t.grad_out.clone()).collect(), 0);
     let grad_w_dec = sum_rows(&groups, values, grad_out, terms.len() * batch)?;
+    mark::<B>(&device, "w_dec grad (grouped sums)");
     // dL/dw_enc[:, j] = sum of dL/dvalue * xc over the rows that selected j, and dL/db_enc[j]
     // the sum of dL/dvalue: one pass over [xc | 1].
     let xc1 = Tensor::cat(vec![xc.clone(), Tensor::ones([batch, 1], &device)], 1);
@@ -436,6 +489,7 @@ fn grouped_gradients<B: Backend>(
     let enc = sum_rows(&groups, weights, xc1, batch)?;
     let grad_w_enc = enc.clone().slice([0..d_sae, 0..d_in]).transpose();
     let grad_b_enc = enc.slice([0..d_sae, d_in..d_in + 1]).reshape([d_sae]);
+    mark::<B>(&device, "w_enc grad (grouped sums)");
     Some((grad_w_enc, grad_b_enc, grad_w_dec))
 }
 

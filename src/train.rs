@@ -8,7 +8,7 @@
 use burn::config::Config;
 use burn::module::Param;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +24,7 @@ use crate::data::{Embeddings, NormalizationKind, Normalizer};
 use crate::error::{Error, Result};
 use crate::host::HostState;
 use crate::loss::{LossParts, SaeGradients, SaeLoss, SaeLossConfig};
+use crate::profile::mark;
 use crate::sae::{TopKSae, TopKSaeConfig, to_host};
 
 /// Adam hyper-parameters (PyTorch's formula: bias-corrected moments, `eps` outside the root).
@@ -239,6 +240,13 @@ enum Engine<B: Backend> {
 
 /// An Adam moment as saved: `adam.{param}.{m|v}`, values, shape.
 type NamedMoment = (String, Vec<f32>, Vec<usize>);
+
+/// Most bytes of training rows [`Trainer::fit`] keeps on a GPU: 4 GiB, 699,050 rows of 1536
+/// floats. Larger sets are uploaded batch by batch.
+const RESIDENT_MAX_BYTES: u64 = 4 << 30;
+
+/// Rows per upload when the training rows are moved to the device.
+const RESIDENT_PIECE_ROWS: usize = 16_384;
 
 /// Names of the parameters, in the order of the Adam moments.
 const PARAMS: [&str; 4] = ["w_enc", "b_enc", "w_dec", "b_dec"];
@@ -695,6 +703,7 @@ impl<B: Backend> Trainer<B> {
         }
         let total = self.config.total_steps(n);
         let d_in = data.d_in();
+        let resident = self.resident_rows(data);
         let mut last_saved = None;
         while self.step < total && self.epoch < self.config.epochs {
             if self.position == 0 {
@@ -705,19 +714,25 @@ impl<B: Backend> Trainer<B> {
                 self.shuffles += 1;
             }
             let end = (self.position + self.config.batch_size).min(n);
-            let mut buf = Vec::with_capacity((end - self.position) * d_in);
-            for &r in &self.order[self.position..end] {
-                buf.extend_from_slice(data.row(r));
-            }
-            self.normalizer.apply_rows(&mut buf, d_in);
-            let report = if matches!(self.engine, Engine::Host(_)) {
-                self.step_host(&buf)?
+            let rows = &self.order[self.position..end];
+            let report = if let Some(resident) = &resident {
+                let at: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                let at =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(at, [rows.len()]), &self.device);
+                self.step(resident.clone().select(0, at))?
             } else {
-                let x = Tensor::from_data(
-                    TensorData::new(buf, [end - self.position, d_in]),
-                    &self.device,
-                );
-                self.step(x)?
+                let mut buf = Vec::with_capacity(rows.len() * d_in);
+                for &r in rows {
+                    buf.extend_from_slice(data.row(r));
+                }
+                self.normalizer.apply_rows(&mut buf, d_in);
+                if matches!(self.engine, Engine::Host(_)) {
+                    self.step_host(&buf)?
+                } else {
+                    let x =
+                        Tensor::from_data(TensorData::new(buf, [rows.len(), d_in]), &self.device);
+                    self.step(x)?
+                }
             };
             self.position = end;
             if end == n {
@@ -746,6 +761,40 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
+    /// The normalised training rows on the device, for the tensor engine on a GPU backend: each
+    /// step then gathers its batch there instead of uploading it. One upload in place of one per
+    /// step, which on the H200 machine of `docs/benchmarks.md` cost more than the step's
+    /// arithmetic (6 MB a step at 1024 x 1536; host-to-GPU writes ran at about 0.6 GB/s there).
+    /// `None` on the host engine, on CPU backends, and when the rows would take more than
+    /// [`RESIDENT_MAX_BYTES`] or the largest buffer the device allocates; the batches are then
+    /// uploaded step by step, as before.
+    fn resident_rows(&self, data: &Embeddings) -> Option<Tensor<B, 2>> {
+        if matches!(self.engine, Engine::Host(_)) || crate::host::is_cpu_backend::<B>(&self.device)
+        {
+            return None;
+        }
+        let (n, d_in) = (data.rows(), data.d_in());
+        let bytes = (n as u64).saturating_mul(d_in as u64).saturating_mul(4);
+        #[cfg(feature = "wgpu")]
+        let limit = crate::gpu::max_buffer_bytes::<B>(&self.device)
+            .map_or(RESIDENT_MAX_BYTES, |max| max.min(RESIDENT_MAX_BYTES));
+        #[cfg(not(feature = "wgpu"))]
+        let limit = RESIDENT_MAX_BYTES;
+        if bytes > limit {
+            return None;
+        }
+        // Uploaded in pieces, so that a normalised copy of the whole set is never on the host.
+        let pieces = crate::data::batch_ranges(n, RESIDENT_PIECE_ROWS)
+            .expect("the piece size is not 0")
+            .map(|range| {
+                let rows = range.len();
+                let x = data.normalized_rows(range, &self.normalizer);
+                Tensor::<B, 2>::from_data(TensorData::new(x, [rows, d_in]), &self.device)
+            })
+            .collect();
+        Some(Tensor::cat(pieces, 0))
+    }
+
     /// One training step on an already normalised batch.
     ///
     /// # Shapes
@@ -769,16 +818,31 @@ impl<B: Backend> Trainer<B> {
         }
         let step = self.step + 1;
         let candidates = self.dead_candidates(batch);
-        let out = self.loss.evaluate(&self.model, x, Some(&candidates), true);
-        if !out.parts.total.is_finite() {
+        let mut out = self
+            .loss
+            .evaluate_on_device(&self.model, x, Some(&candidates), true);
+        let grads = out.grads.take().expect("gradients were requested");
+        let (grads, squares) = self.process_gradients(grads);
+        mark::<B>(&self.device, "grad projection, clipping");
+        // The update is computed before the loss and the gradient norm are read back, in one
+        // transfer (each read-back waits for the device), and kept only if both are finite.
+        let (model, adam) = self.updated(grads);
+        let terms = out.values.dims()[0];
+        let host = to_host(Tensor::cat(vec![out.values.clone(), squares], 0));
+        mark::<B>(&self.device, "adam, decoder renorm, read-back");
+        let parts = out.parts(&host[..terms]);
+        if !parts.total.is_finite() {
             return Err(Error::Diverged {
                 step,
                 quantity: "loss",
-                value: f64::from(out.parts.total),
+                value: f64::from(parts.total),
             });
         }
-        let grads = out.grads.expect("gradients were requested");
-        let (grads, grad_norm) = self.process_gradients(grads);
+        let grad_norm = host[terms..]
+            .iter()
+            .map(|v| f64::from(*v))
+            .sum::<f64>()
+            .sqrt();
         if !grad_norm.is_finite() {
             return Err(Error::Diverged {
                 step,
@@ -786,9 +850,12 @@ impl<B: Backend> Trainer<B> {
                 value: grad_norm,
             });
         }
-        self.apply(grads);
+        self.model = model;
+        self.engine = Engine::Tensor(adam);
         let fired = out.indices.iter().map(|&j| j as usize);
-        Ok(self.finish_step(batch, fired, out.parts, grad_norm))
+        let report = self.finish_step(batch, fired, parts, grad_norm);
+        mark::<B>(&self.device, "counters (host)");
+        Ok(report)
     }
 
     /// [`Trainer::step`] on the host engine, from a row-major `[batch, d_in]` buffer.
@@ -850,8 +917,10 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
-    /// Projects the decoder gradient orthogonal to its rows and clips the global norm.
-    fn process_gradients(&self, mut g: SaeGradients<B>) -> (SaeGradients<B>, f64) {
+    /// Projects the decoder gradient orthogonal to its rows and clips the global norm, on the
+    /// device. Returns the gradients and the four parameters' squared gradient norms (`[4]`, before
+    /// clipping).
+    fn process_gradients(&self, mut g: SaeGradients<B>) -> (SaeGradients<B>, Tensor<B, 1>) {
         g.w_dec = project_rows(g.w_dec, &self.model.w_dec.val());
         let squares = Tensor::cat(
             vec![
@@ -862,34 +931,38 @@ impl<B: Backend> Trainer<B> {
             ],
             0,
         );
-        let norm = to_host(squares)
-            .iter()
-            .map(|v| f64::from(*v))
-            .sum::<f64>()
-            .sqrt();
         if let Some(max_norm) = self.config.clip_grad_norm {
-            // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when below 1.
-            let coef = max_norm / (norm + 1e-6);
-            if coef < 1.0 {
-                g.w_enc = g.w_enc.mul_scalar(coef);
-                g.b_enc = g.b_enc.mul_scalar(coef);
-                g.w_dec = g.w_dec.mul_scalar(coef);
-                g.b_dec = g.b_dec.mul_scalar(coef);
-            }
+            // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when below 1 (a
+            // factor of exactly 1 otherwise).
+            let coef = squares
+                .clone()
+                .sum()
+                .sqrt()
+                .add_scalar(1e-6)
+                .recip()
+                .mul_scalar(max_norm)
+                .clamp_max(1.0);
+            let coef2 = coef.clone().unsqueeze_dim::<2>(0);
+            g.w_enc = g.w_enc * coef2.clone();
+            g.b_enc = g.b_enc * coef.clone();
+            g.w_dec = g.w_dec * coef2;
+            g.b_dec = g.b_dec * coef;
         }
-        (g, norm)
+        (g, squares)
     }
 
-    fn apply(&mut self, g: SaeGradients<B>) {
+    /// The model and Adam state after one update with `g`, not yet in place.
+    fn updated(&self, g: SaeGradients<B>) -> (TopKSae<B>, AdamState<B>) {
         let opt = &self.config.optimizer;
-        let Engine::Tensor(adam) = &mut self.engine else {
+        let Engine::Tensor(adam) = &self.engine else {
             unreachable!("tensor updates run on the tensor engine only")
         };
+        let mut adam = adam.clone();
         adam.step += 1;
         let t = i32::try_from(adam.step).unwrap_or(i32::MAX);
         let c1 = 1.0 - opt.beta_1.powi(t);
         let c2 = 1.0 - opt.beta_2.powi(t);
-        let m = &mut self.model;
+        let mut m = self.model.clone();
         let w_enc = adam.w_enc.update(m.w_enc.val(), g.w_enc, opt, c1, c2);
         let b_enc = adam.b_enc.update(m.b_enc.val(), g.b_enc, opt, c1, c2);
         let w_dec = normalize_rows(adam.w_dec.update(m.w_dec.val(), g.w_dec, opt, c1, c2));
@@ -898,6 +971,7 @@ impl<B: Backend> Trainer<B> {
         m.b_enc = Param::initialized(m.b_enc.id, b_enc);
         m.w_dec = Param::initialized(m.w_dec.id, w_dec);
         m.b_dec = Param::initialized(m.b_dec.id, b_dec);
+        (m, adam)
     }
 }
 

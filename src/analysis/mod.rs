@@ -136,15 +136,19 @@ pub fn encode_corpus<B: Backend>(
     for range in crate::data::batch_ranges(data.rows(), batch_size)? {
         let (rows, end) = (range.len(), range.end);
         let x = data.normalized_rows(range, normalizer);
+        crate::profile::mark::<B>(device, "normalise rows (host)");
         if let Some(codec) = &codec {
             let (i, v) = codec.encode(&x, &mut pre);
             indices.extend(i);
             values.extend(v);
         } else {
             let x = Tensor::<B, 2>::from_data(TensorData::new(x, [rows, data.d_in()]), device);
+            crate::profile::mark::<B>(device, "upload");
             let latents = model.encode_topk(x);
+            crate::profile::mark::<B>(device, "encode (matmul, top-k)");
             indices.extend(int_to_host(latents.indices).into_iter().map(|j| j as u32));
             values.extend(to_host(latents.values));
+            crate::profile::mark::<B>(device, "read-back");
         }
         progress(end);
     }

@@ -97,6 +97,18 @@ impl Switch {
     }
 }
 
+/// The largest buffer burn-wgpu allocates on `device`, in bytes; `None` for other backends.
+pub(crate) fn max_buffer_bytes<B: Backend>(device: &B::Device) -> Option<u64> {
+    use cubecl::Runtime;
+    let device = cast::<B::Device, burn_wgpu::WgpuDevice>(device.clone())?;
+    Some(
+        WgpuRuntime::client(&device)
+            .properties()
+            .memory
+            .max_page_size,
+    )
+}
+
 /// Whether `got` matches `want` to `1e-5` relative to `want`'s largest magnitude (at least 1).
 fn close(got: &[f32], want: &[f32]) -> bool {
     let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
