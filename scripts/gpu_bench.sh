@@ -117,7 +117,8 @@ done
 # The comparison first (both kernels, and PyTorch), at both sizes; then what each kernel is worth:
 # the top-k on the host, and burn's scatter-add gradient and gather decode instead of the
 # grouped-sum kernel.
-for variant in rust torch rust-host-topk rust-burn-scatter; do
+# VARIANTS picks some of them (e.g. VARIANTS=rust for a quick look after a change).
+for variant in ${VARIANTS:-rust torch rust-host-topk rust-burn-scatter}; do
   for i in "${!size_list[@]}"; do
     read -r k d_sae k_aux <<<"${size_list[$i]}"
     tag=${tags[$i]}

@@ -265,6 +265,43 @@ pub(crate) fn check_finite(data: &[f32], d_in: usize, source_name: &str) -> Resu
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] when `batch_size` is 0.
+/// Most bytes per host-to-device write of [`upload_rows`]. On the H200 machine of
+/// `docs/benchmarks.md`, burn-wgpu wrote 25 MB in one piece at 0.5 GB/s, in 1.6 MB pieces at
+/// 1.75 GB/s and in 400 KB pieces at 2.1 GB/s (large writes get a staging buffer of their own).
+const UPLOAD_PIECE_BYTES: usize = 512 << 10;
+
+/// `rows` rows of `d_in` floats as a `[rows, d_in]` tensor on `device`, the rows of each range
+/// given by `piece`: on GPU backends in pieces of at most [`UPLOAD_PIECE_BYTES`], joined on the
+/// device; on CPU backends in one piece.
+///
+/// # Panics
+/// If `rows` is 0, or `piece` returns another number of values than its range needs.
+pub(crate) fn upload_rows<B: Backend>(
+    rows: usize,
+    d_in: usize,
+    device: &B::Device,
+    mut piece: impl FnMut(std::ops::Range<usize>) -> Vec<f32>,
+) -> Tensor<B, 2> {
+    assert!(rows > 0, "nothing to upload");
+    let per = if crate::host::is_cpu_backend::<B>(device) {
+        rows
+    } else {
+        (UPLOAD_PIECE_BYTES / (4 * d_in.max(1))).max(1)
+    };
+    let mut parts: Vec<Tensor<B, 2>> = batch_ranges(rows, per)
+        .expect("pieces of at least one row")
+        .map(|range| {
+            let n = range.len();
+            Tensor::from_data(TensorData::new(piece(range), [n, d_in]), device)
+        })
+        .collect();
+    if parts.len() == 1 {
+        parts.pop().expect("one piece")
+    } else {
+        Tensor::cat(parts, 0)
+    }
+}
+
 pub(crate) fn batch_ranges(
     rows: usize,
     batch_size: usize,

@@ -251,10 +251,10 @@ pub fn evaluate<B: Backend>(
             let indices: Vec<i64> = indices.into_iter().map(i64::from).collect();
             acc.update(&x, &recon, &indices, &values);
         } else {
-            let input = burn::tensor::Tensor::<B, 2>::from_data(
-                burn::tensor::TensorData::new(x.clone(), [rows, data.d_in()]),
-                device,
-            );
+            let d_in = data.d_in();
+            let input = crate::data::upload_rows::<B>(rows, d_in, device, |piece| {
+                x[piece.start * d_in..piece.end * d_in].to_vec()
+            });
             let out = model.forward(input);
             acc.update(
                 &x,

@@ -138,6 +138,84 @@ mod tests {
         drop(copy);
     }
 
+    /// Mean time of `f` over 20 calls after 2, each call ended by a device sync.
+    fn time(device: &burn_wgpu::WgpuDevice, mut f: impl FnMut()) -> f64 {
+        for _ in 0..2 {
+            f();
+            B::sync(device).unwrap();
+        }
+        let started = Instant::now();
+        for _ in 0..20 {
+            f();
+            B::sync(device).unwrap();
+        }
+        started.elapsed().as_secs_f64() * 1e3 / 20.0
+    }
+
+    /// Single operations of the step at one size, each followed by a sync (the sync alone first).
+    fn kernel_times(
+        device: &burn_wgpu::WgpuDevice,
+        batch: usize,
+        d_in: usize,
+        d_sae: usize,
+        k: usize,
+    ) {
+        use burn::tensor::{Distribution, Tensor};
+        let x = Tensor::<B, 2>::random([batch, d_in], Distribution::Normal(0.0, 1.0), device);
+        let w = Tensor::<B, 2>::random([d_in, d_sae], Distribution::Normal(0.0, 0.03), device);
+        let pre = x.clone().matmul(w.clone());
+        let one = Tensor::<B, 1>::ones([1], device);
+        let mask: Vec<bool> = (0..d_sae).map(|j| j % 3 != 0).collect();
+        let print = |what: &str, ms: f64| println!("  {what:44} {ms:8.3} ms");
+        println!("single operations at batch {batch}, d_in {d_in}, d_sae {d_sae}, k {k}:");
+        print("sync alone", time(device, || {}));
+        print(
+            "read back one float",
+            time(device, || {
+                crate::sae::to_host(one.clone());
+            }),
+        );
+        print(
+            "matmul [batch, d_in] x [d_in, d_sae]",
+            time(device, || {
+                let _ = x.clone().matmul(w.clone());
+            }),
+        );
+        print(
+            "top-k kernel, k",
+            time(device, || {
+                let _ = crate::gpu::topk::topk(&pre, k, None);
+            }),
+        );
+        print(
+            "top-k kernel, 2k, two thirds of the columns",
+            time(device, || {
+                let _ = crate::gpu::topk::topk(&pre, 2 * k, Some(&mask));
+            }),
+        );
+        let (indices, values) = crate::gpu::topk::topk(&pre, k, None).unwrap();
+        let w_dec = w.clone().transpose().mul_scalar(1.0);
+        print(
+            "decode (sum_rows per row)",
+            time(device, || {
+                let _ = crate::sae::decode_rows(&w_dec, indices.clone(), values.clone());
+            }),
+        );
+        print(
+            "read back [batch, k] indices",
+            time(device, || {
+                let _ = crate::sae::int_to_host(indices.clone());
+            }),
+        );
+        print(
+            "adam-like elementwise update of [d_in, d_sae]",
+            time(device, || {
+                let _ =
+                    w.clone().mul_scalar(0.9) + w.clone().powi_scalar(2).sqrt().add_scalar(1e-8);
+            }),
+        );
+    }
+
     fn env(name: &str, default: usize) -> usize {
         std::env::var(name)
             .ok()
@@ -179,14 +257,14 @@ mod tests {
                 .with_batch_size(batch)
                 .with_dead_threshold_samples(0);
             config.loss.k_aux = Some(k_aux);
+            kernel_times(&device, batch, d_in, d_sae, k);
             let mut trainer = Trainer::<B>::new(config, &data, &device).expect("trainer");
             let batch_x = |i: usize| {
                 let start = (i * batch) % (rows - batch);
-                let x = data.normalized_rows(start..start + batch, &Normalizer::identity());
-                burn::tensor::Tensor::<B, 2>::from_data(
-                    burn::tensor::TensorData::new(x, [batch, d_in]),
-                    &device,
-                )
+                crate::data::upload_rows::<B>(batch, d_in, &device, |piece| {
+                    let rows = start + piece.start..start + piece.end;
+                    data.normalized_rows(rows, &Normalizer::identity())
+                })
             };
             // Warm-up (kernel compilation, autotune), then unprofiled steps timed.
             for i in 0..3 {

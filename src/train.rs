@@ -730,7 +730,9 @@ impl<B: Backend> Trainer<B> {
                     self.step_host(&buf)?
                 } else {
                     let x =
-                        Tensor::from_data(TensorData::new(buf, [rows.len(), d_in]), &self.device);
+                        crate::data::upload_rows::<B>(rows.len(), d_in, &self.device, |piece| {
+                            buf[piece.start * d_in..piece.end * d_in].to_vec()
+                        });
                     self.step(x)?
                 }
             };
@@ -787,9 +789,11 @@ impl<B: Backend> Trainer<B> {
         let pieces = crate::data::batch_ranges(n, RESIDENT_PIECE_ROWS)
             .expect("the piece size is not 0")
             .map(|range| {
-                let rows = range.len();
-                let x = data.normalized_rows(range, &self.normalizer);
-                Tensor::<B, 2>::from_data(TensorData::new(x, [rows, d_in]), &self.device)
+                let start = range.start;
+                crate::data::upload_rows::<B>(range.len(), d_in, &self.device, |piece| {
+                    let rows = start + piece.start..start + piece.end;
+                    data.normalized_rows(rows, &self.normalizer)
+                })
             })
             .collect();
         Some(Tensor::cat(pieces, 0))

@@ -82,7 +82,6 @@ mod search;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use npyz::WriterBuilder;
 
 pub use families::{Cooccurrence, Family, FamilyConfig, cooccurrence, families};
@@ -91,7 +90,7 @@ pub use search::{
     FeatureEdit, Metric, Ranked, Steered, add_decoder_rows, match_features, search, steer,
 };
 
-use crate::data::{Embeddings, Normalizer};
+use crate::data::{Embeddings, Normalizer, upload_rows};
 use crate::error::{Error, Result};
 use crate::host::HostCodec;
 use crate::sae::{TopKSae, int_to_host, to_host};
@@ -134,16 +133,17 @@ pub fn encode_corpus<B: Backend>(
     let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
     let mut pre = Vec::new();
     for range in crate::data::batch_ranges(data.rows(), batch_size)? {
-        let (rows, end) = (range.len(), range.end);
-        let x = data.normalized_rows(range, normalizer);
-        crate::profile::mark::<B>(device, "normalise rows (host)");
+        let (rows, start, end) = (range.len(), range.start, range.end);
         if let Some(codec) = &codec {
+            let x = data.normalized_rows(range, normalizer);
             let (i, v) = codec.encode(&x, &mut pre);
             indices.extend(i);
             values.extend(v);
         } else {
-            let x = Tensor::<B, 2>::from_data(TensorData::new(x, [rows, data.d_in()]), device);
-            crate::profile::mark::<B>(device, "upload");
+            let x = upload_rows::<B>(rows, data.d_in(), device, |piece| {
+                data.normalized_rows(start + piece.start..start + piece.end, normalizer)
+            });
+            crate::profile::mark::<B>(device, "normalise, upload");
             let latents = model.encode_topk(x);
             crate::profile::mark::<B>(device, "encode (matmul, top-k)");
             indices.extend(int_to_host(latents.indices).into_iter().map(|j| j as u32));
