@@ -225,7 +225,8 @@ mod tests {
 
     /// Phase table of the training step and the corpus encoding on burn-wgpu's default device,
     /// at `PROFILE_SIZES` (`k d_sae k_aux;...`, default the GPU issue's two sizes), `d_in` 1536,
-    /// batch 1024, 20 profiled steps after 5 unprofiled ones (timed too). Every latent counts as
+    /// batch 1024, 3 warm-up steps, then `PROFILE_STEPS` (20) unprofiled steps (timed) and as many
+    /// profiled ones. Every latent counts as
     /// dead after each step (threshold 0), as in `scripts/gpu_bench.sh`. Run on a GPU:
     /// `cargo test --release --features wgpu --lib profile_wgpu -- --ignored --nocapture`.
     #[test]
@@ -246,7 +247,12 @@ mod tests {
         )
         .expect("synthetic data")
         .embeddings;
-        upload_rates(&device, d_in);
+        // PROFILE_PARTS=0 leaves out the upload rates, single operations and encodings (for a
+        // kernel log of the training steps alone).
+        let parts = env("PROFILE_PARTS", 1) == 1;
+        if parts {
+            upload_rates(&device, d_in);
+        }
         for size in sizes.split(';') {
             let v: Vec<usize> = size
                 .split_whitespace()
@@ -257,7 +263,9 @@ mod tests {
                 .with_batch_size(batch)
                 .with_dead_threshold_samples(0);
             config.loss.k_aux = Some(k_aux);
-            kernel_times(&device, batch, d_in, d_sae, k);
+            if parts {
+                kernel_times(&device, batch, d_in, d_sae, k);
+            }
             let mut trainer = Trainer::<B>::new(config, &data, &device).expect("trainer");
             let batch_x = |i: usize| {
                 let start = (i * batch) % (rows - batch);
@@ -289,6 +297,9 @@ mod tests {
             }
             ON.store(false, Ordering::Relaxed);
             print(&format!("  step phases, k {k} d_sae {d_sae}"), steps);
+            if !parts {
+                continue;
+            }
 
             let model = trainer.model();
             let norm = Normalizer::identity();
