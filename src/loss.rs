@@ -12,7 +12,6 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use crate::error::{Error, Result};
 #[cfg(feature = "wgpu")]
-use crate::host::group_by_latent;
 use crate::profile::mark;
 use crate::sae::{Selected, TopKSae, decode_rows, gather_rows, to_host};
 
@@ -446,33 +445,8 @@ fn grouped_gradients<B: Backend>(
     let lists: Vec<&[i64]> = std::iter::once(main_indices)
         .chain(rest.iter().map(Vec::as_slice))
         .collect();
-    let (starts, entries) = group_by_latent(&lists, d_sae, |j| j as usize);
-    let ks: Vec<usize> = lists.iter().map(|l| l.len() / batch).collect();
-    let bases: Vec<usize> = ks
-        .iter()
-        .scan(0, |next, k| {
-            let base = *next;
-            *next += batch * k;
-            Some(base)
-        })
-        .collect();
-    // Positions index the terms' values laid end to end, rows their output gradients; the
-    // kernel takes i32s.
-    let entries_total: usize = lists.iter().map(|l| l.len()).sum();
-    if i32::try_from(entries_total.max(terms.len() * batch)).is_err() {
-        return None;
-    }
-    let (positions, row_of): (Vec<i32>, Vec<i32>) = entries
-        .iter()
-        .map(|&(t, at)| {
-            let (t, at) = (t as usize, at as usize);
-            ((bases[t] + at) as i32, (t * batch + at / ks[t]) as i32)
-        })
-        .unzip();
-    let starts = starts.into_iter().map(|s| s as i32).collect();
-    mark::<B>(&device, "grouping by latent (host)");
-    let groups = Groups::upload(starts, positions, row_of, &device);
-    mark::<B>(&device, "groups upload");
+    let groups = Groups::by_latent(&lists, batch, d_sae, &device)?;
+    mark::<B>(&device, "grouping by latent, upload");
     let flat = |t: &Tensor<B, 2>| {
         let [rows, k] = t.dims();
         t.clone().reshape([rows * k])

@@ -329,6 +329,24 @@ impl<B: Backend> Groups<B> {
         }
     }
 
+    /// The entries of `lists` grouped by latent, for the gradient: list `t` holds the row-major
+    /// `[batch, k_t]` latents a term selected. A group's entries are in list order, then row and
+    /// slot order; `positions` index the lists laid end to end (the terms' values), `row_of` is
+    /// `t * batch + row` (the terms' output gradients stacked). One counting sort, straight
+    /// into the kernel's `i32` arrays. `None` when the entries or rows do not fit an `i32`.
+    ///
+    /// # Panics
+    /// If a latent is `d_sae` or more, or `batch` is 0.
+    pub fn by_latent(
+        lists: &[&[i64]],
+        batch: usize,
+        d_sae: usize,
+        device: &B::Device,
+    ) -> Option<Self> {
+        let (starts, positions, row_of) = latent_groups(lists, batch, d_sae)?;
+        Some(Self::upload(starts, positions, row_of, device))
+    }
+
     /// One group per row of `indices`, its entries the row's `k` slots in order, each group one
     /// segment: with the row-major `[rows, k]` values as weights and `w_dec` as rows,
     /// [`sum_rows`] decodes. `None` when `k` is above [`MAX_PER_ROW`].
@@ -352,6 +370,46 @@ impl<B: Backend> Groups<B> {
             seg_max: k.next_power_of_two(),
         })
     }
+}
+
+/// [`Groups::by_latent`]'s counting sort: the groups' starts, the entries' positions and rows.
+fn latent_groups(
+    lists: &[&[i64]],
+    batch: usize,
+    d_sae: usize,
+) -> Option<(Vec<i32>, Vec<i32>, Vec<i32>)> {
+    let total: usize = lists.iter().map(|l| l.len()).sum();
+    i32::try_from(total.max(lists.len() * batch)).ok()?;
+    let mut starts = vec![0i32; d_sae + 1];
+    for list in lists {
+        for &j in *list {
+            starts[j as usize + 1] += 1;
+        }
+    }
+    for j in 0..d_sae {
+        starts[j + 1] += starts[j];
+    }
+    let mut fill = starts[..d_sae].to_vec();
+    let mut positions = vec![0i32; total];
+    let mut row_of = vec![0i32; total];
+    let mut base = 0usize;
+    for (t, list) in lists.iter().enumerate() {
+        let k = list.len() / batch;
+        if k == 0 {
+            continue;
+        }
+        for (row, latents) in list.chunks_exact(k).enumerate() {
+            let r = (t * batch + row) as i32;
+            for (slot, &j) in latents.iter().enumerate() {
+                let at = &mut fill[j as usize];
+                positions[*at as usize] = (base + row * k + slot) as i32;
+                row_of[*at as usize] = r;
+                *at += 1;
+            }
+        }
+        base += list.len();
+    }
+    Some((starts, positions, row_of))
 }
 
 /// `out[g, :] = sum over group g's entries e of weights[positions[e]] * rows[row_of[e] % row_mod, :]`,
@@ -522,7 +580,30 @@ fn grid(groups: usize) -> (u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::{grid, segment};
+    use super::{grid, latent_groups, segment};
+    use crate::host::group_by_latent;
+
+    #[test]
+    fn latent_groups_match_the_host_grouping() {
+        // Two terms over a batch of 3: k 2 and k 3, latents below 5.
+        let main = [4i64, 1, 1, 0, 3, 4];
+        let aux = [2i64, 0, 1, 4, 2, 3, 0, 1, 2];
+        let (starts, positions, row_of) = latent_groups(&[&main, &aux], 3, 5).unwrap();
+        let (want_starts, entries) = group_by_latent(&[&main[..], &aux[..]], 5, |j| j as usize);
+        let want_starts: Vec<i32> = want_starts.iter().map(|&s| s as i32).collect();
+        let (ks, bases) = ([2usize, 3], [0usize, 6]);
+        let want_positions: Vec<i32> = entries
+            .iter()
+            .map(|&(t, at)| (bases[t as usize] + at as usize) as i32)
+            .collect();
+        let want_rows: Vec<i32> = entries
+            .iter()
+            .map(|&(t, at)| (t as usize * 3 + at as usize / ks[t as usize]) as i32)
+            .collect();
+        assert_eq!(starts, want_starts);
+        assert_eq!(positions, want_positions);
+        assert_eq!(row_of, want_rows);
+    }
 
     #[test]
     fn segments_cut_groups_in_order() {

@@ -4,9 +4,14 @@
 //! One cube (workgroup) per row. The kernel maps each value to a 32-bit key that orders like the
 //! value (NaN as `-inf`, `-0.0` below `+0.0`: the host top-k's order), finds the `k`-th largest
 //! key by a radix select (8 passes of 4 bits; each unit counts the digits of its contiguous
-//! chunk of the row into its own shared-memory histogram, 16 units add them up), gathers the
-//! keys above it plus the lowest-column ties, and writes them out best first by a rank sort. The
-//! result equals [`crate::topk::topk_rows`]: same indices in the same order, same values.
+//! chunk of the row into its own column of a shared-memory histogram, and all units add the
+//! columns up in a two-level tree), gathers the keys above it plus the lowest-column ties (each
+//! unit's place from a parallel scan), and writes them out best first by a rank sort. The result
+//! equals [`crate::topk::topk_rows`]: same indices in the same order, same values.
+//!
+//! On an H200 the first version (16 units each walking all 256 units' histograms, one unit
+//! scanning the counts) took 1 to 2.4 ms per call at 1024 rows; docs/benchmarks.md has the
+//! figures of this one.
 //!
 //! [`topk`] returns `None` for any backend but burn-wgpu (see [`super`]), and the callers fall
 //! back to the host top-k.
@@ -81,9 +86,13 @@ mod kernel {
             end = n;
         }
 
-        // hist[u * 16 + d]: unit u's count of digit d; totals[d] the cube's; state: the key prefix
-        // found so far and how many of the keys with that prefix are still to be taken.
+        // hist[d * units + u]: unit u's count of digit d (a warp's units write consecutive
+        // words: no bank conflicts); partial[g * 16 + d]: digit d summed over unit group g (the
+        // units g, g + groups, ...); totals[d] the cube's; state: the key prefix found so far and
+        // how many of the keys with that prefix are still to be taken.
+        let groups = units_n / 16;
         let mut hist = SharedMemory::<u32>::new(units_n * 16);
+        let mut partial = SharedMemory::<u32>::new(units_n);
         let mut totals = SharedMemory::<u32>::new(16usize);
         let mut state = SharedMemory::<u32>::new(2usize);
         let mut cand_keys = SharedMemory::<u32>::new(k_cap as usize);
@@ -98,7 +107,7 @@ mod kernel {
         for pass in 0..8u32 {
             let shift = 28u32 - 4u32 * pass;
             for d in 0..16usize {
-                hist[unit * 16 + d] = 0u32;
+                hist[d * units_n + unit] = 0u32;
             }
             let prefix = state[0];
             for j in start..end {
@@ -106,15 +115,25 @@ mod kernel {
                     let key = ordered_key(pre[base + j]);
                     if key & high_mask == prefix {
                         let d = ((key >> shift) & 15u32) as usize;
-                        hist[unit * 16 + d] += 1u32;
+                        hist[d * units_n + unit] += 1u32;
                     }
                 }
             }
             sync_cube();
+            // Every unit adds 16 counts of one digit (a tree of two levels, not one unit per
+            // digit walking all units: that serial walk cost most of the kernel's time).
+            let d = unit / groups;
+            let g = unit % groups;
+            let mut sum = 0u32;
+            for i in 0..16usize {
+                sum += hist[d * units_n + i * groups + g];
+            }
+            partial[g * 16 + d] = sum;
+            sync_cube();
             if unit < 16 {
                 let mut total = 0u32;
-                for u in 0..units_n {
-                    total += hist[u * 16 + unit];
+                for gi in 0..groups {
+                    total += partial[gi * 16 + unit];
                 }
                 totals[unit] = total;
             }
@@ -159,24 +178,27 @@ mod kernel {
                 }
             }
         }
-        hist[unit * 16] = above;
-        hist[unit * 16 + 1] = equal;
+        // Each unit's place among the units before it: an inclusive scan (Hillis-Steele) of
+        // both counts in shared memory, then minus the unit's own.
+        hist[unit] = above;
+        hist[units_n + unit] = equal;
         sync_cube();
-        if unit == 0 {
+        let mut offset = 1usize;
+        while offset < units_n {
             let mut a = 0u32;
             let mut e = 0u32;
-            for u in 0..units_n {
-                let ua = hist[u * 16];
-                let ue = hist[u * 16 + 1];
-                hist[u * 16 + 2] = a;
-                hist[u * 16 + 3] = e;
-                a += ua;
-                e += ue;
+            if unit >= offset {
+                a = hist[unit - offset];
+                e = hist[units_n + unit - offset];
             }
+            sync_cube();
+            hist[unit] += a;
+            hist[units_n + unit] += e;
+            sync_cube();
+            offset *= 2;
         }
-        sync_cube();
-        let mut at_above = hist[unit * 16 + 2];
-        let mut at_equal = hist[unit * 16 + 3];
+        let mut at_above = hist[unit] - above;
+        let mut at_equal = hist[units_n + unit] - equal;
         let first_tie = k - ties;
         for j in start..end {
             if allowed[j] != 0i32 {
@@ -217,10 +239,11 @@ mod kernel {
 }
 
 /// Units per cube: the most, up to [`UNITS`] and a power of two, whose shared memory (a 16-bin
-/// histogram per unit, two candidate arrays of `k_cap`, 18 words of totals and state) fits the
-/// device; at least 16 (one per digit). `None` when not even 16 fit.
+/// histogram per unit, a word of partial sums per unit, two candidate arrays of `k_cap`, 18
+/// words of totals and state) fits the device; at least 16 (one per digit). `None` when not
+/// even 16 fit.
 fn units_for(k_cap: u32, max_units: u32, max_shared_bytes: usize) -> Option<u32> {
-    let bytes = |units: u32| 4 * (units as usize * 16 + 2 * k_cap as usize + 18);
+    let bytes = |units: u32| 4 * (units as usize * 17 + 2 * k_cap as usize + 18);
     let mut units = UNITS.min(max_units.max(1)).next_power_of_two();
     if units > max_units {
         units /= 2;
