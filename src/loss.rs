@@ -11,7 +11,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use crate::error::{Error, Result};
-#[cfg(feature = "wgpu")]
 use crate::profile::mark;
 use crate::sae::{Selected, TopKSae, decode_rows, gather_rows, to_host};
 

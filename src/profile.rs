@@ -49,7 +49,7 @@ pub(crate) fn mark<B: Backend>(device: &B::Device, name: &'static str) {
 }
 
 /// Starts the clock at `device`'s next idle moment without charging any phase.
-#[cfg(test)]
+#[cfg(all(test, feature = "wgpu"))]
 pub(crate) fn restart<B: Backend>(device: &B::Device) {
     if !ON.load(Ordering::Relaxed) {
         return;
@@ -83,9 +83,8 @@ mod tests {
         let p = PHASES.lock().unwrap();
         let total: f64 = p.totals.iter().map(|(_, d, _)| d.as_secs_f64()).sum();
         println!(
-            "{title}: {:.2} ms per {}",
-            1e3 * total / f64::from(per),
-            "unit"
+            "{title}: {:.2} ms, the phases below added up",
+            1e3 * total / f64::from(per)
         );
         for (name, d, n) in &p.totals {
             println!(
@@ -296,7 +295,10 @@ mod tests {
                 trainer.step(x).expect("step");
             }
             ON.store(false, Ordering::Relaxed);
-            print(&format!("  step phases, k {k} d_sae {d_sae}"), steps);
+            print(
+                &format!("  step phases per step, k {k} d_sae {d_sae}"),
+                steps,
+            );
             if !parts {
                 continue;
             }
