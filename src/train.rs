@@ -681,6 +681,11 @@ impl<B: Backend> Trainer<B> {
     /// Trains for `epochs` passes (or until `max_steps`), reshuffling every epoch, calling
     /// `on_step` after each step. Returns the trained model.
     ///
+    /// On a GPU backend the normalised rows are copied to the device once, for the whole call,
+    /// when they take at most 4 GiB (and fit the device's largest buffer), and each batch is
+    /// gathered there; larger sets are uploaded batch by batch. Either way the batches, and so
+    /// the results, are the same.
+    ///
     /// # Errors
     /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::Diverged`] naming the
     /// step whose loss or gradient was NaN or infinite.
