@@ -24,7 +24,7 @@ static PHASES: Mutex<Phases> = Mutex::new(Phases {
 });
 
 /// Ends phase `name`: waits for `device`'s queued work, then adds the time since the previous
-/// mark (or [`restart`]) to `name`. Does nothing unless profiling is on.
+/// mark (or `restart`, in the tests) to `name`. Does nothing unless profiling is on.
 pub(crate) fn mark<B: Backend>(device: &B::Device, name: &'static str) {
     if !ON.load(Ordering::Relaxed) {
         return;
