@@ -201,6 +201,19 @@ impl Embeddings {
         Tensor::from_data(TensorData::new(buf, [rows.len(), self.d_in]), device)
     }
 
+    /// The given rows, in that order, normalised, as a row-major host buffer.
+    ///
+    /// # Panics
+    /// If a row index is out of range.
+    pub(crate) fn normalized_gather(&self, rows: &[usize], normalizer: &Normalizer) -> Vec<f32> {
+        let mut buf = Vec::with_capacity(rows.len() * self.d_in);
+        for &r in rows {
+            buf.extend_from_slice(self.row(r));
+        }
+        normalizer.apply_rows(&mut buf, self.d_in);
+        buf
+    }
+
     /// Copies the contiguous rows `start..end` into a tensor.
     ///
     /// # Shapes

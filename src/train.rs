@@ -725,21 +725,14 @@ impl<B: Backend> Trainer<B> {
                 let at =
                     Tensor::<B, 1, Int>::from_data(TensorData::new(at, [rows.len()]), &self.device);
                 self.step(resident.clone().select(0, at))?
+            } else if matches!(self.engine, Engine::Host(_)) {
+                let buf = data.normalized_gather(rows, &self.normalizer);
+                self.step_host(&buf)?
             } else {
-                let mut buf = Vec::with_capacity(rows.len() * d_in);
-                for &r in rows {
-                    buf.extend_from_slice(data.row(r));
-                }
-                self.normalizer.apply_rows(&mut buf, d_in);
-                if matches!(self.engine, Engine::Host(_)) {
-                    self.step_host(&buf)?
-                } else {
-                    let x =
-                        crate::data::upload_rows::<B>(rows.len(), d_in, &self.device, |piece| {
-                            buf[piece.start * d_in..piece.end * d_in].to_vec()
-                        });
-                    self.step(x)?
-                }
+                let x = crate::data::upload_rows::<B>(rows.len(), d_in, &self.device, |piece| {
+                    data.normalized_gather(&rows[piece], &self.normalizer)
+                });
+                self.step(x)?
             };
             self.position = end;
             if end == n {
