@@ -151,10 +151,42 @@ pub(crate) struct Evaluated<B: Backend> {
     multi_index: Option<usize>,
     /// Gradients, when asked for.
     pub grads: Option<SaeGradients<B>>,
-    /// Row-major `[batch, k]` indices of the main top-k.
+    /// Row-major `[batch, k]` indices of the main top-k; empty when `fired` is given.
     pub indices: Vec<i64>,
-    /// How many latents the AuxK term decoded per row (0 when it was skipped).
+    /// `[d_sae]`, 1.0 for the latents the main top-k selected: on the device, in place of
+    /// `indices`, when the evaluation was deferred (see [`SaeLoss::evaluate_on_device`]).
+    pub fired: Option<Tensor<B, 1>>,
+    /// Deferred: the main top-k's indices on the device, `[batch, k]`.
+    pub device_indices: Option<Tensor<B, 2, Int>>,
+    /// Deferred with an AuxK term: `[1]`, how many candidates were left for it.
+    pub left: Option<Tensor<B, 1>>,
+    /// How many latents the AuxK term decoded per row (0 when it was skipped; deferred, how
+    /// many it may decode, the rest zeros).
     pub k_aux_used: usize,
+}
+
+/// Which latents the AuxK term may select.
+enum AuxLatents<B: Backend> {
+    /// The dead latents, on the host, and how many the term takes (no more than there are).
+    Host {
+        dead: Option<Vec<bool>>,
+        k_aux: usize,
+    },
+    /// The candidates left after this batch, on the device (`[d_sae]`, 1 where allowed), and
+    /// how many the term takes: at most `k_aux` and the candidates before this batch, which
+    /// may be more than are left.
+    Device {
+        allowed: Tensor<B, 1, Int>,
+        k_aux: usize,
+    },
+}
+
+impl<B: Backend> AuxLatents<B> {
+    fn k_aux(&self) -> usize {
+        match self {
+            Self::Host { k_aux, .. } | Self::Device { k_aux, .. } => *k_aux,
+        }
+    }
 }
 
 impl<B: Backend> Evaluated<B> {
@@ -204,24 +236,44 @@ impl SaeLoss {
         dead: Option<&[bool]>,
         with_grads: bool,
     ) -> LossOutput<B> {
-        let evaluated = self.evaluate_on_device(model, x, dead, with_grads);
-        let parts = evaluated.parts(&to_host(evaluated.values.clone()));
+        let evaluated = self.evaluate_on_device(model, x, dead, with_grads, true);
+        let mut values = vec![evaluated.values.clone()];
+        values.extend(evaluated.left.clone());
+        let host = to_host(Tensor::cat(values, 0));
+        let terms = evaluated.values.dims()[0];
+        let parts = evaluated.parts(&host[..terms]);
+        // Deferred: the main indices, and how many candidates were left, come back now.
+        let (indices, k_aux_used) = match (&evaluated.device_indices, host.get(terms)) {
+            (Some(indices), left) => (
+                crate::sae::int_to_host(indices.clone()),
+                left.map_or(0, |&n| evaluated.k_aux_used.min(n as usize)),
+            ),
+            (None, _) => (evaluated.indices, evaluated.k_aux_used),
+        };
         LossOutput {
             parts,
             grads: evaluated.grads,
-            indices: evaluated.indices,
-            k_aux_used: evaluated.k_aux_used,
+            indices,
+            k_aux_used,
         }
     }
 
     /// [`SaeLoss::evaluate`] with the term values left on the device, so that the trainer reads
     /// them back with the gradient norm, in one transfer.
+    ///
+    /// With `defer`, where our GPU kernels run, nothing is read back at all: the main term's
+    /// indices stay on the device ([`Evaluated::fired`] says which latents fired), the AuxK
+    /// term takes `min(k_aux, candidates)` latents among the candidates left on the device
+    /// (when fewer are left, the rest are padding with value 0, which changes no sum; when none
+    /// are, its loss is multiplied by 0), and the gradient is grouped by latent there. The
+    /// loss and gradient are the same as without it.
     pub(crate) fn evaluate_on_device<B: Backend>(
         &self,
         model: &TopKSae<B>,
         x: Tensor<B, 2>,
         dead: Option<&[bool]>,
         with_grads: bool,
+        defer: bool,
     ) -> Evaluated<B> {
         let [batch, d_in] = x.dims();
         let (d_sae, k) = (model.d_sae(), model.k());
@@ -243,8 +295,53 @@ impl SaeLoss {
         let diff = x_hat.clone() - x.clone();
         let recon = diff.clone().powi_scalar(2).mean() / var_x.clone().reshape([1]);
         mark::<B>(&device, "decode (main)");
-        let indices = main.take_host_indices();
-        mark::<B>(&device, "indices read-back (main)");
+        if let Some(d) = dead {
+            assert_eq!(
+                d.len(),
+                d_sae,
+                "dead mask must have d_sae = {d_sae} entries"
+            );
+        }
+        let n_candidates = dead.map_or(0, |d| d.iter().filter(|v| **v).count());
+        // With `defer`, where the kernels run, the latents that fired and the AuxK candidates
+        // left are worked out on the device: no read-back here (the trainer reads the fired
+        // latents back with the loss). Else on the host, from the indices read back.
+        let deferred = (defer && main.host_indices.is_none())
+            .then(|| pre.device())
+            .flatten()
+            .filter(|pre| crate::topk::masked_topk_runs(pre, self.k_aux.min(n_candidates).max(1)))
+            .and_then(|_| {
+                let none = vec![false; d_sae];
+                crate::topk::fired_latents(main.indices.clone(), dead.unwrap_or(&none))
+            });
+        let device_indices = deferred.as_ref().map(|_| main.indices.clone());
+        let (indices, fired, aux) = match deferred {
+            Some((allowed, fired)) => {
+                let k_aux = self.k_aux.min(n_candidates);
+                (
+                    Vec::new(),
+                    Some(fired),
+                    AuxLatents::Device { allowed, k_aux },
+                )
+            }
+            None => {
+                let indices = main.take_host_indices();
+                // Latents that fire in this batch are never treated as dead.
+                let dead: Option<Vec<bool>> = dead.map(|d| {
+                    let mut d = d.to_vec();
+                    for &j in &indices {
+                        d[j as usize] = false;
+                    }
+                    d
+                });
+                let n_dead = dead
+                    .as_ref()
+                    .map_or(0, |d| d.iter().filter(|v| **v).count());
+                let k_aux = self.k_aux.min(n_dead);
+                (indices, None, AuxLatents::Host { dead, k_aux })
+            }
+        };
+        mark::<B>(&device, "indices read-back or fired latents (main)");
         let mut terms = vec![Term {
             selected: main,
             grad_out: diff.mul_scalar(scale) / var_x.clone(),
@@ -253,23 +350,8 @@ impl SaeLoss {
         let mut losses = vec![recon];
         let mut coefs = vec![1.0f32];
 
-        // Latents that fire in this batch are never treated as dead.
-        let dead: Option<Vec<bool>> = dead.map(|d| {
-            assert_eq!(
-                d.len(),
-                d_sae,
-                "dead mask must have d_sae = {d_sae} entries"
-            );
-            let mut d = d.to_vec();
-            for &j in &indices {
-                d[j as usize] = false;
-            }
-            d
-        });
-        let dead = dead.as_deref();
-        let n_dead = dead.map_or(0, |d| d.iter().filter(|v| **v).count());
-        let k_aux_used = self.k_aux.min(n_dead);
-        mark::<B>(&device, "dead mask (host)");
+        let k_aux_used = aux.k_aux();
+        let mut left = None;
         let aux_index = (k_aux_used > 0).then(|| {
             let e = x.clone() - x_hat.clone();
             let centred_e = e.clone() - e.clone().mean_dim(0);
@@ -280,11 +362,37 @@ impl SaeLoss {
                 .clamp_min(1e-20)
                 .unsqueeze_dim::<2>(0);
             mark::<B>(&device, "residual variance (aux)");
-            let aux = pre.select(d_sae, k_aux_used, dead);
+            let (aux, live) = match aux {
+                AuxLatents::Host { dead, k_aux } => {
+                    (pre.select(d_sae, k_aux, dead.as_deref()), None)
+                }
+                AuxLatents::Device { allowed, k_aux } => {
+                    let pre = pre
+                        .device()
+                        .expect("deferred only with device pre-activations");
+                    let (indices, values) = crate::topk::masked_topk(pre, k_aux, allowed.clone())
+                        .expect("deferred only where the masked top-k runs");
+                    // Fewer candidates left than k_aux: the padding decodes zeros. None left:
+                    // the term is 0, as when it is skipped.
+                    let n_left = allowed.clone().sum().float();
+                    let live = n_left.clone().clamp_max(1.0);
+                    left = Some(n_left);
+                    let selected = Selected {
+                        indices,
+                        values: values.clamp_min(0.0),
+                        host_indices: None,
+                    };
+                    (selected, Some(live))
+                }
+            };
             mark::<B>(&device, "top-k (aux)");
             let e_hat = decode_rows(&w_dec, aux.indices.clone(), aux.values.clone());
             let diff = e_hat - e;
-            losses.push(diff.clone().powi_scalar(2).mean() / var_e.clone().reshape([1]));
+            let mut loss = diff.clone().powi_scalar(2).mean() / var_e.clone().reshape([1]);
+            if let Some(live) = live {
+                loss = loss * live;
+            }
+            losses.push(loss);
             mark::<B>(&device, "decode (aux)");
             coefs.push(self.config.aux_coef);
             terms.push(Term {
@@ -311,7 +419,8 @@ impl SaeLoss {
             losses.len() - 1
         });
 
-        let grads = with_grads.then(|| backward(model, xc, &mut terms, &indices));
+        let main_indices = fired.is_none().then_some(indices.as_slice());
+        let grads = with_grads.then(|| backward(model, xc, &mut terms, main_indices));
         Evaluated {
             values: Tensor::cat(losses, 0),
             coefs,
@@ -319,18 +428,21 @@ impl SaeLoss {
             multi_index,
             grads,
             indices,
+            fired,
+            device_indices,
+            left,
             k_aux_used,
         }
     }
 }
 
 /// Back-propagates the terms' output gradients to the parameters. `main_indices` are the main
-/// term's indices, already on the host.
+/// term's indices when they are on the host already.
 fn backward<B: Backend>(
     model: &TopKSae<B>,
     xc: Tensor<B, 2>,
     terms: &mut [Term<B>],
-    main_indices: &[i64],
+    main_indices: Option<&[i64]>,
 ) -> SaeGradients<B> {
     let [_, d_in] = xc.dims();
     let w_dec = model.w_dec.val();
@@ -426,7 +538,7 @@ fn grouped_gradients<B: Backend>(
     xc: &Tensor<B, 2>,
     terms: &mut [Term<B>],
     grad_values: &[Tensor<B, 2>],
-    main_indices: &[i64],
+    main_indices: Option<&[i64]>,
 ) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>)> {
     use crate::gpu::sparse::{Groups, sum_rows, supports};
     if !supports::<B>(&xc.device()) {
@@ -435,17 +547,26 @@ fn grouped_gradients<B: Backend>(
     let device = xc.device();
     let [batch, d_in] = xc.dims();
     let d_sae = model.d_sae();
-    // The main term's indices are on the host already; the others' ([batch, k_aux]) come back.
-    let rest: Vec<Vec<i64>> = terms[1..]
-        .iter_mut()
-        .map(|t| t.selected.take_host_indices())
-        .collect();
-    mark::<B>(&device, "indices read-back (aux)");
-    let lists: Vec<&[i64]> = std::iter::once(main_indices)
-        .chain(rest.iter().map(Vec::as_slice))
-        .collect();
-    let groups = Groups::by_latent(&lists, batch, d_sae, &device)?;
-    mark::<B>(&device, "grouping by latent, upload");
+    // Grouped on the device where its kernels run; else on the host, from the indices read back
+    // (the main term's may be on the host already).
+    let on_device: Vec<Tensor<B, 2, Int>> =
+        terms.iter().map(|t| t.selected.indices.clone()).collect();
+    let groups = match Groups::by_latent_on_device(&on_device, d_sae) {
+        Some(groups) => groups,
+        None => {
+            let skip = usize::from(main_indices.is_some());
+            let read: Vec<Vec<i64>> = terms[skip..]
+                .iter_mut()
+                .map(|t| t.selected.take_host_indices())
+                .collect();
+            let lists: Vec<&[i64]> = main_indices
+                .into_iter()
+                .chain(read.iter().map(Vec::as_slice))
+                .collect();
+            Groups::by_latent(&lists, batch, d_sae, &device)?
+        }
+    };
+    mark::<B>(&device, "grouping by latent");
     let flat = |t: &Tensor<B, 2>| {
         let [rows, k] = t.dims();
         t.clone().reshape([rows * k])
@@ -473,7 +594,7 @@ fn grouped_gradients<B: Backend>(
     _xc: &Tensor<B, 2>,
     _terms: &mut [Term<B>],
     _grad_values: &[Tensor<B, 2>],
-    _main_indices: &[i64],
+    _main_indices: Option<&[i64]>,
 ) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>)> {
     None
 }

@@ -299,6 +299,14 @@ pub(crate) enum PreActivations<B: Backend> {
 }
 
 impl<B: Backend> PreActivations<B> {
+    /// The device tensor, when they are kept there.
+    pub fn device(&self) -> Option<&Tensor<B, 2>> {
+        match self {
+            Self::Device(pre) => Some(pre),
+            Self::Host(..) => None,
+        }
+    }
+
     /// Top `k` of each row among `allowed` latents, after ReLU.
     pub fn select(&self, d_sae: usize, k: usize, allowed: Option<&[bool]>) -> Selected<B> {
         match self {

@@ -82,6 +82,62 @@ fn device_topk<B: Backend>(
     }
 }
 
+/// Whether [`masked_topk`] runs for `pre` and `k` (burn-wgpu with our kernel, sizes it takes).
+pub(crate) fn masked_topk_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool {
+    #[cfg(feature = "wgpu")]
+    {
+        crate::gpu::topk::masked_runs(pre, k)
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = (pre, k);
+        false
+    }
+}
+
+/// The top `k` of each row of `pre` among the columns a device mask allows (`[cols]`, non-zero
+/// where allowed), where fewer than `k` may be allowed: the rest are disallowed columns with the
+/// value `f32::MIN`. `None` where [`masked_topk_runs`] is false.
+///
+/// # Shapes
+/// - `pre`: `[rows, cols]`; `allowed`: `[cols]` → `[rows, k]` twice
+pub(crate) fn masked_topk<B: Backend>(
+    pre: &Tensor<B, 2>,
+    k: usize,
+    allowed: Tensor<B, 1, Int>,
+) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
+    #[cfg(feature = "wgpu")]
+    {
+        crate::gpu::topk::topk_device_mask(pre, k, allowed)
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = (pre, k, allowed);
+        None
+    }
+}
+
+/// The latents the row-major `indices` select, on the device: `(allowed, fired)`, `[d_sae]`
+/// each, `allowed` 1 for the `candidates` not selected, `fired` 1.0 for the selected. `None`
+/// where our kernels do not run.
+///
+/// # Shapes
+/// - `indices`: `[rows, k]`; `candidates`: `d_sae` entries
+pub(crate) fn fired_latents<B: Backend>(
+    indices: Tensor<B, 2, Int>,
+    candidates: &[bool],
+) -> Option<(Tensor<B, 1, Int>, Tensor<B, 1>)> {
+    #[cfg(feature = "wgpu")]
+    {
+        crate::gpu::topk::fired_latents(indices, candidates)
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = (indices, candidates);
+        None
+    }
+}
+
 /// The top `k` entries of each row of a row-major `[rows, cols]` buffer, restricted to the columns
 /// where `allowed` is true when it is given.
 ///

@@ -822,7 +822,7 @@ impl<B: Backend> Trainer<B> {
         let candidates = self.dead_candidates(batch);
         let mut out = self
             .loss
-            .evaluate_on_device(&self.model, x, Some(&candidates), true);
+            .evaluate_on_device(&self.model, x, Some(&candidates), true, true);
         let grads = out.grads.take().expect("gradients were requested");
         let (grads, squares) = self.process_gradients(grads);
         mark::<B>(&self.device, "grad projection, clipping");
@@ -830,7 +830,10 @@ impl<B: Backend> Trainer<B> {
         // transfer (each read-back waits for the device), and kept only if both are finite.
         let (model, adam) = self.updated(grads);
         let terms = out.values.dims()[0];
-        let host = to_host(Tensor::cat(vec![out.values.clone(), squares], 0));
+        // With the fired latents when they are on the device (`[d_sae]`, after the squares).
+        let mut parts = vec![out.values.clone(), squares];
+        parts.extend(out.fired.take());
+        let host = to_host(Tensor::cat(parts, 0));
         mark::<B>(&self.device, "adam, decoder renorm, read-back");
         let parts = out.parts(&host[..terms]);
         if !parts.total.is_finite() {
@@ -840,7 +843,7 @@ impl<B: Backend> Trainer<B> {
                 value: f64::from(parts.total),
             });
         }
-        let grad_norm = host[terms..]
+        let grad_norm = host[terms..terms + 4]
             .iter()
             .map(|v| f64::from(*v))
             .sum::<f64>()
@@ -854,8 +857,13 @@ impl<B: Backend> Trainer<B> {
         }
         self.model = model;
         self.engine = Engine::Tensor(adam);
-        let fired = out.indices.iter().map(|&j| j as usize);
-        let report = self.finish_step(batch, fired, parts, grad_norm);
+        let fired: Vec<usize> = if host.len() > terms + 4 {
+            let mask = &host[terms + 4..];
+            (0..mask.len()).filter(|&j| mask[j] > 0.5).collect()
+        } else {
+            out.indices.iter().map(|&j| j as usize).collect()
+        };
+        let report = self.finish_step(batch, fired.into_iter(), parts, grad_norm);
         mark::<B>(&self.device, "counters (host)");
         Ok(report)
     }

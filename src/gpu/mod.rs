@@ -153,6 +153,12 @@ fn int_input<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Option<CubeTen
     (t.dtype == DType::I32).then(|| into_contiguous(t))
 }
 
+/// The fusion client that holds an int tensor (where kernel outputs made from it go back).
+fn int_client<B: Backend, const D: usize>(t: &Tensor<B, D, Int>) -> Option<Client> {
+    let t: Fused = cast(t.clone().into_primitive())?;
+    Some(t.client.clone())
+}
+
 /// A new, uninitialised device tensor beside `like`.
 fn empty(like: &CubeTensor<WgpuRuntime>, shape: Shape, dtype: DType) -> CubeTensor<WgpuRuntime> {
     empty_device_dtype::<WgpuRuntime>(like.client.clone(), like.device.clone(), shape, dtype)

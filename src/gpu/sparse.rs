@@ -34,9 +34,12 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 use burn_cubecl::tensor::CubeTensor;
 
-use super::{KernelStatus, Switch, close, empty, float_input, float_output, int_input, pattern};
+use super::{
+    KernelStatus, Switch, close, empty, float_input, float_output, int_client, int_input,
+    int_output, pattern,
+};
 use crate::host::dot;
-use crate::sae::to_host;
+use crate::sae::{int_to_host, to_host};
 
 /// Most units per cube; fewer when the rows are narrower.
 const UNITS: u32 = 256;
@@ -48,6 +51,12 @@ const MAX_PER_ROW: usize = 1024;
 const MAX_PER_UNIT: u32 = 64;
 /// Cubes along the first dispatch dimension (its limit); more groups use a second.
 const MAX_X: usize = 65_535;
+/// Rows per block of [`Groups::by_latent_on_device`]'s table of marks: one unit walks a block's
+/// rows for one latent.
+const BLOCK_ROWS: u32 = 32;
+/// Largest table of marks (`[terms * batch, d_sae]` `i32`s) [`Groups::by_latent_on_device`]
+/// builds; larger problems are grouped on the host.
+const MARKS_MAX_BYTES: usize = 512 << 20;
 
 #[allow(
     clippy::too_many_arguments,
@@ -146,6 +155,231 @@ mod kernel {
                 out[g * n + c] = acc;
                 c += units as usize;
             }
+        }
+    }
+
+    /// The number of segments of a group of `count` entries: `ceil(count / seg)`, and one for an
+    /// empty group (as [`super::segment`] cuts them).
+    #[cube]
+    fn segments_of(count: i32, seg: i32) -> i32 {
+        let mut n = (count + seg - 1i32) / seg;
+        if n < 1i32 {
+            n = 1i32;
+        }
+        n
+    }
+
+    /// `out[i] = value` for every `i < n`.
+    #[cube(launch)]
+    pub(super) fn fill_kernel(out: &mut Tensor<i32>, value: i32, n: u32, #[comptime] units: u32) {
+        let i = CUBE_POS * units as usize + UNIT_POS_X as usize;
+        if i < n as usize {
+            out[i] = value;
+        }
+    }
+
+    /// Marks where a term selected each latent: `marks[(row_base + e / k) * d_sae + indices[e]]
+    /// = position_base + e + 1` for every entry `e < entries` of the term's row-major `[rows, k]`
+    /// indices (a row selects a latent at most once, so no two entries share a mark).
+    #[cube(launch)]
+    pub(super) fn mark_kernel(
+        indices: &Tensor<i32>,
+        marks: &mut Tensor<i32>,
+        entries: u32,
+        k: u32,
+        d_sae: u32,
+        row_base: u32,
+        position_base: u32,
+        #[comptime] units: u32,
+    ) {
+        let e = CUBE_POS * units as usize + UNIT_POS_X as usize;
+        if e < entries as usize {
+            let row = row_base as usize + e / k as usize;
+            let j = usize::cast_from(indices[e]);
+            marks[row * d_sae as usize + j] = i32::cast_from(position_base as usize + e + 1);
+        }
+    }
+
+    /// `counts[b * d_sae + j]`: how many rows of block `b` (rows `b * block..`) marked latent `j`.
+    #[cube(launch)]
+    pub(super) fn block_counts_kernel(
+        marks: &Tensor<i32>,
+        counts: &mut Tensor<i32>,
+        rows: u32,
+        d_sae: u32,
+        blocks: u32,
+        #[comptime] block: u32,
+        #[comptime] units: u32,
+    ) {
+        let i = CUBE_POS * units as usize + UNIT_POS_X as usize;
+        let n = d_sae as usize;
+        if i < blocks as usize * n {
+            let first = (i / n) * block as usize;
+            let j = i % n;
+            let mut end = first + block as usize;
+            if end > rows as usize {
+                end = rows as usize;
+            }
+            let mut c = 0i32;
+            for r in first..end {
+                if marks[r * n + j] != 0i32 {
+                    c += 1i32;
+                }
+            }
+            counts[i] = c;
+        }
+    }
+
+    /// For every latent `j`: its block counts replaced by their exclusive prefix sums (where the
+    /// block's entries start within the group), and `totals[j]` the group's size.
+    #[cube(launch)]
+    pub(super) fn block_prefix_kernel(
+        counts: &mut Tensor<i32>,
+        totals: &mut Tensor<i32>,
+        d_sae: u32,
+        blocks: u32,
+        #[comptime] units: u32,
+    ) {
+        let j = CUBE_POS * units as usize + UNIT_POS_X as usize;
+        let n = d_sae as usize;
+        if j < n {
+            let mut run = 0i32;
+            for b in 0..blocks as usize {
+                let c = counts[b * n + j];
+                counts[b * n + j] = run;
+                run += c;
+            }
+            totals[j] = run;
+        }
+    }
+
+    /// One cube: `starts` (`[d_sae + 1]`) the exclusive prefix sums of the group sizes, and
+    /// `group_segments` those of the groups' segment counts ([`segments_of`]). Each unit sums a
+    /// contiguous chunk, the units' totals are scanned in shared memory (Hillis-Steele), and
+    /// each unit writes its chunk's prefixes.
+    #[cube(launch)]
+    pub(super) fn group_starts_kernel(
+        totals: &Tensor<i32>,
+        starts: &mut Tensor<i32>,
+        group_segments: &mut Tensor<i32>,
+        d_sae: u32,
+        seg: i32,
+        #[comptime] units: u32,
+    ) {
+        let unit = UNIT_POS_X as usize;
+        let units_n = units as usize;
+        let n = d_sae as usize;
+        let chunk = n.div_ceil(units_n);
+        let mut first = unit * chunk;
+        if first > n {
+            first = n;
+        }
+        let mut end = first + chunk;
+        if end > n {
+            end = n;
+        }
+        let mut entries = 0i32;
+        let mut segs = 0i32;
+        for j in first..end {
+            let t = totals[j];
+            entries += t;
+            segs += segments_of(t, seg);
+        }
+        let mut scan_e = SharedMemory::<i32>::new(units_n);
+        let mut scan_s = SharedMemory::<i32>::new(units_n);
+        scan_e[unit] = entries;
+        scan_s[unit] = segs;
+        sync_cube();
+        let mut offset = 1usize;
+        while offset < units_n {
+            let mut a = 0i32;
+            let mut b = 0i32;
+            if unit >= offset {
+                a = scan_e[unit - offset];
+                b = scan_s[unit - offset];
+            }
+            sync_cube();
+            scan_e[unit] += a;
+            scan_s[unit] += b;
+            sync_cube();
+            offset *= 2;
+        }
+        let mut at_e = scan_e[unit] - entries;
+        let mut at_s = scan_s[unit] - segs;
+        for j in first..end {
+            starts[j] = at_e;
+            group_segments[j] = at_s;
+            let t = totals[j];
+            at_e += t;
+            at_s += segments_of(t, seg);
+        }
+        if unit == units_n - 1 {
+            starts[n] = scan_e[unit];
+            group_segments[n] = scan_s[unit];
+        }
+    }
+
+    /// For every block `b` and latent `j`: the block's entries of group `j`, in row order, at
+    /// `starts[j] + counts[b * d_sae + j]` onwards (the marks hold the entries' positions + 1).
+    #[cube(launch)]
+    pub(super) fn fill_groups_kernel(
+        marks: &Tensor<i32>,
+        counts: &Tensor<i32>,
+        starts: &Tensor<i32>,
+        positions: &mut Tensor<i32>,
+        row_of: &mut Tensor<i32>,
+        rows: u32,
+        d_sae: u32,
+        blocks: u32,
+        #[comptime] block: u32,
+        #[comptime] units: u32,
+    ) {
+        let i = CUBE_POS * units as usize + UNIT_POS_X as usize;
+        let n = d_sae as usize;
+        if i < blocks as usize * n {
+            let first = (i / n) * block as usize;
+            let j = i % n;
+            let mut end = first + block as usize;
+            if end > rows as usize {
+                end = rows as usize;
+            }
+            let mut at = usize::cast_from(starts[j] + counts[i]);
+            for r in first..end {
+                let m = marks[r * n + j];
+                if m != 0i32 {
+                    positions[at] = m - 1i32;
+                    row_of[at] = i32::cast_from(r);
+                    at += 1;
+                }
+            }
+        }
+    }
+
+    /// The segments' bounds: group `j`'s segments start every `seg` entries from `starts[j]`
+    /// (an empty group has one, empty); the slots past the last segment, up to `slots`, hold the
+    /// end of the entries, so that their segments are empty.
+    #[cube(launch)]
+    pub(super) fn segment_bounds_kernel(
+        starts: &Tensor<i32>,
+        group_segments: &Tensor<i32>,
+        bounds: &mut Tensor<i32>,
+        d_sae: u32,
+        slots: u32,
+        seg: i32,
+        #[comptime] units: u32,
+    ) {
+        let i = CUBE_POS * units as usize + UNIT_POS_X as usize;
+        let n = d_sae as usize;
+        if i < n {
+            let first = starts[i];
+            let segs = segments_of(starts[i + 1] - first, seg);
+            let at = usize::cast_from(group_segments[i]);
+            for s in 0..usize::cast_from(segs) {
+                bounds[at + s] = first + i32::cast_from(s) * seg;
+            }
+        }
+        if i < slots as usize && i >= usize::cast_from(group_segments[n]) {
+            bounds[i] = starts[n];
         }
     }
 
@@ -255,7 +489,60 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
         Tensor::<B, 2, Int>::from_data(TensorData::new(indices_host.to_vec(), [2, 3]), device);
     let other = Tensor::<B, 2>::from_data(TensorData::new(other_host, [2, cols]), device);
     let dots = to_host(launch_gathered_dots(indices, rows, other)?);
-    Some(close(&got, &want) && close(&dots, &want_dots))
+    let (first, second) = check_lists(40);
+    let grouped = device_groups_match::<B>(device, &[&first, &second], 40, 9)?;
+    Some(close(&got, &want) && close(&dots, &want_dots) && grouped)
+}
+
+/// Two terms over `batch` rows (k 2 and 3, 9 latents) for [`device_groups_match`]: latent 0 is
+/// in every row of the first, so with 40 rows its group has two segments.
+fn check_lists(batch: usize) -> (Vec<i64>, Vec<i64>) {
+    let first = (0..batch)
+        .flat_map(|b| [0, 1 + (b * 5 % 8) as i64])
+        .collect();
+    let second = (0..batch)
+        .flat_map(|b| {
+            [
+                (b * 7 % 9) as i64,
+                ((b * 7 + 4) % 9) as i64,
+                ((b + 2) % 9) as i64,
+            ]
+        })
+        .collect();
+    (first, second)
+}
+
+/// Whether [`Groups::by_latent_on_device`] groups `lists` (row-major `[batch, k_t]`, no latent
+/// twice in a row) like [`Groups::by_latent`]: same entries, same segments, and empty segments
+/// after them. `None` when the kernels do not launch.
+fn device_groups_match<B: Backend>(
+    device: &B::Device,
+    lists: &[&[i64]],
+    batch: usize,
+    d_sae: usize,
+) -> Option<bool> {
+    let tensors: Vec<Tensor<B, 2, Int>> = lists
+        .iter()
+        .map(|list| {
+            let v: Vec<i32> = list.iter().map(|&j| j as i32).collect();
+            Tensor::from_data(TensorData::new(v, [batch, list.len() / batch]), device)
+        })
+        .collect();
+    let groups = launch_by_latent(&tensors, d_sae)?;
+    let (starts, positions, row_of) = latent_groups(lists, batch, d_sae)?;
+    let (mut bounds, group_segments) = segment(&starts, SEGMENT);
+    bounds.resize(groups.segments + 1, *starts.last()?);
+    Some(
+        int_to_host(groups.bounds) == to_i64(&bounds)
+            && groups.group_segments.map(int_to_host) == Some(to_i64(&group_segments))
+            && int_to_host(groups.positions) == to_i64(&positions)
+            && int_to_host(groups.row_of) == to_i64(&row_of),
+    )
+}
+
+/// `i32`s widened, to compare with what [`int_to_host`] reads back.
+fn to_i64(v: &[i32]) -> Vec<i64> {
+    v.iter().map(|&x| i64::from(x)).collect()
 }
 
 /// Which entries make up each group, cut into segments, on the device.
@@ -347,6 +634,29 @@ impl<B: Backend> Groups<B> {
         Some(Self::upload(starts, positions, row_of, device))
     }
 
+    /// [`Groups::by_latent`] on the device, from the terms' `[batch, k_t]` index tensors: the same
+    /// groups with the same entries in the same order, and the same segments, padded with empty
+    /// ones up to a count known without reading anything back (`d_sae + ceil(entries / 32)`).
+    /// Nothing is read back or uploaded. `None` when the kernels do not run here (see
+    /// [`supports`]), the lists do not all have the same rows, or the table of marks would take
+    /// more than [`MARKS_MAX_BYTES`].
+    ///
+    /// Five kernels: every (row, latent) a term selected is marked with its entry's position in
+    /// a `[terms * batch, d_sae]` table; each block of rows counts its marks per latent; the
+    /// counts become each block's place within its group, and the groups' sizes their starts
+    /// (a scan); each (block, latent) then writes its entries in row order, and each group its
+    /// segments' bounds. The order is fixed, so the sums are the same on every run.
+    ///
+    /// # Shapes
+    /// - `lists`: `[batch, k_t]` each, every latent below `d_sae`
+    pub fn by_latent_on_device(lists: &[Tensor<B, 2, Int>], d_sae: usize) -> Option<Self> {
+        let device = lists.first()?.device();
+        if !supports::<B>(&device) {
+            return None;
+        }
+        launch_by_latent(lists, d_sae)
+    }
+
     /// One group per row of `indices`, its entries the row's `k` slots in order, each group one
     /// segment: with the row-major `[rows, k]` values as weights and `w_dec` as rows,
     /// [`sum_rows`] decodes. `None` when `k` is above [`MAX_PER_ROW`].
@@ -370,6 +680,155 @@ impl<B: Backend> Groups<B> {
             seg_max: k.next_power_of_two(),
         })
     }
+}
+
+/// [`Groups::by_latent_on_device`] without the switch.
+#[allow(
+    clippy::too_many_lines,
+    reason = "five launches in sequence, each with its arguments"
+)]
+fn launch_by_latent<B: Backend>(lists: &[Tensor<B, 2, Int>], d_sae: usize) -> Option<Groups<B>> {
+    let batch = lists.first()?.dims()[0];
+    let total: usize = lists.iter().map(|t| t.dims()[0] * t.dims()[1]).sum();
+    if total == 0 || d_sae == 0 || lists.iter().any(|t| t.dims()[0] != batch) {
+        return None;
+    }
+    let rows = lists.len() * batch;
+    let cells = rows.checked_mul(d_sae)?;
+    let blocks = rows.div_ceil(BLOCK_ROWS as usize);
+    // Every group has at most ceil(size / SEGMENT) segments, an empty one one.
+    let slots = d_sae + total.div_ceil(SEGMENT) + 1;
+    if cells.checked_mul(4)? > MARKS_MAX_BYTES
+        || i32::try_from(total.max(rows).max(slots)).is_err()
+        || u32::try_from(cells.max(blocks * d_sae)).is_err()
+    {
+        return None;
+    }
+    let client = int_client(&lists[0])?;
+    let inputs: Vec<CubeTensor<WgpuRuntime>> = lists
+        .iter()
+        .map(|t| int_input(t.clone()))
+        .collect::<Option<_>>()?;
+    let like = &inputs[0].clone();
+    let cube_client = like.client.clone();
+    let units = units_for(UNITS, UNITS, like);
+    let cubes = |n: usize| {
+        let (x, y) = grid(n.div_ceil(units as usize));
+        CubeCount::Static(x, y, 1)
+    };
+    let (d_sae_u32, rows_u32, blocks_u32, slots_u32) =
+        (d_sae as u32, rows as u32, blocks as u32, slots as u32);
+    let i32_tensor = |len: usize| empty(like, Shape::new([len]), DType::I32);
+
+    let marks = i32_tensor(cells);
+    kernel::fill_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        cubes(cells),
+        CubeDim::new_1d(units),
+        marks.clone().into_tensor_arg(),
+        0,
+        cells as u32,
+        units,
+    );
+    let mut base = 0usize;
+    for (t, indices) in inputs.into_iter().enumerate() {
+        let k = lists[t].dims()[1];
+        let entries = batch * k;
+        if entries > 0 {
+            kernel::mark_kernel::launch::<WgpuRuntime>(
+                &cube_client,
+                cubes(entries),
+                CubeDim::new_1d(units),
+                indices.into_tensor_arg(),
+                marks.clone().into_tensor_arg(),
+                entries as u32,
+                k as u32,
+                d_sae_u32,
+                (t * batch) as u32,
+                base as u32,
+                units,
+            );
+        }
+        base += entries;
+    }
+    let counts = i32_tensor(blocks * d_sae);
+    kernel::block_counts_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        cubes(blocks * d_sae),
+        CubeDim::new_1d(units),
+        marks.clone().into_tensor_arg(),
+        counts.clone().into_tensor_arg(),
+        rows_u32,
+        d_sae_u32,
+        blocks_u32,
+        BLOCK_ROWS,
+        units,
+    );
+    let totals = i32_tensor(d_sae);
+    kernel::block_prefix_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        cubes(d_sae),
+        CubeDim::new_1d(units),
+        counts.clone().into_tensor_arg(),
+        totals.clone().into_tensor_arg(),
+        d_sae_u32,
+        blocks_u32,
+        units,
+    );
+    let starts = i32_tensor(d_sae + 1);
+    let group_segments = i32_tensor(d_sae + 1);
+    kernel::group_starts_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(units),
+        totals.into_tensor_arg(),
+        starts.clone().into_tensor_arg(),
+        group_segments.clone().into_tensor_arg(),
+        d_sae_u32,
+        SEGMENT as i32,
+        units,
+    );
+    let positions = i32_tensor(total);
+    let row_of = i32_tensor(total);
+    if total > 0 {
+        kernel::fill_groups_kernel::launch::<WgpuRuntime>(
+            &cube_client,
+            cubes(blocks * d_sae),
+            CubeDim::new_1d(units),
+            marks.into_tensor_arg(),
+            counts.into_tensor_arg(),
+            starts.clone().into_tensor_arg(),
+            positions.clone().into_tensor_arg(),
+            row_of.clone().into_tensor_arg(),
+            rows_u32,
+            d_sae_u32,
+            blocks_u32,
+            BLOCK_ROWS,
+            units,
+        );
+    }
+    let bounds = i32_tensor(slots);
+    kernel::segment_bounds_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        cubes(d_sae.max(slots)),
+        CubeDim::new_1d(units),
+        starts.into_tensor_arg(),
+        group_segments.clone().into_tensor_arg(),
+        bounds.clone().into_tensor_arg(),
+        d_sae_u32,
+        slots_u32,
+        SEGMENT as i32,
+        units,
+    );
+    Some(Groups {
+        bounds: int_output(&client, bounds)?,
+        group_segments: Some(int_output(&client, group_segments)?),
+        positions: int_output(&client, positions)?,
+        row_of: int_output(&client, row_of)?,
+        count: d_sae,
+        segments: slots - 1,
+        seg_max: SEGMENT,
+    })
 }
 
 /// [`Groups::by_latent`]'s counting sort: the groups' starts, the entries' positions and rows.
@@ -573,7 +1032,7 @@ fn units_for(cols: u32, most: u32, like: &CubeTensor<WgpuRuntime>) -> u32 {
 }
 
 /// Cubes along x and y covering `groups` (the kernel skips the positions past the end).
-fn grid(groups: usize) -> (u32, u32) {
+pub(super) fn grid(groups: usize) -> (u32, u32) {
     let x = groups.clamp(1, MAX_X);
     (x as u32, groups.div_ceil(x).max(1) as u32)
 }
@@ -615,6 +1074,47 @@ mod tests {
         let (bounds, group_segments) = segment(&[0, 2, 2, 4], 2);
         assert_eq!(bounds, [0, 2, 2, 4]);
         assert_eq!(group_segments, [0, 1, 2, 3]);
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn device_grouping_matches_the_host_grouping() {
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+        type Wgpu = crate::backend::Wgpu;
+        let device = Default::default();
+        let (first, second) = super::check_lists(40);
+        assert_eq!(
+            super::device_groups_match::<Wgpu>(&device, &[&first, &second], 40, 9),
+            Some(true)
+        );
+        // Three terms over 257 rows (blocks of 32 and a partial one), k 5, 17 and 1: distinct
+        // latents per row, a few latents picked far more than the rest (groups of several
+        // segments beside empty ones).
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let (batch, d_sae) = (257, 300);
+        let lists: Vec<Vec<i64>> = [5usize, 17, 1]
+            .iter()
+            .map(|&k| {
+                (0..batch)
+                    .flat_map(|_| {
+                        let mut latents: Vec<i64> = (0..d_sae as i64).collect();
+                        latents.shuffle(&mut rng);
+                        if rng.random_bool(0.5) {
+                            let at = latents.iter().position(|&j| j == 3).unwrap();
+                            latents.swap(0, at);
+                        }
+                        latents.truncate(k);
+                        latents
+                    })
+                    .collect()
+            })
+            .collect();
+        let lists: Vec<&[i64]> = lists.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            super::device_groups_match::<Wgpu>(&device, &lists, batch, d_sae),
+            Some(true)
+        );
     }
 
     #[test]

@@ -58,7 +58,54 @@ mod kernel {
         key
     }
 
-    /// Top `k` of each row of `pre` among the columns where `allowed` is non-zero.
+    /// `allowed[j] = candidates[j]`, `fired[j] = 0` for every latent `j < n`.
+    #[cube(launch)]
+    pub(super) fn mask_init_kernel(
+        candidates: &Tensor<i32>,
+        allowed: &mut Tensor<i32>,
+        fired: &mut Tensor<f32>,
+        n: u32,
+        #[comptime] units: u32,
+    ) {
+        let j = CUBE_POS * units as usize + UNIT_POS_X as usize;
+        if j < n as usize {
+            allowed[j] = candidates[j];
+            fired[j] = 0f32;
+        }
+    }
+
+    /// For every entry `e < entries` of the selected indices: `allowed[indices[e]] = 0`,
+    /// `fired[indices[e]] = 1` (units that select the same latent store the same values).
+    #[cube(launch)]
+    pub(super) fn mask_fired_kernel(
+        indices: &Tensor<i32>,
+        allowed: &mut Tensor<i32>,
+        fired: &mut Tensor<f32>,
+        entries: u32,
+        #[comptime] units: u32,
+    ) {
+        let e = CUBE_POS * units as usize + UNIT_POS_X as usize;
+        if e < entries as usize {
+            let j = usize::cast_from(indices[e]);
+            allowed[j] = 0i32;
+            fired[j] = 1f32;
+        }
+    }
+
+    /// [`ordered_key`] of `pre[base + j]` where `allowed[j]` is non-zero; 0, below every
+    /// value's key (that of NaN and `-inf` is `0x007f_ffff`), where it is not.
+    #[cube]
+    fn masked_key(pre: &Tensor<f32>, allowed: &Tensor<i32>, base: usize, j: usize) -> u32 {
+        let mut key = 0u32;
+        if allowed[j] != 0i32 {
+            key = ordered_key(pre[base + j]);
+        }
+        key
+    }
+
+    /// Top `k` of each row of `pre` among the columns where `allowed` is non-zero. A column not
+    /// allowed ranks below every allowed one (ties to the lower column, as ever) with the value
+    /// `f32::MIN`: it is selected only when fewer than `k` columns are allowed.
     #[cube(launch)]
     pub(super) fn topk_kernel(
         pre: &Tensor<f32>,
@@ -111,12 +158,10 @@ mod kernel {
             }
             let prefix = state[0];
             for j in start..end {
-                if allowed[j] != 0i32 {
-                    let key = ordered_key(pre[base + j]);
-                    if key & high_mask == prefix {
-                        let d = ((key >> shift) & 15u32) as usize;
-                        hist[d * units_n + unit] += 1u32;
-                    }
+                let key = masked_key(pre, allowed, base, j);
+                if key & high_mask == prefix {
+                    let d = ((key >> shift) & 15u32) as usize;
+                    hist[d * units_n + unit] += 1u32;
                 }
             }
             sync_cube();
@@ -169,13 +214,11 @@ mod kernel {
         let mut above = 0u32;
         let mut equal = 0u32;
         for j in start..end {
-            if allowed[j] != 0i32 {
-                let key = ordered_key(pre[base + j]);
-                if key > threshold {
-                    above += 1u32;
-                } else if key == threshold {
-                    equal += 1u32;
-                }
+            let key = masked_key(pre, allowed, base, j);
+            if key > threshold {
+                above += 1u32;
+            } else if key == threshold {
+                equal += 1u32;
             }
         }
         // Each unit's place among the units before it: an inclusive scan (Hillis-Steele) of
@@ -201,19 +244,17 @@ mod kernel {
         let mut at_equal = hist[units_n + unit] - equal;
         let first_tie = k - ties;
         for j in start..end {
-            if allowed[j] != 0i32 {
-                let key = ordered_key(pre[base + j]);
-                if key > threshold {
-                    cand_keys[at_above as usize] = key;
-                    cand_cols[at_above as usize] = j as u32;
-                    at_above += 1u32;
-                } else if key == threshold {
-                    if at_equal < ties {
-                        cand_keys[(first_tie + at_equal) as usize] = key;
-                        cand_cols[(first_tie + at_equal) as usize] = j as u32;
-                    }
-                    at_equal += 1u32;
+            let key = masked_key(pre, allowed, base, j);
+            if key > threshold {
+                cand_keys[at_above as usize] = key;
+                cand_cols[at_above as usize] = j as u32;
+                at_above += 1u32;
+            } else if key == threshold {
+                if at_equal < ties {
+                    cand_keys[(first_tie + at_equal) as usize] = key;
+                    cand_cols[(first_tie + at_equal) as usize] = j as u32;
                 }
+                at_equal += 1u32;
             }
         }
         sync_cube();
@@ -232,7 +273,11 @@ mod kernel {
                 }
             }
             out_indices[row * kk + rank] = i32::cast_from(col);
-            out_values[row * kk + rank] = pre[base + col as usize];
+            let mut value = pre[base + col as usize];
+            if allowed[col as usize] == 0i32 {
+                value = f32::new(-3.402_823_5e38);
+            }
+            out_values[row * kk + rank] = value;
             i += units_n;
         }
     }
@@ -252,6 +297,12 @@ fn units_for(k_cap: u32, max_units: u32, max_shared_bytes: usize) -> Option<u32>
         units /= 2;
     }
     (units >= 16).then_some(units)
+}
+
+/// The kernel's candidate buffers for `k`: a power of two, so that the few `k` values in use
+/// compile few kernels.
+fn k_cap(k: usize) -> u32 {
+    k.next_power_of_two().max(32) as u32
 }
 
 /// The kernel's switch (`TOPK_SAE_DEVICE_TOPK=0` turns it off) and first-use check.
@@ -308,7 +359,7 @@ fn launch<B: Backend>(
     allowed: Option<&[bool]>,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     let [rows, cols] = pre.dims();
-    if k == 0 || k > MAX_K || rows == 0 || rows > MAX_ROWS || u32::try_from(cols).is_err() {
+    if !takes(rows, cols, k) {
         return None;
     }
     let n_allowed = allowed.map_or(cols, |a| a.iter().filter(|&&ok| ok).count());
@@ -322,12 +373,118 @@ fn launch<B: Backend>(
         None => vec![1; cols],
     };
     let mask = Tensor::<B, 1, Int>::from_data(TensorData::new(mask, [cols]), &device);
+    launch_masked(pre, k, mask)
+}
 
+/// Whether the kernel takes `rows` rows of `cols` and this `k`.
+fn takes(rows: usize, cols: usize, k: usize) -> bool {
+    (1..=MAX_K).contains(&k) && (1..=MAX_ROWS).contains(&rows) && u32::try_from(cols).is_ok()
+}
+
+/// Whether [`topk_device_mask`] runs for `pre` and `k`: the kernel runs here, takes the sizes,
+/// and its shared memory fits the device.
+pub(crate) fn masked_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool {
+    let [rows, cols] = pre.dims();
+    if !supports::<B>(&pre.device()) || !takes(rows, cols, k) {
+        return false;
+    }
+    let Some(device) = super::cast::<B::Device, burn_wgpu::WgpuDevice>(pre.device()) else {
+        return false;
+    };
+    let client = <WgpuRuntime as cubecl::Runtime>::client(&device);
+    let hardware = &client.properties().hardware;
+    units_for(
+        k_cap(k),
+        hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
+        hardware.max_shared_memory_size,
+    )
+    .is_some()
+}
+
+/// The top `k` of each row of `pre` among the columns a device mask allows (non-zero), where
+/// fewer than `k` may be allowed: a row's allowed columns come first, best first, then
+/// disallowed ones with the value `f32::MIN` (zero after ReLU). Nothing is read back. `None`
+/// where [`topk`] is.
+///
+/// # Shapes
+/// - `pre`: `[rows, cols]`; `allowed`: `[cols]` → `[rows, k]` twice
+pub(crate) fn topk_device_mask<B: Backend>(
+    pre: &Tensor<B, 2>,
+    k: usize,
+    allowed: Tensor<B, 1, Int>,
+) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
+    let [rows, cols] = pre.dims();
+    if !supports::<B>(&pre.device()) || !takes(rows, cols, k) || allowed.dims()[0] != cols {
+        return None;
+    }
+    launch_masked(pre, k, allowed)
+}
+
+/// The latents selected in `indices`, on the device, for the AuxK term and the dead-latent
+/// counters: `(allowed, fired)`, both `[d_sae]`, where `allowed` is 1 for the `candidates` that
+/// were not selected (0 elsewhere) and `fired` is 1.0 for the selected latents (0.0 elsewhere).
+/// Only the candidates are uploaded. `None` where [`topk`] is.
+///
+/// # Shapes
+/// - `indices`: `[rows, k]`, every latent below `d_sae`; `candidates`: `d_sae` entries
+pub(crate) fn fired_latents<B: Backend>(
+    indices: Tensor<B, 2, Int>,
+    candidates: &[bool],
+) -> Option<(Tensor<B, 1, Int>, Tensor<B, 1>)> {
+    let device = indices.device();
+    let [rows, k] = indices.dims();
+    let d_sae = candidates.len();
+    let entries = rows * k;
+    if !supports::<B>(&device) || d_sae == 0 || u32::try_from(entries.max(d_sae)).is_err() {
+        return None;
+    }
+    let candidates: Vec<i32> = candidates.iter().map(|&c| i32::from(c)).collect();
+    let candidates = Tensor::<B, 1, Int>::from_data(TensorData::new(candidates, [d_sae]), &device);
+    let client = super::int_client(&candidates)?;
+    let candidates = int_input(candidates)?;
+    let indices = int_input(indices)?;
+    let cube_client = candidates.client.clone();
+    let units = 64u32;
+    let allowed = empty(&candidates, Shape::new([d_sae]), DType::I32);
+    let fired = empty(&candidates, Shape::new([d_sae]), DType::F32);
+    let (x, y) = super::sparse::grid(d_sae.div_ceil(units as usize));
+    kernel::mask_init_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        CubeCount::Static(x, y, 1),
+        CubeDim::new_1d(units),
+        candidates.into_tensor_arg(),
+        allowed.clone().into_tensor_arg(),
+        fired.clone().into_tensor_arg(),
+        d_sae as u32,
+        units,
+    );
+    if entries > 0 {
+        let (x, y) = super::sparse::grid(entries.div_ceil(units as usize));
+        kernel::mask_fired_kernel::launch::<WgpuRuntime>(
+            &cube_client,
+            CubeCount::Static(x, y, 1),
+            CubeDim::new_1d(units),
+            indices.into_tensor_arg(),
+            allowed.clone().into_tensor_arg(),
+            fired.clone().into_tensor_arg(),
+            entries as u32,
+            units,
+        );
+    }
+    Some((int_output(&client, allowed)?, float_output(&client, fired)?))
+}
+
+/// The kernel's launch, with the mask on the device.
+fn launch_masked<B: Backend>(
+    pre: &Tensor<B, 2>,
+    k: usize,
+    mask: Tensor<B, 1, Int>,
+) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
+    let [rows, cols] = pre.dims();
     let (pre, client) = float_input(pre.clone())?;
     let mask = int_input(mask)?;
     let cube_client = pre.client.clone();
-    // Candidate buffers sized to a power of two, so the few k values in use compile few kernels.
-    let k_cap = k.next_power_of_two().max(32) as u32;
+    let k_cap = k_cap(k);
     let hardware = &cube_client.properties().hardware;
     let units = units_for(
         k_cap,

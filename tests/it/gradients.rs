@@ -238,6 +238,42 @@ fn gradient_matches_autodiff_past_one_dispatch_row() {
     check(&model, &random_rows(4, 3, 20), Some(&dead), &loss);
 }
 
+/// Fewer AuxK candidates left than the term's width, and none left. On burn-wgpu the dead mask
+/// is then worked out on the device, without knowing how many candidates fired: the term is
+/// padded with zero-valued latents, and multiplied by 0 when none are left. Loss, gradient and
+/// `k_aux_used` must be those of the host's rule (AuxK takes `min(k_aux, left)` latents).
+#[test]
+fn aux_gradient_matches_autodiff_with_few_or_no_candidates_left() {
+    let (d_in, d_sae, k) = (10, 48, 4);
+    let model = random_model(d_in, d_sae, k, 23);
+    let x = random_rows(7, d_in, 24);
+    let loss = SaeLossConfig::new().with_k_aux(Some(8));
+    let sae_loss = loss.init(k, d_sae).unwrap();
+    let fired = sae_loss
+        .evaluate(&model, tensor(&x, d_in), None, false)
+        .indices;
+    let mut fires = vec![false; d_sae];
+    fired.iter().for_each(|&j| fires[j as usize] = true);
+    // Three latents that fire and three that do not: 6 candidates, 3 left, k_aux 8.
+    let pick = |firing: bool| {
+        let fires = &fires;
+        (0..d_sae).filter(move |&j| fires[j] == firing).take(3)
+    };
+    let mut few = vec![false; d_sae];
+    pick(true).chain(pick(false)).for_each(|j| few[j] = true);
+    check(&model, &x, Some(&few), &loss);
+    let out = sae_loss.evaluate(&model, tensor(&x, d_in), Some(&few), false);
+    assert!(out.parts.aux > 0.0, "the aux term must be active here");
+    assert_eq!(out.k_aux_used, 3);
+    // Every candidate fires: none left.
+    let mut none_left = vec![false; d_sae];
+    pick(true).for_each(|j| none_left[j] = true);
+    check(&model, &x, Some(&none_left), &loss);
+    let out = sae_loss.evaluate(&model, tensor(&x, d_in), Some(&none_left), false);
+    assert_eq!((out.parts.aux, out.k_aux_used), (0.0, 0));
+    assert_eq!(out.parts.total, out.parts.recon);
+}
+
 #[test]
 fn aux_is_skipped_when_nothing_is_dead() {
     let model = random_model(8, 32, 4, 17);
