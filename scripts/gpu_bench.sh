@@ -115,15 +115,17 @@ done
 # The comparison first (both kernels, and PyTorch), at both sizes; then what each kernel is worth:
 # the top-k on the host, and burn's scatter-add gradient and gather decode instead of the
 # grouped-sum kernel.
-# VARIANTS picks some of them (e.g. VARIANTS=rust for a quick look after a change).
-for variant in ${VARIANTS:-rust torch rust-host-topk rust-burn-scatter}; do
+# VARIANTS picks some of them (e.g. VARIANTS=rust for a quick look after a change); `rust-again`
+# is `rust` once more, in a process that finds the autotune cache the first one left (warm).
+variants=${VARIANTS:-rust torch rust-host-topk rust-burn-scatter}
+for variant in $variants; do
   for i in "${!size_list[@]}"; do
     read -r k d_sae k_aux <<<"${size_list[$i]}"
     tag=${tags[$i]}
     flags=(--data "$data/x.npy" --k "$k" --d-sae "$d_sae" --k-aux "$k_aux" --batch "$batch"
       --max-steps "$steps" --dead-threshold "$dead_threshold" --json "$out/${variant}_$tag.json")
     case $variant in
-      rust) cmd=(env) ;;
+      rust | rust-again) cmd=(env) ;;
       rust-host-topk) cmd=(env TOPK_SAE_DEVICE_TOPK=0) ;;
       rust-burn-scatter) cmd=(env TOPK_SAE_DEVICE_SPARSE=0) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
@@ -132,15 +134,16 @@ for variant in ${VARIANTS:-rust torch rust-host-topk rust-burn-scatter}; do
     timed "${variant}_$tag" "${cmd[@]}" "${flags[@]}"
   done
 done
-"$py" - "$out" "${tags[@]}" <<'PY'
-import json, sys
+VARIANTS=$variants "$py" - "$out" "${tags[@]}" <<'PY'
+import json, os, sys
 out = sys.argv[1]
+sides = list(dict.fromkeys(os.environ["VARIANTS"].split()))
 # encode s: the corpus encoded in chunks of 4,096 rows, best of 3; host s: the same from host
 # memory to host memory (topk-sae always works that way; PyTorch's first figure has the data on
 # the GPU already); aux: steps with a live AuxK term, of all.
 print(f"{'size':16} {'side':17} {'ms/step':>9} {'first step ms':>14} {'encode s':>9} {'host s':>8} {'NMSE':>8} {'aux':>7}  kernels")
 for tag in sys.argv[2:]:
-    for side in ("rust", "rust-host-topk", "rust-burn-scatter", "torch"):
+    for side in sides:
         try:
             j = json.load(open(f"{out}/{side}_{tag}.json"))
         except (OSError, ValueError):
