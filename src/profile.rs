@@ -180,20 +180,6 @@ mod tests {
                 let _ = x.clone().matmul(w.clone());
             }),
         );
-        let plain = crate::sae::to_host(x.clone().matmul(w.clone()));
-        for parts in [2, 4, 8] {
-            let split = crate::sae::to_host(crate::sae::matmul_split(x.clone(), w.clone(), parts));
-            let diff = plain
-                .iter()
-                .zip(&split)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            print(
-                &format!("matmul split in {parts} (max |diff| {diff:.1e})"),
-                time(device, || {
-                    let _ = crate::sae::matmul_split(x.clone(), w.clone(), parts);
-                }),
-            );
-        }
         print(
             "top-k kernel, k",
             time(device, || {

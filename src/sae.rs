@@ -396,50 +396,6 @@ pub(crate) fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 
     a.matmul(padded).slice([0..m, 0..1])
 }
 
-/// `a @ b` as `parts` products over equal slices of the shared dimension, run as one batched
-/// product and summed (split-K): `parts` times the workgroups of one product, for a GPU that one
-/// small product leaves partly idle. `parts` of 1, or one that does not divide the shared
-/// dimension, is the plain product.
-///
-/// # Shapes
-/// - `a`: `[m, k]`, `b`: `[k, n]` → `[m, n]`
-pub(crate) fn matmul_split<B: Backend>(
-    a: Tensor<B, 2>,
-    b: Tensor<B, 2>,
-    parts: usize,
-) -> Tensor<B, 2> {
-    let [m, k] = a.dims();
-    let [_, n] = b.dims();
-    if parts <= 1 || k % parts != 0 {
-        return matmul(a, b);
-    }
-    let slice = k / parts;
-    let a = a.reshape([m, parts, slice]).swap_dims(0, 1);
-    let b = b.reshape([parts, slice, n]);
-    a.matmul(b).sum_dim(0).reshape([m, n])
-}
-
-/// How many slices [`TopKSae`]'s encoder product `[rows, d_in] x [d_in, d_sae]` is split into
-/// on a GPU backend (1 on CPU backends). `TOPK_SAE_ENCODER_PARTS` (a number) overrides it.
-pub(crate) fn encoder_parts<B: Backend>(
-    device: &B::Device,
-    rows: usize,
-    d_in: usize,
-    d_sae: usize,
-) -> usize {
-    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let forced = *OVERRIDE.get_or_init(|| {
-        std::env::var("TOPK_SAE_ENCODER_PARTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    });
-    if let Some(parts) = forced {
-        return parts;
-    }
-    let _ = (device, rows, d_in, d_sae);
-    1
-}
-
 impl<B: Backend> TopKSae<B> {
     /// Assembles a model from its four parameters.
     ///
@@ -529,12 +485,9 @@ impl<B: Backend> TopKSae<B> {
         self.pre_from_centred(x - self.b_dec.val().unsqueeze_dim(0))
     }
 
-    /// `xc @ w_enc + b_enc` on the device, for `xc = x - b_dec` (split along `d_in` on a GPU
-    /// when the product is small: see [`encoder_parts`]).
+    /// `xc @ w_enc + b_enc` on the device, for `xc = x - b_dec`.
     fn pre_from_centred(&self, xc: Tensor<B, 2>) -> Tensor<B, 2> {
-        let [rows, d_in] = xc.dims();
-        let parts = encoder_parts::<B>(&xc.device(), rows, d_in, self.d_sae());
-        matmul_split(xc, self.w_enc.val(), parts).add(self.b_enc.val().unsqueeze_dim(0))
+        matmul(xc, self.w_enc.val()).add(self.b_enc.val().unsqueeze_dim(0))
     }
 
     /// `xc @ w_enc + b_enc` on the host, row-major `[batch, d_sae]`, for `xc = x - b_dec`. The
