@@ -8,11 +8,11 @@
 
 use burn::config::Config;
 use burn::tensor::backend::Backend;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::profile::mark;
-use crate::sae::{Selected, TopKSae, decode_rows, gather_rows, to_host};
+use crate::sae::{PreActivations, Selected, TopKSae, decode_rows, gather_rows, to_host};
 
 /// Normalised MSE of a batch, `mean((a - x)^2) / mean((x - mean_over_batch(x))^2)`, means over
 /// all elements.
@@ -165,6 +165,58 @@ pub(crate) struct Evaluated<B: Backend> {
     pub k_aux_used: usize,
 }
 
+/// The latents that count as dead before a batch (the AuxK term's candidates, less those
+/// that fire in the batch).
+pub(crate) enum Candidates<'a, B: Backend> {
+    /// On the host, `d_sae` entries.
+    Host(&'a [bool]),
+    /// On the device (`[d_sae]`, 1 for a candidate), with a bound on their count known on the
+    /// host (the AuxK term's width is `min(k_aux, bound)`; a bound of 0 skips it).
+    Device(Tensor<B, 1, Int>, usize),
+}
+
+impl<B: Backend> Candidates<'_, B> {
+    /// How many (host), or at most how many (device).
+    ///
+    /// # Panics
+    /// If a host mask is not `d_sae` long.
+    fn count(&self, d_sae: usize) -> usize {
+        match self {
+            Self::Host(d) => {
+                assert_eq!(
+                    d.len(),
+                    d_sae,
+                    "dead mask must have d_sae = {d_sae} entries"
+                );
+                d.iter().filter(|v| **v).count()
+            }
+            Self::Device(_, bound) => *bound,
+        }
+    }
+
+    /// The mask on the device (uploaded from the host).
+    fn on_device(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+        match self {
+            Self::Host(d) => {
+                let v: Vec<i32> = d.iter().map(|&c| i32::from(c)).collect();
+                Tensor::from_data(TensorData::new(v, [d.len()]), device)
+            }
+            Self::Device(t, _) => t.clone(),
+        }
+    }
+
+    /// The mask on the host (read back from the device).
+    fn on_host(&self) -> Vec<bool> {
+        match self {
+            Self::Host(d) => d.to_vec(),
+            Self::Device(t, _) => crate::sae::int_to_host(t.clone())
+                .iter()
+                .map(|&v| v != 0)
+                .collect(),
+        }
+    }
+}
+
 /// Which latents the AuxK term may select.
 enum AuxLatents<B: Backend> {
     /// The dead latents, on the host, and how many the term takes (no more than there are).
@@ -185,6 +237,27 @@ impl<B: Backend> AuxLatents<B> {
     fn k_aux(&self) -> usize {
         match self {
             Self::Host { k_aux, .. } | Self::Device { k_aux, .. } => *k_aux,
+        }
+    }
+
+    /// The term's top-k of `pre` (after ReLU), and on the device how many candidates were left
+    /// (`[1]`).
+    fn select(self, pre: &PreActivations<B>, d_sae: usize) -> (Selected<B>, Option<Tensor<B, 1>>) {
+        match self {
+            Self::Host { dead, k_aux } => (pre.select(d_sae, k_aux, dead.as_deref()), None),
+            Self::Device { allowed, k_aux } => {
+                let pre = pre
+                    .device()
+                    .expect("deferred only with device pre-activations");
+                let (indices, values) = crate::topk::masked_topk(pre, k_aux, allowed.clone())
+                    .expect("deferred only where the masked top-k runs");
+                let selected = Selected {
+                    indices,
+                    values: values.clamp_min(0.0),
+                    host_indices: None,
+                };
+                (selected, Some(allowed.sum().float()))
+            }
         }
     }
 }
@@ -236,7 +309,8 @@ impl SaeLoss {
         dead: Option<&[bool]>,
         with_grads: bool,
     ) -> LossOutput<B> {
-        let evaluated = self.evaluate_on_device(model, x, dead, with_grads, true);
+        let evaluated =
+            self.evaluate_on_device(model, x, dead.map(Candidates::Host), with_grads, true);
         let mut values = vec![evaluated.values.clone()];
         values.extend(evaluated.left.clone());
         let host = to_host(Tensor::cat(values, 0));
@@ -258,6 +332,56 @@ impl SaeLoss {
         }
     }
 
+    /// What the AuxK term may select, once the main top-k is known. With `defer`, where the
+    /// kernels run, the latents that fired and the candidates left are worked out on the device:
+    /// nothing is read back (the trainer reads the fired latents back with the loss). Else on
+    /// the host, from the main indices read back. Returns the main indices on the host (empty
+    /// when deferred), the fired latents on the device (when deferred), and the AuxK latents.
+    fn aux_latents<B: Backend>(
+        &self,
+        pre: &PreActivations<B>,
+        main: &mut Selected<B>,
+        dead: Option<Candidates<'_, B>>,
+        d_sae: usize,
+        defer: bool,
+    ) -> (Vec<i64>, Option<Tensor<B, 1>>, AuxLatents<B>) {
+        let device = main.indices.device();
+        let n_candidates = dead.as_ref().map_or(0, |d| d.count(d_sae));
+        let k_aux = self.k_aux.min(n_candidates);
+        let deferred = (defer && main.host_indices.is_none())
+            .then(|| pre.device())
+            .flatten()
+            .filter(|pre| crate::topk::masked_topk_runs(pre, k_aux.max(1)))
+            .and_then(|_| {
+                let candidates = match &dead {
+                    Some(d) => d.on_device(&device),
+                    None => Tensor::zeros([d_sae], &device),
+                };
+                crate::topk::fired_latents(main.indices.clone(), candidates)
+            });
+        if let Some((allowed, fired)) = deferred {
+            return (
+                Vec::new(),
+                Some(fired),
+                AuxLatents::Device { allowed, k_aux },
+            );
+        }
+        let indices = main.take_host_indices();
+        // Latents that fire in this batch are never treated as dead.
+        let dead: Option<Vec<bool>> = dead.map(|d| {
+            let mut d = d.on_host();
+            for &j in &indices {
+                d[j as usize] = false;
+            }
+            d
+        });
+        let n_dead = dead
+            .as_ref()
+            .map_or(0, |d| d.iter().filter(|v| **v).count());
+        let k_aux = self.k_aux.min(n_dead);
+        (indices, None, AuxLatents::Host { dead, k_aux })
+    }
+
     /// [`SaeLoss::evaluate`] with the term values left on the device, so that the trainer reads
     /// them back with the gradient norm, in one transfer.
     ///
@@ -267,11 +391,14 @@ impl SaeLoss {
     /// (when fewer are left, the rest are padding with value 0, which changes no sum; when none
     /// are, its loss is multiplied by 0), and the gradient is grouped by latent there. The
     /// loss and gradient are the same as without it.
+    ///
+    /// `dead` may be on the device ([`Candidates::Device`]); without deferral it is then read
+    /// back.
     pub(crate) fn evaluate_on_device<B: Backend>(
         &self,
         model: &TopKSae<B>,
         x: Tensor<B, 2>,
-        dead: Option<&[bool]>,
+        dead: Option<Candidates<'_, B>>,
         with_grads: bool,
         defer: bool,
     ) -> Evaluated<B> {
@@ -295,52 +422,8 @@ impl SaeLoss {
         let diff = x_hat.clone() - x.clone();
         let recon = diff.clone().powi_scalar(2).mean() / var_x.clone().reshape([1]);
         mark::<B>(&device, "decode (main)");
-        if let Some(d) = dead {
-            assert_eq!(
-                d.len(),
-                d_sae,
-                "dead mask must have d_sae = {d_sae} entries"
-            );
-        }
-        let n_candidates = dead.map_or(0, |d| d.iter().filter(|v| **v).count());
-        // With `defer`, where the kernels run, the latents that fired and the AuxK candidates
-        // left are worked out on the device: no read-back here (the trainer reads the fired
-        // latents back with the loss). Else on the host, from the indices read back.
-        let deferred = (defer && main.host_indices.is_none())
-            .then(|| pre.device())
-            .flatten()
-            .filter(|pre| crate::topk::masked_topk_runs(pre, self.k_aux.min(n_candidates).max(1)))
-            .and_then(|_| {
-                let none = vec![false; d_sae];
-                crate::topk::fired_latents(main.indices.clone(), dead.unwrap_or(&none))
-            });
-        let device_indices = deferred.as_ref().map(|_| main.indices.clone());
-        let (indices, fired, aux) = match deferred {
-            Some((allowed, fired)) => {
-                let k_aux = self.k_aux.min(n_candidates);
-                (
-                    Vec::new(),
-                    Some(fired),
-                    AuxLatents::Device { allowed, k_aux },
-                )
-            }
-            None => {
-                let indices = main.take_host_indices();
-                // Latents that fire in this batch are never treated as dead.
-                let dead: Option<Vec<bool>> = dead.map(|d| {
-                    let mut d = d.to_vec();
-                    for &j in &indices {
-                        d[j as usize] = false;
-                    }
-                    d
-                });
-                let n_dead = dead
-                    .as_ref()
-                    .map_or(0, |d| d.iter().filter(|v| **v).count());
-                let k_aux = self.k_aux.min(n_dead);
-                (indices, None, AuxLatents::Host { dead, k_aux })
-            }
-        };
+        let (indices, fired, aux) = self.aux_latents(&pre, &mut main, dead, d_sae, defer);
+        let device_indices = fired.as_ref().map(|_| main.indices.clone());
         mark::<B>(&device, "indices read-back or fired latents (main)");
         let mut terms = vec![Term {
             selected: main,
@@ -362,29 +445,11 @@ impl SaeLoss {
                 .clamp_min(1e-20)
                 .unsqueeze_dim::<2>(0);
             mark::<B>(&device, "residual variance (aux)");
-            let (aux, live) = match aux {
-                AuxLatents::Host { dead, k_aux } => {
-                    (pre.select(d_sae, k_aux, dead.as_deref()), None)
-                }
-                AuxLatents::Device { allowed, k_aux } => {
-                    let pre = pre
-                        .device()
-                        .expect("deferred only with device pre-activations");
-                    let (indices, values) = crate::topk::masked_topk(pre, k_aux, allowed.clone())
-                        .expect("deferred only where the masked top-k runs");
-                    // Fewer candidates left than k_aux: the padding decodes zeros. None left:
-                    // the term is 0, as when it is skipped.
-                    let n_left = allowed.clone().sum().float();
-                    let live = n_left.clone().clamp_max(1.0);
-                    left = Some(n_left);
-                    let selected = Selected {
-                        indices,
-                        values: values.clamp_min(0.0),
-                        host_indices: None,
-                    };
-                    (selected, Some(live))
-                }
-            };
+            let (aux, n_left) = aux.select(&pre, d_sae);
+            // Fewer candidates left than the width: the padding decodes zeros. None left: the
+            // term is 0, as when it is skipped.
+            let live = n_left.as_ref().map(|n| n.clone().clamp_max(1.0));
+            left = n_left;
             mark::<B>(&device, "top-k (aux)");
             let e_hat = decode_rows(&w_dec, aux.indices.clone(), aux.values.clone());
             let diff = e_hat - e;
@@ -551,21 +616,19 @@ fn grouped_gradients<B: Backend>(
     // (the main term's may be on the host already).
     let on_device: Vec<Tensor<B, 2, Int>> =
         terms.iter().map(|t| t.selected.indices.clone()).collect();
-    let groups = match Groups::by_latent_on_device(&on_device, d_sae) {
-        Some(groups) => groups,
-        None => {
-            let skip = usize::from(main_indices.is_some());
-            let read: Vec<Vec<i64>> = terms[skip..]
-                .iter_mut()
-                .map(|t| t.selected.take_host_indices())
-                .collect();
-            let lists: Vec<&[i64]> = main_indices
-                .into_iter()
-                .chain(read.iter().map(Vec::as_slice))
-                .collect();
-            Groups::by_latent(&lists, batch, d_sae, &device)?
-        }
-    };
+    let values: Vec<Tensor<B, 2>> = terms.iter().map(|t| t.selected.values.clone()).collect();
+    let groups = Groups::by_latent_on_device(&on_device, &values, d_sae).or_else(|| {
+        let skip = usize::from(main_indices.is_some());
+        let read: Vec<Vec<i64>> = terms[skip..]
+            .iter_mut()
+            .map(|t| t.selected.take_host_indices())
+            .collect();
+        let lists: Vec<&[i64]> = main_indices
+            .into_iter()
+            .chain(read.iter().map(Vec::as_slice))
+            .collect();
+        Groups::by_latent(&lists, batch, d_sae, &device)
+    })?;
     mark::<B>(&device, "grouping by latent");
     let flat = |t: &Tensor<B, 2>| {
         let [rows, k] = t.dims();

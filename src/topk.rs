@@ -122,10 +122,10 @@ pub(crate) fn masked_topk<B: Backend>(
 /// where our kernels do not run.
 ///
 /// # Shapes
-/// - `indices`: `[rows, k]`; `candidates`: `d_sae` entries
+/// - `indices`: `[rows, k]`; `candidates`: `[d_sae]`, non-zero for a candidate
 pub(crate) fn fired_latents<B: Backend>(
     indices: Tensor<B, 2, Int>,
-    candidates: &[bool],
+    candidates: Tensor<B, 1, Int>,
 ) -> Option<(Tensor<B, 1, Int>, Tensor<B, 1>)> {
     #[cfg(feature = "wgpu")]
     {

@@ -23,7 +23,7 @@ use crate::checkpoint::{self, CheckpointPolicy};
 use crate::data::{Embeddings, NormalizationKind, Normalizer};
 use crate::error::{Error, Result};
 use crate::host::HostState;
-use crate::loss::{LossParts, SaeGradients, SaeLoss, SaeLossConfig};
+use crate::loss::{Candidates, Evaluated, LossParts, SaeGradients, SaeLoss, SaeLossConfig};
 use crate::profile::mark;
 use crate::sae::{TopKSae, TopKSaeConfig, to_host};
 
@@ -187,6 +187,26 @@ pub struct StepReport {
     pub dead_frac: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+}
+
+/// A step of the tensor engine queued on the device and not read back yet
+/// ([`Trainer::submit`], [`Trainer::complete`]).
+struct Pending<B: Backend> {
+    /// Its number (1-based), for a divergence error.
+    step: u64,
+    /// The epoch its batch belongs to.
+    epoch: usize,
+    /// Rows in its batch.
+    batch: usize,
+    /// `[terms + 4 (+ d_sae)]`: the loss terms, the squared gradient norms, and the fired
+    /// latents when they are on the device.
+    read_back: Tensor<B, 1>,
+    /// `[d_sae]`, 1.0 for the latents that fired, when on the device.
+    fired: Option<Tensor<B, 1>>,
+    out: Evaluated<B>,
+    /// The model and optimiser state after it.
+    model: TopKSae<B>,
+    adam: AdamState<B>,
 }
 
 #[derive(Debug, Clone)]
@@ -684,7 +704,11 @@ impl<B: Backend> Trainer<B> {
     /// On a GPU backend the normalised rows are copied to the device once, for the whole call,
     /// when they take at most 4 GiB (and fit the device's largest buffer), and each batch is
     /// gathered there; larger sets are uploaded batch by batch. Either way the batches, and so
-    /// the results, are the same.
+    /// the results, are the same. With the rows on the device, each step is queued before the
+    /// one before it is read back, so that the host prepares a step while the GPU runs the
+    /// last: `on_step` then sees a step's report once the next step is queued (the reports and
+    /// the model are those of one step at a time, to the bit). A step after which a checkpoint
+    /// is due is read back before the next is queued.
     ///
     /// # Errors
     /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::Diverged`] naming the
@@ -710,42 +734,73 @@ impl<B: Backend> Trainer<B> {
         let d_in = data.d_in();
         let resident = self.resident_rows(data);
         let mut last_saved = None;
-        while self.step < total && self.epoch < self.config.epochs {
-            if self.position == 0 {
-                if self.order.len() != n {
-                    self.order = (0..n).collect();
+        // On a GPU (rows on the device), each step is queued before the one before it is read
+        // back, so that the host prepares a step while the device still runs the last one. The
+        // next step's dead-latent candidates are then worked out on the device
+        // (`candidates_after`); the results are the same as one step at a time.
+        let mut pending: Option<Pending<B>> = None;
+        loop {
+            let queued = self.step + u64::from(pending.is_some());
+            let more = queued < total && self.epoch < self.config.epochs;
+            // The pending step is completed first when there is no next step, when a
+            // checkpoint is due after it (which records the order and position as of that
+            // step), or when its fired latents are not on the device.
+            if let Some(p) = pending.take() {
+                let due = self
+                    .checkpoints
+                    .as_ref()
+                    .is_some_and(|c| (self.step + 1).is_multiple_of(c.every_steps));
+                if more && !due && p.fired.is_some() {
+                    pending = Some(p);
+                } else {
+                    let report = self.complete(p)?;
+                    on_step(&report);
+                    self.checkpoint_if_due(&mut last_saved)?;
                 }
-                self.order.shuffle(&mut self.rng);
-                self.shuffles += 1;
             }
-            let end = (self.position + self.config.batch_size).min(n);
+            if !more {
+                break;
+            }
+            let end = self.next_batch(n);
             let rows = &self.order[self.position..end];
-            let report = if let Some(resident) = &resident {
+            if let (Some(resident), Engine::Tensor(adam)) = (&resident, &self.engine) {
                 let at: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
                 let at =
                     Tensor::<B, 1, Int>::from_data(TensorData::new(at, [rows.len()]), &self.device);
-                self.step(resident.clone().select(0, at))?
-            } else if matches!(self.engine, Engine::Host(_)) {
-                let buf = data.normalized_gather(rows, &self.normalizer);
-                self.step_host(&buf)?
+                let x = resident.clone().select(0, at);
+                let host_candidates;
+                let (model, adam, candidates) = if let Some(p) = &pending {
+                    let candidates = self
+                        .candidates_after(p, rows.len())
+                        .expect("kept pending only with its fired latents on the device");
+                    (&p.model, &p.adam, candidates)
+                } else {
+                    host_candidates = self.dead_candidates(rows.len());
+                    (&self.model, adam, Candidates::Host(&host_candidates))
+                };
+                let next = self.submit(model, adam, x, candidates, queued + 1);
+                self.advance(end, n);
+                if let Some(p) = pending.take() {
+                    let report = self.complete(p)?;
+                    on_step(&report);
+                    self.checkpoint_if_due(&mut last_saved)?;
+                }
+                pending = Some(next);
             } else {
-                let x = crate::data::upload_rows::<B>(rows.len(), d_in, &self.device, |piece| {
-                    data.normalized_gather(&rows[piece], &self.normalizer)
-                });
-                self.step(x)?
-            };
-            self.position = end;
-            if end == n {
-                self.position = 0;
-                self.epoch += 1;
-            }
-            on_step(&report);
-            if let Some(policy) = &self.checkpoints
-                && self.step.is_multiple_of(policy.every_steps)
-            {
-                self.save_checkpoint(policy.step_dir(self.step))?;
-                policy.prune()?;
-                last_saved = Some(self.step);
+                let report = if matches!(self.engine, Engine::Host(_)) {
+                    let buf = data.normalized_gather(rows, &self.normalizer);
+                    self.step_host(&buf)?
+                } else {
+                    let x =
+                        crate::data::upload_rows::<B>(rows.len(), d_in, &self.device, |piece| {
+                            data.normalized_gather(&rows[piece], &self.normalizer)
+                        });
+                    self.step(x)?
+                };
+                // Before the checkpoint, which records where the next batch starts.
+                self.advance(end, n);
+                on_step(&report);
+                self.checkpoint_if_due(&mut last_saved)?;
             }
         }
         if let Some(policy) = &self.checkpoints
@@ -759,6 +814,41 @@ impl<B: Backend> Trainer<B> {
             normalizer: self.normalizer,
             steps: self.step,
         })
+    }
+
+    /// Where the next batch of the order ends (it starts at the position); at the start of an
+    /// epoch the order of the `n` rows is shuffled first.
+    fn next_batch(&mut self, n: usize) -> usize {
+        if self.position == 0 {
+            if self.order.len() != n {
+                self.order = (0..n).collect();
+            }
+            self.order.shuffle(&mut self.rng);
+            self.shuffles += 1;
+        }
+        (self.position + self.config.batch_size).min(n)
+    }
+
+    /// Moves the position past a batch that ended at `end` of the `n` rows (to the next epoch
+    /// at the end of the order).
+    fn advance(&mut self, end: usize, n: usize) {
+        self.position = end;
+        if end == n {
+            self.position = 0;
+            self.epoch += 1;
+        }
+    }
+
+    /// Saves a checkpoint when the policy says one is due after the step just done.
+    fn checkpoint_if_due(&mut self, last_saved: &mut Option<u64>) -> Result<()> {
+        if let Some(policy) = &self.checkpoints
+            && self.step.is_multiple_of(policy.every_steps)
+        {
+            self.save_checkpoint(policy.step_dir(self.step))?;
+            policy.prune()?;
+            *last_saved = Some(self.step);
+        }
+        Ok(())
     }
 
     /// The normalised training rows on the device, for the tensor engine on a GPU backend: each
@@ -815,25 +905,75 @@ impl<B: Backend> Trainer<B> {
             "x must be [batch, d_in] with d_in = {}",
             self.config.model.d_in
         );
-        if matches!(self.engine, Engine::Host(_)) {
+        let Engine::Tensor(adam) = &self.engine else {
             return self.step_host(&to_host(x));
-        }
-        let step = self.step + 1;
+        };
         let candidates = self.dead_candidates(batch);
+        let pending = self.submit(
+            &self.model,
+            adam,
+            x,
+            Candidates::Host(&candidates),
+            self.step + 1,
+        );
+        self.complete(pending)
+    }
+
+    /// Queues one step of the tensor engine on the device, from `model` and `adam` (the
+    /// trainer's, or those of a step still pending), and returns it without reading anything
+    /// back: [`Trainer::complete`] reads its loss back, checks it and applies it.
+    fn submit(
+        &self,
+        model: &TopKSae<B>,
+        adam: &AdamState<B>,
+        x: Tensor<B, 2>,
+        candidates: Candidates<'_, B>,
+        step: u64,
+    ) -> Pending<B> {
+        let batch = x.dims()[0];
         let mut out = self
             .loss
-            .evaluate_on_device(&self.model, x, Some(&candidates), true, true);
+            .evaluate_on_device(model, x, Some(candidates), true, true);
         let grads = out.grads.take().expect("gradients were requested");
-        let (grads, squares) = self.process_gradients(grads);
+        let (grads, squares) = self.process_gradients(model, grads);
         mark::<B>(&self.device, "grad projection, clipping");
         // The update is computed before the loss and the gradient norm are read back, in one
         // transfer (each read-back waits for the device), and kept only if both are finite.
-        let (model, adam) = self.updated(grads);
-        let terms = out.values.dims()[0];
+        let (model, adam) = self.updated(model, adam, grads);
         // With the fired latents when they are on the device (`[d_sae]`, after the squares).
+        let fired = out.fired.take();
         let mut parts = vec![out.values.clone(), squares];
-        parts.extend(out.fired.take());
-        let host = to_host(Tensor::cat(parts, 0));
+        parts.extend(fired.clone());
+        Pending {
+            step,
+            epoch: self.epoch,
+            batch,
+            read_back: Tensor::cat(parts, 0),
+            fired,
+            out,
+            model,
+            adam,
+        }
+    }
+
+    /// Reads a submitted step's loss and gradient norm back and, when both are finite, makes
+    /// its model and optimiser state the trainer's and counts it.
+    ///
+    /// # Errors
+    /// [`Error::Diverged`], the trainer unchanged.
+    fn complete(&mut self, pending: Pending<B>) -> Result<StepReport> {
+        let Pending {
+            step,
+            epoch,
+            batch,
+            read_back,
+            out,
+            model,
+            adam,
+            ..
+        } = pending;
+        let terms = out.values.dims()[0];
+        let host = to_host(read_back);
         mark::<B>(&self.device, "adam, decoder renorm, read-back");
         let parts = out.parts(&host[..terms]);
         if !parts.total.is_finite() {
@@ -863,9 +1003,37 @@ impl<B: Backend> Trainer<B> {
         } else {
             out.indices.iter().map(|&j| j as usize).collect()
         };
-        let report = self.finish_step(batch, fired.into_iter(), parts, grad_norm);
+        let mut report = self.finish_step(batch, fired.into_iter(), parts, grad_norm);
+        // Completed later than it was queued, when the position may have moved on.
+        report.epoch = epoch;
         mark::<B>(&self.device, "counters (host)");
         Ok(report)
+    }
+
+    /// The dead-latent candidates of the step after `pending`, of `next` rows, on the device,
+    /// without reading `pending` back: a latent is a candidate when its samples since it last
+    /// fired pass the threshold after that step, which is `since + pending.batch + next` for
+    /// those `pending` did not fire and `next` for those it did. `None` when `pending`'s fired
+    /// latents are not on the device.
+    fn candidates_after(&self, pending: &Pending<B>, next: usize) -> Option<Candidates<'_, B>> {
+        let fired = pending.fired.clone()?;
+        let threshold = self.config.dead_threshold_samples;
+        let (ran, next) = (pending.batch as u64, next as u64);
+        let quiet: Vec<f32> = self
+            .since_fired
+            .iter()
+            .map(|&s| if s + ran + next > threshold { 1.0 } else { 0.0 })
+            .collect();
+        let count = quiet.iter().filter(|&&q| q > 0.0).count();
+        let d_sae = quiet.len();
+        let quiet = Tensor::<B, 1>::from_data(TensorData::new(quiet, [d_sae]), &self.device);
+        let mut candidates = quiet * fired.clone().neg().add_scalar(1.0);
+        let fired_pass = next > threshold;
+        if fired_pass {
+            candidates = candidates + fired;
+        }
+        let bound = if fired_pass { d_sae } else { count };
+        Some(Candidates::Device(candidates.int(), bound))
     }
 
     /// [`Trainer::step`] on the host engine, from a row-major `[batch, d_in]` buffer.
@@ -930,8 +1098,12 @@ impl<B: Backend> Trainer<B> {
     /// Projects the decoder gradient orthogonal to its rows and clips the global norm, on the
     /// device. Returns the gradients and the four parameters' squared gradient norms (`[4]`, before
     /// clipping).
-    fn process_gradients(&self, mut g: SaeGradients<B>) -> (SaeGradients<B>, Tensor<B, 1>) {
-        g.w_dec = project_rows(g.w_dec, &self.model.w_dec.val());
+    fn process_gradients(
+        &self,
+        model: &TopKSae<B>,
+        mut g: SaeGradients<B>,
+    ) -> (SaeGradients<B>, Tensor<B, 1>) {
+        g.w_dec = project_rows(g.w_dec, &model.w_dec.val());
         let squares = Tensor::cat(
             vec![
                 g.w_enc.clone().powi_scalar(2).sum(),
@@ -961,18 +1133,21 @@ impl<B: Backend> Trainer<B> {
         (g, squares)
     }
 
-    /// The model and Adam state after one update with `g`, not yet in place.
-    fn updated(&self, g: SaeGradients<B>) -> (TopKSae<B>, AdamState<B>) {
+    /// The model and Adam state after one update of `model` and `adam` with `g`, not yet in
+    /// place.
+    fn updated(
+        &self,
+        model: &TopKSae<B>,
+        adam: &AdamState<B>,
+        g: SaeGradients<B>,
+    ) -> (TopKSae<B>, AdamState<B>) {
         let opt = &self.config.optimizer;
-        let Engine::Tensor(adam) = &self.engine else {
-            unreachable!("tensor updates run on the tensor engine only")
-        };
         let mut adam = adam.clone();
         adam.step += 1;
         let t = i32::try_from(adam.step).unwrap_or(i32::MAX);
         let c1 = 1.0 - opt.beta_1.powi(t);
         let c2 = 1.0 - opt.beta_2.powi(t);
-        let mut m = self.model.clone();
+        let mut m = model.clone();
         let w_enc = adam.w_enc.update(m.w_enc.val(), g.w_enc, opt, c1, c2);
         let b_enc = adam.b_enc.update(m.b_enc.val(), g.b_enc, opt, c1, c2);
         let w_dec = normalize_rows(adam.w_dec.update(m.w_dec.val(), g.w_dec, opt, c1, c2));

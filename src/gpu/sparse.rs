@@ -180,10 +180,12 @@ mod kernel {
 
     /// Marks where a term selected each latent: `marks[(row_base + e / k) * d_sae + indices[e]]
     /// = position_base + e + 1` for every entry `e < entries` of the term's row-major `[rows, k]`
-    /// indices (a row selects a latent at most once, so no two entries share a mark).
+    /// indices whose value is above 0 (a row selects a latent at most once, so no two entries
+    /// share a mark).
     #[cube(launch)]
     pub(super) fn mark_kernel(
         indices: &Tensor<i32>,
+        values: &Tensor<f32>,
         marks: &mut Tensor<i32>,
         entries: u32,
         k: u32,
@@ -193,7 +195,7 @@ mod kernel {
         #[comptime] units: u32,
     ) {
         let e = CUBE_POS * units as usize + UNIT_POS_X as usize;
-        if e < entries as usize {
+        if e < entries as usize && values[e] > 0f32 {
             let row = row_base as usize + e / k as usize;
             let j = usize::cast_from(indices[e]);
             marks[row * d_sae as usize + j] = i32::cast_from(position_base as usize + e + 1);
@@ -490,7 +492,14 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
     let other = Tensor::<B, 2>::from_data(TensorData::new(other_host, [2, cols]), device);
     let dots = to_host(launch_gathered_dots(indices, rows, other)?);
     let (first, second) = check_lists(40);
-    let grouped = device_groups_match::<B>(device, &[&first, &second], 40, 9)?;
+    let (first_values, second_values) = check_values(40);
+    let grouped = device_groups_match::<B>(
+        device,
+        &[&first, &second],
+        &[&first_values, &second_values],
+        40,
+        9,
+    )?;
     Some(close(&got, &want) && close(&dots, &want_dots) && grouped)
 }
 
@@ -512,12 +521,29 @@ fn check_lists(batch: usize) -> (Vec<i64>, Vec<i64>) {
     (first, second)
 }
 
+/// Values for [`check_lists`]: every seventh entry 0 (left out of the groups), the rest above 0.
+fn check_values(batch: usize) -> (Vec<f32>, Vec<f32>) {
+    let value = |e: usize| {
+        if e % 7 == 3 {
+            0.0
+        } else {
+            0.5 + (e % 5) as f32
+        }
+    };
+    (
+        (0..2 * batch).map(value).collect(),
+        (0..3 * batch).map(value).collect(),
+    )
+}
+
 /// Whether [`Groups::by_latent_on_device`] groups `lists` (row-major `[batch, k_t]`, no latent
-/// twice in a row) like [`Groups::by_latent`]: same entries, same segments, and empty segments
-/// after them. `None` when the kernels do not launch.
+/// twice in a row) with their `values` like [`Groups::by_latent`] less the entries of value 0:
+/// same entries, same segments, and empty segments after them. `None` when the kernels do not
+/// launch.
 fn device_groups_match<B: Backend>(
     device: &B::Device,
     lists: &[&[i64]],
+    values: &[&[f32]],
     batch: usize,
     d_sae: usize,
 ) -> Option<bool> {
@@ -528,15 +554,39 @@ fn device_groups_match<B: Backend>(
             Tensor::from_data(TensorData::new(v, [batch, list.len() / batch]), device)
         })
         .collect();
-    let groups = launch_by_latent(&tensors, d_sae)?;
-    let (starts, positions, row_of) = latent_groups(lists, batch, d_sae)?;
+    let value_tensors: Vec<Tensor<B, 2>> = values
+        .iter()
+        .map(|v| {
+            Tensor::from_data(
+                TensorData::new(v.to_vec(), [batch, v.len() / batch]),
+                device,
+            )
+        })
+        .collect();
+    let groups = launch_by_latent(&tensors, &value_tensors, d_sae)?;
+    // The host grouping, less the entries of value 0 (a stable filter keeps the order).
+    let (all_starts, all_positions, all_rows) = latent_groups(lists, batch, d_sae)?;
+    let flat: Vec<f32> = values.iter().flat_map(|v| v.iter().copied()).collect();
+    let mut starts = vec![0i32];
+    let (mut positions, mut row_of) = (Vec::new(), Vec::new());
+    for g in 0..d_sae {
+        for e in all_starts[g] as usize..all_starts[g + 1] as usize {
+            if flat[all_positions[e] as usize] > 0.0 {
+                positions.push(all_positions[e]);
+                row_of.push(all_rows[e]);
+            }
+        }
+        starts.push(positions.len() as i32);
+    }
     let (mut bounds, group_segments) = segment(&starts, SEGMENT);
     bounds.resize(groups.segments + 1, *starts.last()?);
+    let kept = positions.len();
+    let first = |t: Tensor<B, 1, Int>| int_to_host(t).into_iter().take(kept).collect::<Vec<_>>();
     Some(
         int_to_host(groups.bounds) == to_i64(&bounds)
             && groups.group_segments.map(int_to_host) == Some(to_i64(&group_segments))
-            && int_to_host(groups.positions) == to_i64(&positions)
-            && int_to_host(groups.row_of) == to_i64(&row_of),
+            && first(groups.positions) == to_i64(&positions)
+            && first(groups.row_of) == to_i64(&row_of),
     )
 }
 
@@ -634,9 +684,13 @@ impl<B: Backend> Groups<B> {
         Some(Self::upload(starts, positions, row_of, device))
     }
 
-    /// [`Groups::by_latent`] on the device, from the terms' `[batch, k_t]` index tensors: the same
-    /// groups with the same entries in the same order, and the same segments, padded with empty
-    /// ones up to a count known without reading anything back (`d_sae + ceil(entries / 32)`).
+    /// [`Groups::by_latent`] on the device, from the terms' `[batch, k_t]` index tensors and
+    /// their (post-ReLU) values: the same groups with the same entries in the same order, and
+    /// the same segments, less the entries whose value is 0 (they add nothing to either
+    /// gradient: their weight is the value, or the value's gradient, which is masked where the
+    /// value is 0), padded with empty segments up to a count known without reading anything back
+    /// (`d_sae + ceil(entries / 32)`). Leaving those out keeps the sums the same whether or not
+    /// a term carries zero-valued padding (AuxK's, see `SaeLoss::evaluate_on_device`).
     /// Nothing is read back or uploaded. `None` when the kernels do not run here (see
     /// [`supports`]), the lists do not all have the same rows, or the table of marks would take
     /// more than [`MARKS_MAX_BYTES`].
@@ -648,13 +702,17 @@ impl<B: Backend> Groups<B> {
     /// segments' bounds. The order is fixed, so the sums are the same on every run.
     ///
     /// # Shapes
-    /// - `lists`: `[batch, k_t]` each, every latent below `d_sae`
-    pub fn by_latent_on_device(lists: &[Tensor<B, 2, Int>], d_sae: usize) -> Option<Self> {
+    /// - `lists`, `values`: `[batch, k_t]` each, every latent below `d_sae`
+    pub fn by_latent_on_device(
+        lists: &[Tensor<B, 2, Int>],
+        values: &[Tensor<B, 2>],
+        d_sae: usize,
+    ) -> Option<Self> {
         let device = lists.first()?.device();
         if !supports::<B>(&device) {
             return None;
         }
-        launch_by_latent(lists, d_sae)
+        launch_by_latent(lists, values, d_sae)
     }
 
     /// One group per row of `indices`, its entries the row's `k` slots in order, each group one
@@ -687,10 +745,19 @@ impl<B: Backend> Groups<B> {
     clippy::too_many_lines,
     reason = "five launches in sequence, each with its arguments"
 )]
-fn launch_by_latent<B: Backend>(lists: &[Tensor<B, 2, Int>], d_sae: usize) -> Option<Groups<B>> {
+fn launch_by_latent<B: Backend>(
+    lists: &[Tensor<B, 2, Int>],
+    values: &[Tensor<B, 2>],
+    d_sae: usize,
+) -> Option<Groups<B>> {
     let batch = lists.first()?.dims()[0];
     let total: usize = lists.iter().map(|t| t.dims()[0] * t.dims()[1]).sum();
-    if total == 0 || d_sae == 0 || lists.iter().any(|t| t.dims()[0] != batch) {
+    if total == 0
+        || d_sae == 0
+        || lists.iter().any(|t| t.dims()[0] != batch)
+        || values.len() != lists.len()
+        || lists.iter().zip(values).any(|(l, v)| l.dims() != v.dims())
+    {
         return None;
     }
     let rows = lists.len() * batch;
@@ -735,11 +802,13 @@ fn launch_by_latent<B: Backend>(lists: &[Tensor<B, 2, Int>], d_sae: usize) -> Op
         let k = lists[t].dims()[1];
         let entries = batch * k;
         if entries > 0 {
+            let (term_values, _) = float_input(values[t].clone())?;
             kernel::mark_kernel::launch::<WgpuRuntime>(
                 &cube_client,
                 cubes(entries),
                 CubeDim::new_1d(units),
                 indices.into_tensor_arg(),
+                term_values.into_tensor_arg(),
                 marks.clone().into_tensor_arg(),
                 entries as u32,
                 k as u32,
@@ -1084,8 +1153,15 @@ mod tests {
         type Wgpu = crate::backend::Wgpu;
         let device = Default::default();
         let (first, second) = super::check_lists(40);
+        let (first_values, second_values) = super::check_values(40);
         assert_eq!(
-            super::device_groups_match::<Wgpu>(&device, &[&first, &second], 40, 9),
+            super::device_groups_match::<Wgpu>(
+                &device,
+                &[&first, &second],
+                &[&first_values, &second_values],
+                40,
+                9
+            ),
             Some(true)
         );
         // Three terms over 257 rows (blocks of 32 and a partial one), k 5, 17 and 1: distinct
@@ -1111,8 +1187,24 @@ mod tests {
             })
             .collect();
         let lists: Vec<&[i64]> = lists.iter().map(Vec::as_slice).collect();
+        // Values above 0, but for about a tenth (ReLU's zeros, and AuxK's padding).
+        let values: Vec<Vec<f32>> = lists
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|_| {
+                        if rng.random_bool(0.1) {
+                            0.0
+                        } else {
+                            rng.random_range(0.01..2.0)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let values: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
         assert_eq!(
-            super::device_groups_match::<Wgpu>(&device, &lists, batch, d_sae),
+            super::device_groups_match::<Wgpu>(&device, &lists, &values, batch, d_sae),
             Some(true)
         );
     }

@@ -423,23 +423,22 @@ pub(crate) fn topk_device_mask<B: Backend>(
 /// The latents selected in `indices`, on the device, for the AuxK term and the dead-latent
 /// counters: `(allowed, fired)`, both `[d_sae]`, where `allowed` is 1 for the `candidates` that
 /// were not selected (0 elsewhere) and `fired` is 1.0 for the selected latents (0.0 elsewhere).
-/// Only the candidates are uploaded. `None` where [`topk`] is.
+/// `None` where [`topk`] is.
 ///
 /// # Shapes
-/// - `indices`: `[rows, k]`, every latent below `d_sae`; `candidates`: `d_sae` entries
+/// - `indices`: `[rows, k]`, every latent below `d_sae`; `candidates`: `[d_sae]`, non-zero for a
+///   candidate
 pub(crate) fn fired_latents<B: Backend>(
     indices: Tensor<B, 2, Int>,
-    candidates: &[bool],
+    candidates: Tensor<B, 1, Int>,
 ) -> Option<(Tensor<B, 1, Int>, Tensor<B, 1>)> {
     let device = indices.device();
     let [rows, k] = indices.dims();
-    let d_sae = candidates.len();
+    let [d_sae] = candidates.dims();
     let entries = rows * k;
     if !supports::<B>(&device) || d_sae == 0 || u32::try_from(entries.max(d_sae)).is_err() {
         return None;
     }
-    let candidates: Vec<i32> = candidates.iter().map(|&c| i32::from(c)).collect();
-    let candidates = Tensor::<B, 1, Int>::from_data(TensorData::new(candidates, [d_sae]), &device);
     let client = super::int_client(&candidates)?;
     let candidates = int_input(candidates)?;
     let indices = int_input(indices)?;

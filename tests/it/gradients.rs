@@ -253,7 +253,9 @@ fn aux_gradient_matches_autodiff_with_few_or_no_candidates_left() {
         .evaluate(&model, tensor(&x, d_in), None, false)
         .indices;
     let mut fires = vec![false; d_sae];
-    fired.iter().for_each(|&j| fires[j as usize] = true);
+    for &j in &fired {
+        fires[j as usize] = true;
+    }
     // Three latents that fire and three that do not: 6 candidates, 3 left, k_aux 8.
     let pick = |firing: bool| {
         let fires = &fires;

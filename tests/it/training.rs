@@ -269,3 +269,48 @@ fn ndarray_and_wgpu_agree_after_a_short_run() {
         "ndarray {nmse_cpu} vs wgpu {nmse_gpu}"
     );
 }
+
+/// On a GPU, `fit` queues each step before it reads the one before back, and works the next
+/// step's dead-latent candidates out on the device; a checkpoint due after every step makes it
+/// go one step at a time. Both must give the same reports (numbers, epochs, batches, losses,
+/// dead fractions, gradient norms) and the same weights, to the bit: a queued step may give
+/// AuxK more zero-valued padding latents (its bound on the candidates is looser), which must
+/// change no sum. On CPU backends both runs go one step at a time.
+#[test]
+fn queued_steps_match_one_step_at_a_time() {
+    use topk_sae::Trainer;
+    use topk_sae::checkpoint::CheckpointPolicy;
+    use topk_sae::train::StepEngine;
+    let set = small_set();
+    let device = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |every: Option<u64>| {
+        // 16 steps an epoch (the last of 160 rows), AuxK candidates after two quiet batches.
+        let config = small_config()
+            .with_epochs(2)
+            .with_dead_threshold_samples(512)
+            .with_engine(StepEngine::Tensor);
+        let mut trainer = Trainer::<TestBackend>::new(config, &set.embeddings, &device).unwrap();
+        if let Some(every) = every {
+            trainer = trainer.with_checkpoints(CheckpointPolicy::new(dir.path(), every));
+        }
+        let mut reports = Vec::new();
+        let trained = trainer.fit(&set.embeddings, |r| reports.push(*r)).unwrap();
+        let weights = [
+            to_host_vec(trained.model.w_enc.val()),
+            to_host_vec(trained.model.w_dec.val()),
+            to_host_vec(trained.model.b_enc.val()),
+            to_host_vec(trained.model.b_dec.val()),
+        ];
+        (reports, weights)
+    };
+    let (queued, queued_weights) = run(None);
+    let (single, single_weights) = run(Some(1));
+    assert_eq!(queued.len(), 32);
+    assert!(
+        single.iter().any(|r| r.loss.aux > 0.0),
+        "AuxK must be exercised"
+    );
+    assert_eq!(queued, single);
+    assert!(queued_weights == single_weights, "the weights differ");
+}
