@@ -256,7 +256,7 @@ mod kernel {
     }
 
     /// One cube: `starts` (`[d_sae + 1]`) the exclusive prefix sums of the group sizes, and
-    /// `group_segments` those of the groups' segment counts ([`segments_of`]). Each unit sums a
+    /// `group_segments` those of the groups' segment counts ([`segments_of()`]). Each unit sums a
     /// contiguous chunk, the units' totals are scanned in shared memory (Hillis-Steele), and
     /// each unit writes its chunk's prefixes.
     #[cube(launch)]

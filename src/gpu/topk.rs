@@ -92,7 +92,7 @@ mod kernel {
         }
     }
 
-    /// [`ordered_key`] of `pre[base + j]` where `allowed[j]` is non-zero; 0, below every
+    /// [`ordered_key()`] of `pre[base + j]` where `allowed[j]` is non-zero; 0, below every
     /// value's key (that of NaN and `-inf` is `0x007f_ffff`), where it is not.
     #[cube]
     fn masked_key(pre: &Tensor<f32>, allowed: &Tensor<i32>, base: usize, j: usize) -> u32 {
