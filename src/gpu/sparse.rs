@@ -169,6 +169,18 @@ mod kernel {
         n
     }
 
+    /// The end of the block of `block` rows that starts at row `first`, within `rows`: the one
+    /// place [`block_counts_kernel()`] and [`fill_groups_kernel()`] take their blocks from, so that
+    /// they walk the same rows.
+    #[cube]
+    fn block_end(first: usize, #[comptime] block: u32, rows: u32) -> usize {
+        let mut end = first + block as usize;
+        if end > rows as usize {
+            end = rows as usize;
+        }
+        end
+    }
+
     /// `out[i] = value` for every `i < n`.
     #[cube(launch)]
     pub(super) fn fill_kernel(out: &mut Tensor<i32>, value: i32, n: u32, #[comptime] units: u32) {
@@ -218,10 +230,7 @@ mod kernel {
         if i < blocks as usize * n {
             let first = (i / n) * block as usize;
             let j = i % n;
-            let mut end = first + block as usize;
-            if end > rows as usize {
-                end = rows as usize;
-            }
+            let end = block_end(first, block, rows);
             let mut c = 0i32;
             for r in first..end {
                 if marks[r * n + j] != 0i32 {
@@ -341,10 +350,7 @@ mod kernel {
         if i < blocks as usize * n {
             let first = (i / n) * block as usize;
             let j = i % n;
-            let mut end = first + block as usize;
-            if end > rows as usize {
-                end = rows as usize;
-            }
+            let end = block_end(first, block, rows);
             let mut at = usize::cast_from(starts[j] + counts[i]);
             for r in first..end {
                 let m = marks[r * n + j];
