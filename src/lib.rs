@@ -122,11 +122,14 @@ pub mod backend {
         /// Sparse decode and gradient (grouped row sums, gathered dot products); without it
         /// burn's gather and scatter-add run.
         pub sparse: KernelStatus,
+        /// The optimiser's update (decoder gradient projection, clipping, Adam, decoder
+        /// renormalisation) in six kernel launches; without it burn's tensor operations run.
+        pub update: KernelStatus,
     }
 
     /// Which of the crate's GPU kernels run for backend `B` on `device`. On burn-wgpu (feature
     /// `wgpu`) each one does unless its environment variable (`TOPK_SAE_DEVICE_TOPK`,
-    /// `TOPK_SAE_DEVICE_SPARSE`) is `0` or its first-use check failed: the first time a kernel
+    /// `TOPK_SAE_DEVICE_SPARSE`, `TOPK_SAE_DEVICE_UPDATE`) is `0` or its first-use check failed: the first time a kernel
     /// is needed it runs once on a small problem with a known answer, and a wrong answer (a
     /// driver that miscompiles it) switches it off for the process, with a `log` warning. Other
     /// backends run none. Results are the same either way; only the speed differs.
@@ -137,6 +140,7 @@ pub mod backend {
     /// let kernels = gpu_kernels::<NdArray<f32>>(&Default::default());
     /// assert_eq!(kernels.top_k, KernelStatus::Unavailable);
     /// assert_eq!(kernels.sparse, KernelStatus::Unavailable);
+    /// assert_eq!(kernels.update, KernelStatus::Unavailable);
     /// # }
     /// ```
     pub fn gpu_kernels<B: burn::tensor::backend::Backend>(device: &B::Device) -> GpuKernels {
@@ -145,6 +149,7 @@ pub mod backend {
             GpuKernels {
                 top_k: crate::gpu::topk::status::<B>(device),
                 sparse: crate::gpu::sparse::status::<B>(device),
+                update: crate::gpu::update::status::<B>(device),
             }
         }
         #[cfg(not(feature = "wgpu"))]

@@ -935,11 +935,10 @@ impl<B: Backend> Trainer<B> {
             .loss
             .evaluate_on_device(model, x, Some(candidates), true, true);
         let grads = out.grads.take().expect("gradients were requested");
-        let (grads, squares) = self.process_gradients(model, grads);
-        mark::<B>(&self.device, "grad projection, clipping");
         // The update is computed before the loss and the gradient norm are read back, in one
         // transfer (each read-back waits for the device), and kept only if both are finite.
-        let (model, adam) = self.updated(model, adam, grads);
+        let (model, adam, squares) = self.update(model, adam, grads);
+        mark::<B>(&self.device, "projection, clipping, adam, renorm");
         // With the fired latents when they are on the device (`[d_sae]`, after the squares).
         let fired = out.fired.take();
         let mut parts = vec![out.values.clone(), squares];
@@ -974,7 +973,7 @@ impl<B: Backend> Trainer<B> {
         } = pending;
         let terms = out.values.dims()[0];
         let host = to_host(read_back);
-        mark::<B>(&self.device, "adam, decoder renorm, read-back");
+        mark::<B>(&self.device, "read-back");
         let parts = out.parts(&host[..terms]);
         if !parts.total.is_finite() {
             return Err(Error::Diverged {
@@ -1095,6 +1094,84 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
+    /// The model, the Adam state and the squared gradient norms (`[4]`, as
+    /// [`Trainer::process_gradients`] gives them) after one update of `model` and `adam` with
+    /// `g`: the decoder gradient's projection, clipping, Adam and the decoder's renormalisation.
+    /// Our kernels run it where they can (`crate::gpu::update`: six launches instead of about
+    /// twenty), else burn's tensor operations; the results agree to float rounding.
+    fn update(
+        &self,
+        model: &TopKSae<B>,
+        adam: &AdamState<B>,
+        g: SaeGradients<B>,
+    ) -> (TopKSae<B>, AdamState<B>, Tensor<B, 1>) {
+        #[cfg(feature = "wgpu")]
+        if let Some(done) = self.update_on_device(model, adam, &g) {
+            return done;
+        }
+        let (g, squares) = self.process_gradients(model, g);
+        let (model, adam) = self.updated(model, adam, g);
+        (model, adam, squares)
+    }
+
+    /// [`Trainer::update`] by our kernels; `None` where they do not run.
+    #[cfg(feature = "wgpu")]
+    fn update_on_device(
+        &self,
+        model: &TopKSae<B>,
+        adam: &AdamState<B>,
+        g: &SaeGradients<B>,
+    ) -> Option<(TopKSae<B>, AdamState<B>, Tensor<B, 1>)> {
+        use crate::gpu::update::{Hyper, Slot, Updated, adam_step};
+        fn slot<B: Backend, const D: usize>(
+            param: &Param<Tensor<B, D>>,
+            grad: &Tensor<B, D>,
+            moments: &Moments<B, D>,
+        ) -> Slot<B, D> {
+            Slot {
+                param: param.val(),
+                grad: grad.clone(),
+                m: moments.m.clone(),
+                v: moments.v.clone(),
+            }
+        }
+        fn apply<B: Backend, const D: usize>(
+            param: &mut Param<Tensor<B, D>>,
+            moments: &mut Moments<B, D>,
+            u: Updated<B, D>,
+        ) {
+            *param = Param::initialized(param.id, u.param);
+            moments.m = u.m;
+            moments.v = u.v;
+        }
+        let opt = &self.config.optimizer;
+        let step = adam.step + 1;
+        let (c1, c2) = bias_corrections(opt, step);
+        let hyper = Hyper {
+            beta_1: opt.beta_1,
+            beta_2: opt.beta_2,
+            lr: opt.lr,
+            epsilon: opt.epsilon,
+            c1,
+            c2,
+            clip: self.config.clip_grad_norm,
+        };
+        let done = adam_step(
+            &slot(&model.w_enc, &g.w_enc, &adam.w_enc),
+            &slot(&model.b_enc, &g.b_enc, &adam.b_enc),
+            &slot(&model.w_dec, &g.w_dec, &adam.w_dec),
+            &slot(&model.b_dec, &g.b_dec, &adam.b_dec),
+            &hyper,
+        )?;
+        let (mut model, mut adam) = (model.clone(), adam.clone());
+        adam.step = step;
+        apply(&mut model.w_enc, &mut adam.w_enc, done.w_enc);
+        apply(&mut model.b_enc, &mut adam.b_enc, done.b_enc);
+        apply(&mut model.w_dec, &mut adam.w_dec, done.w_dec);
+        apply(&mut model.b_dec, &mut adam.b_dec, done.b_dec);
+        Some((model, adam, done.squares))
+    }
+
     /// Projects the decoder gradient orthogonal to its rows and clips the global norm, on the
     /// device. Returns the gradients and the four parameters' squared gradient norms (`[4]`, before
     /// clipping).
@@ -1144,9 +1221,7 @@ impl<B: Backend> Trainer<B> {
         let opt = &self.config.optimizer;
         let mut adam = adam.clone();
         adam.step += 1;
-        let t = i32::try_from(adam.step).unwrap_or(i32::MAX);
-        let c1 = 1.0 - opt.beta_1.powi(t);
-        let c2 = 1.0 - opt.beta_2.powi(t);
+        let (c1, c2) = bias_corrections(opt, adam.step);
         let mut m = model.clone();
         let w_enc = adam.w_enc.update(m.w_enc.val(), g.w_enc, opt, c1, c2);
         let b_enc = adam.b_enc.update(m.b_enc.val(), g.b_enc, opt, c1, c2);
@@ -1158,6 +1233,12 @@ impl<B: Backend> Trainer<B> {
         m.b_dec = Param::initialized(m.b_dec.id, b_dec);
         (m, adam)
     }
+}
+
+/// Adam's bias corrections `(1 - beta_1^t, 1 - beta_2^t)` at step `t` (1-based).
+fn bias_corrections(opt: &AdamConfig, t: u64) -> (f64, f64) {
+    let t = i32::try_from(t).unwrap_or(i32::MAX);
+    (1.0 - opt.beta_1.powi(t), 1.0 - opt.beta_2.powi(t))
 }
 
 /// Removes from each row of `grad` its component along the matching (unit-norm) row of `w`:

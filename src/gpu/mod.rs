@@ -1,5 +1,6 @@
 //! Our cubecl kernels for burn-wgpu, behind the generic API: the row-wise top-k ([`topk`]) and
-//! the grouped row sums of the sparse decode and gradient ([`sparse`]).
+//! the grouped row sums of the sparse decode and gradient ([`sparse`]), and the optimiser's
+//! update ([`update`]).
 //!
 //! Each is used only when the backend's tensors are burn-wgpu's (`Fusion<CubeBackend<WgpuRuntime,
 //! f32, i32, _>>`, the `backend::Wgpu` this crate exports), checked by `TypeId`; for any other
@@ -9,6 +10,7 @@
 
 pub(crate) mod sparse;
 pub(crate) mod topk;
+pub(crate) mod update;
 
 use std::any::{Any, TypeId};
 use std::sync::OnceLock;

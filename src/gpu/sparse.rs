@@ -1093,7 +1093,7 @@ fn launch_gathered_dots<B: Backend>(
 
 /// Units per cube for rows of `cols` columns: a power of two from 32 up to `most`, within what
 /// the device allows.
-fn units_for(cols: u32, most: u32, like: &CubeTensor<WgpuRuntime>) -> u32 {
+pub(super) fn units_for(cols: u32, most: u32, like: &CubeTensor<WgpuRuntime>) -> u32 {
     let hardware = &like.client.properties().hardware;
     let max_units = hardware
         .max_cube_dim

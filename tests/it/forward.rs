@@ -223,5 +223,8 @@ fn gpu_kernels_run_on_wgpu_and_only_there() {
     } else {
         KernelStatus::Unavailable
     };
-    assert_eq!((kernels.top_k, kernels.sparse), (want, want));
+    assert_eq!(
+        (kernels.top_k, kernels.sparse, kernels.update),
+        (want, want, want)
+    );
 }
