@@ -515,8 +515,12 @@ fn backward<B: Backend>(
     let grad_values: Vec<Tensor<B, 2>> = terms
         .iter()
         .map(|t| {
-            let dots = gathered_dots(t.selected.indices.clone(), &w_dec, t.grad_out.clone());
-            dots * t.selected.values.clone().greater_elem(0.0).float()
+            gated_dots(
+                t.selected.indices.clone(),
+                &w_dec,
+                t.grad_out.clone(),
+                &t.selected.values,
+            )
         })
         .collect();
     mark::<B>(&w_dec.device(), "value grads (gathered dots)");
@@ -525,10 +529,13 @@ fn backward<B: Backend>(
             Some(grads) => grads,
             None => scattered_gradients(model, xc, terms, grad_values),
         };
-    let mut b_dec = Tensor::<B, 1>::zeros([d_in], &w_dec.device());
-    for term in terms.iter().filter(|t| t.with_bias) {
-        b_dec = b_dec + term.grad_out.clone().sum_dim(0).reshape([d_in]);
-    }
+    // The main term has the bias; the AuxK term (the residual) does not.
+    let b_dec = terms
+        .iter()
+        .filter(|t| t.with_bias)
+        .map(|t| t.grad_out.clone().sum_dim(0).reshape([d_in]))
+        .reduce(|a, b| a + b)
+        .expect("the main term decodes with the bias");
     // pre = (x - b_dec) @ w_enc + b_enc, so b_dec also receives -(dL/dpre summed) @ w_enc^T.
     let through_encoder = crate::sae::matmul(
         b_enc.clone().unsqueeze_dim::<2>(0),
@@ -544,22 +551,25 @@ fn backward<B: Backend>(
     }
 }
 
-/// `out[b, j] = w_dec[indices[b, j]] . g[b]`: our kernel on burn-wgpu, else a gather of the
-/// `[batch, k, d_in]` rows.
-fn gathered_dots<B: Backend>(
+/// `out[b, j] = w_dec[indices[b, j]] . g[b]` where `values[b, j] > 0` (ReLU's derivative), else
+/// 0: our kernel on burn-wgpu, else a gather of the `[batch, k, d_in]` rows.
+fn gated_dots<B: Backend>(
     indices: Tensor<B, 2, Int>,
     w_dec: &Tensor<B, 2>,
     g: Tensor<B, 2>,
+    values: &Tensor<B, 2>,
 ) -> Tensor<B, 2> {
     #[cfg(feature = "wgpu")]
-    if let Some(dots) = crate::gpu::sparse::gathered_dots(indices.clone(), w_dec.clone(), g.clone())
+    if let Some(dots) =
+        crate::gpu::sparse::gathered_dots(indices.clone(), w_dec.clone(), g.clone(), values.clone())
     {
         return dots;
     }
     let [batch, k] = indices.dims();
-    (gather_rows(w_dec, indices) * g.unsqueeze_dim::<3>(1))
+    let dots = (gather_rows(w_dec, indices) * g.unsqueeze_dim::<3>(1))
         .sum_dim(2)
-        .reshape([batch, k])
+        .reshape([batch, k]);
+    dots * values.clone().greater_elem(0.0).float()
 }
 
 /// The gradients of `w_enc`, `b_enc` and `w_dec` with burn's tensor operations: the decoder's

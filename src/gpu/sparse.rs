@@ -391,13 +391,15 @@ mod kernel {
         }
     }
 
-    /// `out[p] = rows[indices[p] % row_mod] . other[p / k]` for every pair `p < pairs`: a cube
-    /// per pair, its units over the columns, then a tree sum in shared memory.
+    /// `out[p] = rows[indices[p] % row_mod] . other[p / k]` where `gate[p] > 0`, else 0, for
+    /// every pair `p < pairs`: a cube per pair, its units over the columns, then a tree sum in
+    /// shared memory.
     #[cube(launch)]
     pub(super) fn gathered_dots_kernel(
         indices: &Tensor<i32>,
         rows: &Tensor<f32>,
         other: &Tensor<f32>,
+        gate: &Tensor<f32>,
         out: &mut Tensor<f32>,
         pairs: u32,
         k: u32,
@@ -433,7 +435,12 @@ mod kernel {
             stride /= 2;
         }
         if unit == 0 && p < pairs as usize {
-            out[p] = partial[0];
+            // A value ReLU clipped (not positive, or NaN) passes no gradient.
+            let mut dot = 0f32;
+            if gate[p] > 0f32 {
+                dot = partial[0];
+            }
+            out[p] = dot;
         }
     }
 }
@@ -493,10 +500,18 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
             )
         })
         .collect();
+    // Pairs 1 and 4 are gated off (0 and -0.5: not positive).
+    let gate_host = [1.0f32, 0.0, 2.0, 0.5, -0.5, 3.0];
+    let want_dots: Vec<f32> = want_dots
+        .iter()
+        .zip(gate_host)
+        .map(|(&d, g)| if g > 0.0 { d } else { 0.0 })
+        .collect();
     let indices =
         Tensor::<B, 2, Int>::from_data(TensorData::new(indices_host.to_vec(), [2, 3]), device);
     let other = Tensor::<B, 2>::from_data(TensorData::new(other_host, [2, cols]), device);
-    let dots = to_host(launch_gathered_dots(indices, rows, other)?);
+    let gate = Tensor::<B, 2>::from_data(TensorData::new(gate_host.to_vec(), [2, 3]), device);
+    let dots = to_host(launch_gathered_dots(indices, rows, other, gate)?);
     let (first, second) = check_lists(40);
     let (first_values, second_values) = check_values(40);
     let grouped = device_groups_match::<B>(
@@ -1034,20 +1049,22 @@ fn launch_sum_rows<B: Backend>(
     float_output(&client, out)
 }
 
-/// `out[b, s] = rows[indices[b, s]] . other[b]`: for the gradient, `dL/dvalue` from the decoder
-/// rows and `dL/dx_hat`, without burn's `[n, k, cols]` gather; `None` where [`sum_rows`] is.
+/// `out[b, s] = rows[indices[b, s]] . other[b]` where `gate[b, s] > 0`, else 0: for the
+/// gradient, `dL/dvalue` from the decoder rows and `dL/dx_hat`, gated by the values (ReLU's
+/// derivative), without burn's `[n, k, cols]` gather; `None` where [`sum_rows`] is.
 ///
 /// # Shapes
-/// - `indices`: `[n, k]`, `rows`: `[r, cols]`, `other`: `[n, cols]` → `[n, k]`
+/// - `indices`: `[n, k]`, `rows`: `[r, cols]`, `other`: `[n, cols]`, `gate`: `[n, k]` → `[n, k]`
 pub(crate) fn gathered_dots<B: Backend>(
     indices: Tensor<B, 2, Int>,
     rows: Tensor<B, 2>,
     other: Tensor<B, 2>,
+    gate: Tensor<B, 2>,
 ) -> Option<Tensor<B, 2>> {
     if !supports::<B>(&rows.device()) {
         return None;
     }
-    launch_gathered_dots(indices, rows, other)
+    launch_gathered_dots(indices, rows, other, gate)
 }
 
 /// [`gathered_dots`] without the switch.
@@ -1055,6 +1072,7 @@ fn launch_gathered_dots<B: Backend>(
     indices: Tensor<B, 2, Int>,
     rows: Tensor<B, 2>,
     other: Tensor<B, 2>,
+    gate: Tensor<B, 2>,
 ) -> Option<Tensor<B, 2>> {
     let [n, k] = indices.dims();
     let [r, cols] = rows.dims();
@@ -1069,6 +1087,7 @@ fn launch_gathered_dots<B: Backend>(
     );
     let (rows, client) = float_input(rows)?;
     let (other, _) = float_input(other)?;
+    let (gate, _) = float_input(gate)?;
     let indices = int_input(indices)?;
     let units = units_for(cols_u32, 64, &rows);
     let (x, y) = grid(n * k);
@@ -1081,6 +1100,7 @@ fn launch_gathered_dots<B: Backend>(
         indices.into_tensor_arg(),
         rows.into_tensor_arg(),
         other.into_tensor_arg(),
+        gate.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         pairs,
         k_u32,
