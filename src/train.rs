@@ -1097,8 +1097,8 @@ impl<B: Backend> Trainer<B> {
     /// The model, the Adam state and the squared gradient norms (`[4]`, as
     /// [`Trainer::process_gradients`] gives them) after one update of `model` and `adam` with
     /// `g`: the decoder gradient's projection, clipping, Adam and the decoder's renormalisation.
-    /// Our kernels run it where they can (`crate::gpu::update`: six launches instead of about
-    /// twenty), else burn's tensor operations; the results agree to float rounding.
+    /// Our kernels run it where they can (`crate::gpu::update`: six launches instead of
+    /// 26), else burn's tensor operations; the results agree to float rounding.
     fn update(
         &self,
         model: &TopKSae<B>,

@@ -2,10 +2,11 @@
 //! gradient's projection, the squared gradient norms, the clipping factor, Adam and the decoder's
 //! renormalisation ([`adam_step`]).
 //!
-//! With burn's tensor operations this part of the step took about 20 kernel launches (each
-//! reduction, each `cat` piece and each chain of element-wise operations is one), and a step on
-//! the H200 at the small size was bound by a cost per launch rather than by the GPU's work
-//! (docs/benchmarks.md). Here it takes six:
+//! With burn's tensor operations this part of the step took 26 kernel launches (each reduction,
+//! each `cat` piece, each chain of element-wise operations and each operation burn runs unfused
+//! is one). A step on the H200 at the small size costs about as much at a quarter of the batch,
+//! so it is bound by a cost per step, most likely per launch (not measured apart:
+//! docs/benchmarks.md). Here it takes six:
 //! 1. `norms`: a cube per decoder row works out `w_j . g_j` (the projection) and the squared
 //!    norm of the projected row; further cubes sum the squares of chunks of the encoder's
 //!    gradient and of the two biases' gradients. One partial sum per cube.
@@ -154,7 +155,7 @@ mod kernel {
     }
 
     /// One cube: `squares = [w_enc, b_enc, w_dec, b_dec]`'s squared gradient norms from
-    /// [`norms_kernel`]'s partial sums, and `coef[0]` the clipping factor: `min(max_norm /
+    /// [`norms_kernel()`]'s partial sums, and `coef[0]` the clipping factor: `min(max_norm /
     /// (norm + 1e-6), 1)` when `clip` is 1, else 1.
     #[cube(launch)]
     pub(super) fn finish_kernel(
@@ -245,8 +246,8 @@ mod kernel {
         }
     }
 
-    /// Cube `c < rows`: [`adam_kernel`] on decoder row `c` with the gradient `(g - along[c] w)
-    /// * coef[0]`, then the row scaled to unit norm (left as is below 1e-12).
+    /// Cube `c < rows`: [`adam_kernel()`] on decoder row `c` with the gradient
+    /// `(g - along[c] w) * coef[0]`, then the row scaled to unit norm (left as is below 1e-12).
     #[cube(launch)]
     pub(super) fn adam_rows_kernel(
         p: &Tensor<f32>,
@@ -639,7 +640,7 @@ fn reference(slots: &[[Vec<f32>; 4]; 4], d_in: usize, h: &Hyper) -> ([[Vec<f32>;
     (out, squares)
 }
 
-/// The kernels on a small problem against [`reference`]: 3 decoder rows of 300 columns (more
+/// The kernels on a small problem against [`reference()`]: 3 decoder rows of 300 columns (more
 /// than a cube's units), the encoder's gradient a transposed view as the trainer gives it, its
 /// squares over 8 cubes, clipping active.
 fn check<B: Backend>(device: &B::Device) -> Option<bool> {
