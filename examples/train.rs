@@ -268,7 +268,12 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             "lr": lr,
             "seed": args.seed,
             "recovered_fraction": recovered,
-            "gpu_kernels": {"top_k": kernels.top_k.name(), "sparse": kernels.sparse.name()},
+            "gpu_kernels": {
+                "top_k": kernels.top_k.name(),
+                "sparse": kernels.sparse.name(),
+                "update": kernels.update.name(),
+                "pack": kernels.pack.name(),
+            },
         });
         summary
             .as_object_mut()

@@ -144,8 +144,9 @@ pub struct LossOutput<B: Backend> {
 
 /// [`SaeLoss::evaluate`]'s results before the term values are read back.
 pub(crate) struct Evaluated<B: Backend> {
-    /// `[terms]`: the main term's NMSE, then AuxK's and multi-k's when they ran.
-    pub values: Tensor<B, 1>,
+    /// `[1]` each: the main term's NMSE, then AuxK's and multi-k's when they ran (kept apart
+    /// so that a read-back joins them with what else it carries in one concatenation).
+    pub losses: Vec<Tensor<B, 1>>,
     coefs: Vec<f32>,
     aux_index: Option<usize>,
     multi_index: Option<usize>,
@@ -311,10 +312,10 @@ impl SaeLoss {
     ) -> LossOutput<B> {
         let evaluated =
             self.evaluate_on_device(model, x, dead.map(Candidates::Host), with_grads, true);
-        let mut values = vec![evaluated.values.clone()];
+        let mut values = evaluated.losses.clone();
         values.extend(evaluated.left.clone());
-        let host = to_host(Tensor::cat(values, 0));
-        let terms = evaluated.values.dims()[0];
+        let host = to_host(crate::sae::concat(values));
+        let terms = evaluated.losses.len();
         let parts = evaluated.parts(&host[..terms]);
         // Deferred: the main indices, and how many candidates were left, come back now.
         let (indices, k_aux_used) = match (&evaluated.device_indices, host.get(terms)) {
@@ -487,7 +488,7 @@ impl SaeLoss {
         let main_indices = fired.is_none().then_some(indices.as_slice());
         let grads = with_grads.then(|| backward(model, xc, &mut terms, main_indices));
         Evaluated {
-            values: Tensor::cat(losses, 0),
+            losses,
             coefs,
             aux_index,
             multi_index,
@@ -616,6 +617,7 @@ fn grouped_gradients<B: Backend>(
     main_indices: Option<&[i64]>,
 ) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>)> {
     use crate::gpu::sparse::{Groups, sum_rows, supports};
+    use crate::sae::{concat, concat_rows};
     if !supports::<B>(&xc.device()) {
         return None;
     }
@@ -645,14 +647,14 @@ fn grouped_gradients<B: Backend>(
         t.clone().reshape([rows * k])
     };
     // dL/dw_dec[j] = sum of values * g over the (term, row) that selected j.
-    let values = Tensor::cat(terms.iter().map(|t| flat(&t.selected.values)).collect(), 0);
-    let grad_out = Tensor::cat(terms.iter().map(|t| t.grad_out.clone()).collect(), 0);
+    let values = concat(terms.iter().map(|t| flat(&t.selected.values)).collect());
+    let grad_out = concat_rows(terms.iter().map(|t| t.grad_out.clone()).collect());
     let grad_w_dec = sum_rows(&groups, values, grad_out, terms.len() * batch)?;
     mark::<B>(&device, "w_dec grad (grouped sums)");
     // dL/dw_enc[:, j] = sum of dL/dvalue * xc over the rows that selected j, and dL/db_enc[j]
     // the sum of dL/dvalue: one pass over [xc | 1].
     let xc1 = Tensor::cat(vec![xc.clone(), Tensor::ones([batch, 1], &device)], 1);
-    let weights = Tensor::cat(grad_values.iter().map(flat).collect(), 0);
+    let weights = concat(grad_values.iter().map(flat).collect());
     let enc = sum_rows(&groups, weights, xc1, batch)?;
     let grad_w_enc = enc.clone().slice([0..d_sae, 0..d_in]).transpose();
     let grad_b_enc = enc.slice([0..d_sae, d_in..d_in + 1]).reshape([d_sae]);

@@ -364,17 +364,62 @@ pub(crate) fn int_to_host<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>)
 
 /// Copies a float tensor to the host (see [`to_host_vec`]).
 ///
-/// The `mul_scalar(1.0)` (exact for every value, `-0.0` included) gives the backend a tensor it
-/// owns alone: burn-ndarray 0.21 reads a *shared* tensor (a parameter's value, which the module
-/// still holds) element by element through a dynamic-rank iterator, 41 ms for 384 x 3072,
-/// against 5 ms for the multiply plus a move (docs/decisions.md).
+/// On the CPU backends a `mul_scalar(1.0)` (exact for every value, `-0.0` included) gives the
+/// backend a tensor it owns alone: burn-ndarray 0.21 reads a *shared* tensor (a parameter's
+/// value, which the module still holds) element by element through a dynamic-rank iterator,
+/// 41 ms for 384 x 3072, against 5 ms for the multiply plus a move (docs/decisions.md). On a GPU
+/// the multiply would be one more kernel launch before every read-back, so it is left out.
 pub(crate) fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    let tensor = if crate::host::is_cpu_backend::<B>(&tensor.device()) {
+        tensor.mul_scalar(1.0)
+    } else {
+        tensor
+    };
     tensor
-        .mul_scalar(1.0)
         .into_data()
         .convert::<f32>()
         .into_vec::<f32>()
         .expect("a converted float tensor reads back as f32")
+}
+
+/// `Tensor::cat(parts, 0)` of vectors: in one launch of our kernel on burn-wgpu
+/// (`crate::gpu::pack`), else burn's `cat`.
+///
+/// # Shapes
+/// - `parts`: `[n_i]` each → `[sum of n_i]`
+pub(crate) fn concat<B: Backend>(parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+    #[cfg(feature = "wgpu")]
+    if let Some(joined) = crate::gpu::pack::concat(&parts) {
+        return joined;
+    }
+    Tensor::cat(parts, 0)
+}
+
+/// `Tensor::cat(parts, 0)` of matrices with the same number of columns, through [`concat()`] on
+/// burn-wgpu (as vectors, end to end), else burn's `cat`.
+///
+/// # Shapes
+/// - `parts`: `[r_i, cols]` each → `[sum of r_i, cols]`
+#[cfg(feature = "wgpu")]
+pub(crate) fn concat_rows<B: Backend>(parts: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
+    let device = parts.first().map(Tensor::device);
+    let runs = device
+        .is_some_and(|d| crate::gpu::pack::status::<B>(&d) == crate::backend::KernelStatus::Runs);
+    if runs {
+        let cols = parts[0].dims()[1];
+        let flat: Vec<Tensor<B, 1>> = parts
+            .iter()
+            .map(|p| {
+                let [rows, cols] = p.dims();
+                p.clone().reshape([rows * cols])
+            })
+            .collect();
+        if let Some(joined) = crate::gpu::pack::concat(&flat) {
+            let n = joined.dims()[0];
+            return joined.reshape([n / cols.max(1), cols]);
+        }
+    }
+    Tensor::cat(parts, 0)
 }
 
 /// `a @ b`, with a product of one output column computed as two: burn-wgpu 0.21's fused matmul

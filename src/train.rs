@@ -941,13 +941,14 @@ impl<B: Backend> Trainer<B> {
         mark::<B>(&self.device, "projection, clipping, adam, renorm");
         // With the fired latents when they are on the device (`[d_sae]`, after the squares).
         let fired = out.fired.take();
-        let mut parts = vec![out.values.clone(), squares];
+        let mut parts = out.losses.clone();
+        parts.push(squares);
         parts.extend(fired.clone());
         Pending {
             step,
             epoch: self.epoch,
             batch,
-            read_back: Tensor::cat(parts, 0),
+            read_back: crate::sae::concat(parts),
             fired,
             out,
             model,
@@ -971,7 +972,7 @@ impl<B: Backend> Trainer<B> {
             adam,
             ..
         } = pending;
-        let terms = out.values.dims()[0];
+        let terms = out.losses.len();
         let host = to_host(read_back);
         mark::<B>(&self.device, "read-back");
         let parts = out.parts(&host[..terms]);

@@ -40,7 +40,12 @@ pub fn run_on(name: &str, job: impl Job) -> Result<()> {
 #[cfg(feature = "wgpu")]
 fn warn_failed_kernels(kernels: topk_sae::backend::GpuKernels) {
     use topk_sae::backend::KernelStatus;
-    for (name, status) in [("top-k", kernels.top_k), ("sparse", kernels.sparse)] {
+    for (name, status) in [
+        ("top-k", kernels.top_k),
+        ("sparse", kernels.sparse),
+        ("optimiser update", kernels.update),
+        ("concatenation", kernels.pack),
+    ] {
         if status == KernelStatus::FailedCheck {
             eprintln!(
                 "warning: the GPU {name} kernel gave a wrong answer in its first-use check on \

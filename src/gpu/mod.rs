@@ -1,6 +1,6 @@
 //! Our cubecl kernels for burn-wgpu, behind the generic API: the row-wise top-k ([`topk`]) and
-//! the grouped row sums of the sparse decode and gradient ([`sparse`]), and the optimiser's
-//! update ([`update`]).
+//! the grouped row sums of the sparse decode and gradient ([`sparse`]), the optimiser's update
+//! ([`update`]), and concatenations in one launch ([`pack`]).
 //!
 //! Each is used only when the backend's tensors are burn-wgpu's (`Fusion<CubeBackend<WgpuRuntime,
 //! f32, i32, _>>`, the `backend::Wgpu` this crate exports), checked by `TypeId`; for any other
@@ -8,6 +8,7 @@
 //! resolved to cubecl tensors (which flushes the fusion queue), the kernel is launched, and its
 //! outputs are registered back with the fusion client (an `Init` operation), all in safe code.
 
+pub(crate) mod pack;
 pub(crate) mod sparse;
 pub(crate) mod topk;
 pub(crate) mod update;
