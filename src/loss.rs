@@ -616,7 +616,7 @@ fn grouped_gradients<B: Backend>(
     grad_values: &[Tensor<B, 2>],
     main_indices: Option<&[i64]>,
 ) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>)> {
-    use crate::gpu::sparse::{Groups, sum_rows, supports};
+    use crate::gpu::sparse::{Groups, sum_rows, sum_rows_and_weights, supports};
     use crate::sae::{concat, concat_rows};
     if !supports::<B>(&xc.device()) {
         return None;
@@ -653,9 +653,8 @@ fn grouped_gradients<B: Backend>(
     mark::<B>(&device, "w_dec grad (grouped sums)");
     // dL/dw_enc[:, j] = sum of dL/dvalue * xc over the rows that selected j, and dL/db_enc[j]
     // the sum of dL/dvalue: one pass over [xc | 1].
-    let xc1 = Tensor::cat(vec![xc.clone(), Tensor::ones([batch, 1], &device)], 1);
     let weights = concat(grad_values.iter().map(flat).collect());
-    let enc = sum_rows(&groups, weights, xc1, batch)?;
+    let enc = sum_rows_and_weights(&groups, weights, xc.clone(), batch)?;
     let grad_w_enc = enc.clone().slice([0..d_sae, 0..d_in]).transpose();
     let grad_b_enc = enc.slice([0..d_sae, d_in..d_in + 1]).reshape([d_sae]);
     mark::<B>(&device, "w_enc grad (grouped sums)");

@@ -67,7 +67,9 @@ mod kernel {
     use cubecl::prelude::*;
 
     /// `out[s, c] = sum_{e in bounds[s]..bounds[s + 1]} weights[positions[e]] *
-    /// rows[(row_of[e] % row_mod) * cols + c]`, for segments of at most `seg_max` entries.
+    /// rows[(row_of[e] % row_mod) * cols + c]`, for segments of at most `seg_max` entries;
+    /// with `ones` 1, the rows have one more column, of ones, after their `cols` (so `out` has
+    /// `cols + 1` columns, the last the sum of the weights).
     #[cube(launch)]
     pub(super) fn segment_sums_kernel(
         bounds: &Tensor<i32>,
@@ -78,6 +80,7 @@ mod kernel {
         out: &mut Tensor<f32>,
         segments: u32,
         cols: u32,
+        ones: u32,
         row_mod: u32,
         #[comptime] units: u32,
         #[comptime] per_unit: usize,
@@ -87,6 +90,8 @@ mod kernel {
         let unit = UNIT_POS_X as usize;
         let units_n = units as usize;
         let n = cols as usize;
+        // The output's width: the rows', and the column of ones.
+        let m = n + ones as usize;
         let mut weight = SharedMemory::<f32>::new(seg_max);
         let mut offset = SharedMemory::<u32>::new(seg_max);
         let mut start = 0usize;
@@ -118,14 +123,16 @@ mod kernel {
                     let c = unit + j * units_n;
                     if c < n {
                         acc[j] += w * rows[base + c];
+                    } else if c < m {
+                        acc[j] += w;
                     }
                 }
             }
             #[unroll]
             for j in 0..per_unit {
                 let c = unit + j * units_n;
-                if c < n {
-                    out[s * n + c] = acc[j];
+                if c < m {
+                    out[s * m + c] = acc[j];
                 }
             }
         }
@@ -484,9 +491,28 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
             }
         }
     }
+    // With the column of ones: the same sums, then each group's sum of weights.
+    let mut want_ones = Vec::with_capacity(3 * (cols + 1));
+    for g in 0..3 {
+        want_ones.extend_from_slice(&want[g * cols..(g + 1) * cols]);
+        let range = starts[g] as usize..starts[g + 1] as usize;
+        want_ones.push(
+            positions[range]
+                .iter()
+                .map(|&p| weights_host[p as usize])
+                .sum(),
+        );
+    }
     let groups = Groups::upload(starts.to_vec(), positions, row_of, device);
     let weights = Tensor::<B, 1>::from_data(TensorData::new(weights_host, [entries]), device);
-    let got = to_host(launch_sum_rows(&groups, weights, rows.clone(), n)?);
+    let got = to_host(launch_sum_rows(
+        &groups,
+        weights.clone(),
+        rows.clone(),
+        n,
+        false,
+    )?);
+    let got_ones = to_host(launch_sum_rows(&groups, weights, rows.clone(), n, true)?);
 
     let indices_host = [3i32, 0, 2, 1, 1, 3];
     let other_host = pattern(2 * cols, 4);
@@ -521,7 +547,7 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
         40,
         9,
     )?;
-    Some(close(&got, &want) && close(&dots, &want_dots) && grouped)
+    Some(close(&got, &want) && close(&got_ones, &want_ones) && close(&dots, &want_dots) && grouped)
 }
 
 /// Two terms over `batch` rows (k 2 and 3, 9 latents) for [`device_groups_match`]: latent 0 is
@@ -976,20 +1002,41 @@ pub(crate) fn sum_rows<B: Backend>(
     if !supports::<B>(&rows.device()) {
         return None;
     }
-    launch_sum_rows(groups, weights, rows, row_mod)
+    launch_sum_rows(groups, weights, rows, row_mod, false)
 }
 
-/// [`sum_rows`] without the switch.
-fn launch_sum_rows<B: Backend>(
+/// [`sum_rows`] of `[rows | 1]`, the rows with a column of ones after their last, without
+/// making that matrix: the last column of the result is the sum of each group's weights.
+///
+/// # Shapes
+/// - `weights`: `[n]`, `rows`: `[r, cols]` → `[groups, cols + 1]`
+pub(crate) fn sum_rows_and_weights<B: Backend>(
     groups: &Groups<B>,
     weights: Tensor<B, 1>,
     rows: Tensor<B, 2>,
     row_mod: usize,
 ) -> Option<Tensor<B, 2>> {
+    if !supports::<B>(&rows.device()) {
+        return None;
+    }
+    launch_sum_rows(groups, weights, rows, row_mod, true)
+}
+
+/// [`sum_rows`] (or, with `ones`, [`sum_rows_and_weights`]) without the switch.
+fn launch_sum_rows<B: Backend>(
+    groups: &Groups<B>,
+    weights: Tensor<B, 1>,
+    rows: Tensor<B, 2>,
+    row_mod: usize,
+    ones: bool,
+) -> Option<Tensor<B, 2>> {
     if groups.count == 0 {
         return None;
     }
     let [_, cols] = rows.dims();
+    // The output's width.
+    let width = cols + usize::from(ones);
+    let width_u32 = u32::try_from(width).ok()?;
     // Row offsets are u32s in the kernel.
     u32::try_from(row_mod.checked_mul(cols)?).ok()?;
     let (n_groups, n_segments, cols_u32, row_mod_u32) = (
@@ -1003,14 +1050,14 @@ fn launch_sum_rows<B: Backend>(
     let bounds = int_input(groups.bounds.clone())?;
     let positions = int_input(groups.positions.clone())?;
     let row_of = int_input(groups.row_of.clone())?;
-    let units = units_for(cols_u32, UNITS, &rows);
-    let per_unit = cols_u32.div_ceil(units);
+    let units = units_for(width_u32, UNITS, &rows);
+    let per_unit = width_u32.div_ceil(units);
     if per_unit > MAX_PER_UNIT {
         return None;
     }
     let cube_client = rows.client.clone();
     // One pass when every group is one segment; else partial sums per segment, then per group.
-    let partial = empty(&rows, Shape::new([groups.segments, cols]), DType::F32);
+    let partial = empty(&rows, Shape::new([groups.segments, width]), DType::F32);
     let (x, y) = grid(groups.segments);
     kernel::segment_sums_kernel::launch::<WgpuRuntime>(
         &cube_client,
@@ -1024,6 +1071,7 @@ fn launch_sum_rows<B: Backend>(
         partial.clone().into_tensor_arg(),
         n_segments,
         cols_u32,
+        u32::from(ones),
         row_mod_u32,
         units,
         per_unit as usize,
@@ -1033,7 +1081,7 @@ fn launch_sum_rows<B: Backend>(
         return float_output(&client, partial);
     };
     let group_segments = int_input(group_segments.clone())?;
-    let out = empty(&rows, Shape::new([groups.count, cols]), DType::F32);
+    let out = empty(&rows, Shape::new([groups.count, width]), DType::F32);
     let (x, y) = grid(groups.count);
     kernel::combine_kernel::launch::<WgpuRuntime>(
         &cube_client,
@@ -1043,7 +1091,7 @@ fn launch_sum_rows<B: Backend>(
         partial.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         n_groups,
-        cols_u32,
+        width_u32,
         units,
     );
     float_output(&client, out)
