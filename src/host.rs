@@ -399,23 +399,22 @@ impl HostState {
             .with_min_len(LATENTS_PER_TASK)
             .for_each(|(((w, m), v), g)| {
                 c.update_chunk(w, m, v, g);
-                let norm = sum_sq(w).sqrt().max(1e-12) as f32;
-                for x in w.iter_mut() {
-                    *x /= norm;
-                }
+                normalize_row(w);
             });
     }
 }
 
+/// Adam's settings for one step (`c1`, `c2` the bias corrections) and the clipping factor of the
+/// gradients.
 #[derive(Debug, Clone, Copy)]
-struct AdamScalars {
-    b1: f32,
-    b2: f32,
-    c1: f32,
-    c2: f32,
-    eps: f32,
-    lr: f32,
-    clip: f32,
+pub(crate) struct AdamScalars {
+    pub(crate) b1: f32,
+    pub(crate) b2: f32,
+    pub(crate) c1: f32,
+    pub(crate) c2: f32,
+    pub(crate) eps: f32,
+    pub(crate) lr: f32,
+    pub(crate) clip: f32,
 }
 
 impl AdamScalars {
@@ -428,7 +427,7 @@ impl AdamScalars {
     }
 
     /// PyTorch's Adam: `p -= lr * (m / c1) / (sqrt(v / c2) + eps)`.
-    fn update_chunk(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+    pub(crate) fn update_chunk(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
         for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
             let g = g * self.clip;
             *m = *m * self.b1 + g * (1.0 - self.b1);
@@ -707,8 +706,16 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-fn sum_sq(a: &[f32]) -> f64 {
+pub(crate) fn sum_sq(a: &[f32]) -> f64 {
     f64::from(dot(a, a))
+}
+
+/// Scales `w` to unit L2 norm (left as is below a norm of 1e-12).
+pub(crate) fn normalize_row(w: &mut [f32]) {
+    let norm = sum_sq(w).sqrt().max(1e-12) as f32;
+    for x in w.iter_mut() {
+        *x /= norm;
+    }
 }
 
 #[cfg(all(test, feature = "ndarray"))]

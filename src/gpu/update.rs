@@ -599,41 +599,39 @@ fn launch<B: Backend>(
 }
 
 /// The host's version of [`adam_step`] on row-major buffers (`[p, g, m, v]` per parameter,
-/// `w_enc`'s gradient contiguous): the four parameters' new `[p, m, v]` and the squares.
+/// `w_enc`'s gradient contiguous), with the host engine's Adam and renormalisation: the four
+/// parameters' new `[p, m, v]` and the squares.
 fn reference(slots: &[[Vec<f32>; 4]; 4], d_in: usize, h: &Hyper) -> ([[Vec<f32>; 3]; 4], [f32; 4]) {
-    let [b1, one_b1, b2, one_b2, lr, eps, c1, c2] = scalars(h);
-    let sum_sq = |v: &[f32]| v.iter().map(|x| f64::from(x * x)).sum::<f64>() as f32;
+    use crate::host::{AdamScalars, dot, normalize_row, sum_sq};
     let [w, g] = [&slots[2][0], &slots[2][1]];
     let mut g_dec = g.clone();
     for (g_row, w_row) in g_dec.chunks_mut(d_in).zip(w.chunks(d_in)) {
-        let along = crate::host::dot(g_row, w_row);
+        let along = dot(g_row, w_row);
         for (gi, wi) in g_row.iter_mut().zip(w_row) {
             *gi -= wi * along;
         }
     }
     let grads = [&slots[0][1], &slots[1][1], &g_dec, &slots[3][1]];
-    let squares = grads.map(|g| sum_sq(g));
-    let coef = h.clip.map_or(1.0, |max| {
+    let squares = grads.map(|g| sum_sq(g) as f32);
+    let clip = h.clip.map_or(1.0, |max| {
         ((1.0 / (squares.iter().sum::<f32>().sqrt() + 1e-6)) * max as f32).min(1.0)
     });
+    let adam = AdamScalars {
+        b1: h.beta_1 as f32,
+        b2: h.beta_2 as f32,
+        c1: h.c1 as f32,
+        c2: h.c2 as f32,
+        eps: h.epsilon as f32,
+        lr: h.lr as f32,
+        clip,
+    };
     let out = std::array::from_fn(|i| {
         let [p, _, m, v] = &slots[i];
         let mut out = [p.clone(), m.clone(), v.clone()];
-        for e in 0..p.len() {
-            let gi = grads[i][e] * coef;
-            let mi = m[e] * b1 + gi * one_b1;
-            let vi = v[e] * b2 + gi * gi * one_b2;
-            out[0][e] = p[e] - mi / c1 / ((vi / c2).sqrt() + eps) * lr;
-            out[1][e] = mi;
-            out[2][e] = vi;
-        }
+        let [p, m, v] = &mut out;
+        adam.update_chunk(p, m, v, grads[i]);
         if i == 2 {
-            for row in out[0].chunks_mut(d_in) {
-                let norm = sum_sq(row).sqrt().max(1e-12);
-                for x in row.iter_mut() {
-                    *x /= norm;
-                }
-            }
+            p.chunks_mut(d_in).for_each(normalize_row);
         }
         out
     });
