@@ -205,6 +205,36 @@ mod kernel {
         }
     }
 
+    /// Adam on element `i` with the (clipped) gradient `g`: writes `m_out[i]` and `v_out[i]`
+    /// from `m[i]` and `v[i]`, and returns the parameter `p` after the step, in the tensor
+    /// path's order of operations: `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+    /// `p - m / c1 / (sqrt(v / c2) + eps) * lr`.
+    #[cube]
+    fn adam_element(
+        p: f32,
+        g: f32,
+        m: &Tensor<f32>,
+        v: &Tensor<f32>,
+        m_out: &mut Tensor<f32>,
+        v_out: &mut Tensor<f32>,
+        i: usize,
+        b1: f32,
+        one_b1: f32,
+        b2: f32,
+        one_b2: f32,
+        lr: f32,
+        eps: f32,
+        c1: f32,
+        c2: f32,
+    ) -> f32 {
+        let mi = m[i] * b1 + g * one_b1;
+        let vi = v[i] * b2 + g * g * one_b2;
+        m_out[i] = mi;
+        v_out[i] = vi;
+        let denom = (vi / c2).sqrt() + eps;
+        p - mi / c1 / denom * lr
+    }
+
     /// Element-wise Adam of `len` parameters (logically `[len / cols, cols]`; `g` read through
     /// its strides `gs0`, `gs1`): `g' = g * coef[0]`, `m = b1 m + (1 - b1) g'`, `v = b2 v +
     /// (1 - b2) g'^2`, `p -= m / c1 / (sqrt(v / c2) + eps) * lr`.
@@ -237,12 +267,9 @@ mod kernel {
             let r = i / cols as usize;
             let k = i % cols as usize;
             let gi = g[r * gs0 as usize + k * gs1 as usize] * coef[0];
-            let mi = m[i] * b1 + gi * one_b1;
-            let vi = v[i] * b2 + gi * gi * one_b2;
-            let denom = (vi / c2).sqrt() + eps;
-            p_out[i] = p[i] - mi / c1 / denom * lr;
-            m_out[i] = mi;
-            v_out[i] = vi;
+            p_out[i] = adam_element(
+                p[i], gi, m, v, m_out, v_out, i, b1, one_b1, b2, one_b2, lr, eps, c1, c2,
+            );
         }
     }
 
@@ -284,13 +311,10 @@ mod kernel {
             while j < cols {
                 let i = c * cols + j;
                 let gi = (g[i] - p[i] * a) * scale;
-                let mi = m[i] * b1 + gi * one_b1;
-                let vi = v[i] * b2 + gi * gi * one_b2;
-                let denom = (vi / c2).sqrt() + eps;
-                let pi = p[i] - mi / c1 / denom * lr;
+                let pi = adam_element(
+                    p[i], gi, m, v, m_out, v_out, i, b1, one_b1, b2, one_b2, lr, eps, c1, c2,
+                );
                 p_out[i] = pi;
-                m_out[i] = mi;
-                v_out[i] = vi;
                 sq += pi * pi;
                 j += units_n;
             }
