@@ -273,6 +273,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
                 "sparse": kernels.sparse.name(),
                 "update": kernels.update.name(),
                 "pack": kernels.pack.name(),
+                "loss": kernels.loss.name(),
             },
         });
         summary

@@ -128,11 +128,16 @@ pub mod backend {
         /// Concatenation of a step's small pieces (losses, norms, the gradient's inputs) in one
         /// launch; without it burn's `cat` runs, a launch per piece.
         pub pack: KernelStatus,
+        /// The loss's batch statistics (the residual, the centred variances, the main term's
+        /// NMSE, the AuxK candidates left) in two launches; without it burn's tensor operations
+        /// run.
+        pub loss: KernelStatus,
     }
 
     /// Which of the crate's GPU kernels run for backend `B` on `device`. On burn-wgpu (feature
     /// `wgpu`) each one does unless its environment variable (`TOPK_SAE_DEVICE_TOPK`,
-    /// `TOPK_SAE_DEVICE_SPARSE`, `TOPK_SAE_DEVICE_UPDATE`, `TOPK_SAE_DEVICE_PACK`) is `0` or its first-use check failed: the first time a kernel
+    /// `TOPK_SAE_DEVICE_SPARSE`, `TOPK_SAE_DEVICE_UPDATE`, `TOPK_SAE_DEVICE_PACK`,
+    /// `TOPK_SAE_DEVICE_LOSS`) is `0` or its first-use check failed: the first time a kernel
     /// is needed it runs once on a small problem with a known answer, and a wrong answer (a
     /// driver that miscompiles it) switches it off for the process, with a `log` warning. Other
     /// backends run none. Results are the same either way; only the speed differs.
@@ -145,6 +150,7 @@ pub mod backend {
     /// assert_eq!(kernels.sparse, KernelStatus::Unavailable);
     /// assert_eq!(kernels.update, KernelStatus::Unavailable);
     /// assert_eq!(kernels.pack, KernelStatus::Unavailable);
+    /// assert_eq!(kernels.loss, KernelStatus::Unavailable);
     /// # }
     /// ```
     pub fn gpu_kernels<B: burn::tensor::backend::Backend>(device: &B::Device) -> GpuKernels {
@@ -155,6 +161,7 @@ pub mod backend {
                 sparse: crate::gpu::sparse::status::<B>(device),
                 update: crate::gpu::update::status::<B>(device),
                 pack: crate::gpu::pack::status::<B>(device),
+                loss: crate::gpu::stats::status::<B>(device),
             }
         }
         #[cfg(not(feature = "wgpu"))]

@@ -241,26 +241,99 @@ impl<B: Backend> AuxLatents<B> {
         }
     }
 
-    /// The term's top-k of `pre` (after ReLU), and on the device how many candidates were left
-    /// (`[1]`).
-    fn select(self, pre: &PreActivations<B>, d_sae: usize) -> (Selected<B>, Option<Tensor<B, 1>>) {
+    /// The candidates left on the device, when the term selects there.
+    fn device_allowed(&self) -> Option<Tensor<B, 1, Int>> {
         match self {
-            Self::Host { dead, k_aux } => (pre.select(d_sae, k_aux, dead.as_deref()), None),
+            Self::Host { .. } => None,
+            Self::Device { allowed, .. } => Some(allowed.clone()),
+        }
+    }
+
+    /// The term's top-k of `pre` (after ReLU).
+    fn select(self, pre: &PreActivations<B>, d_sae: usize) -> Selected<B> {
+        match self {
+            Self::Host { dead, k_aux } => pre.select(d_sae, k_aux, dead.as_deref()),
             Self::Device { allowed, k_aux } => {
                 let pre = pre
                     .device()
                     .expect("deferred only with device pre-activations");
-                let (indices, values) = crate::topk::masked_topk(pre, k_aux, allowed.clone())
+                let (indices, values) = crate::topk::masked_topk(pre, k_aux, allowed)
                     .expect("deferred only where the masked top-k runs");
-                let selected = Selected {
+                Selected {
                     indices,
-                    values: values.clamp_min(0.0),
+                    values,
                     host_indices: None,
-                };
-                (selected, Some(allowed.sum().float()))
+                }
             }
         }
     }
+}
+
+/// A batch's residual after the main decode, and the statistics the loss takes from it: our
+/// two kernels on burn-wgpu (`crate::gpu::stats`), else burn's tensor operations.
+struct BatchStats<B: Backend> {
+    /// `x - x_hat`, `[batch, d_in]`.
+    e: Tensor<B, 2>,
+    /// The centred variance of `x`, `[1, 1]`.
+    var_x: Tensor<B, 2>,
+    /// The main term's NMSE, `[1]`.
+    recon: Tensor<B, 1>,
+    /// With an AuxK term: the centred variance of `e`, at least `1e-20`, `[1, 1]`.
+    var_e: Option<Tensor<B, 2>>,
+    /// With candidates on the device: how many are left, `[1]`.
+    left: Option<Tensor<B, 1>>,
+    /// With candidates on the device: `min(left, 1)`, `[1]`.
+    live: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> BatchStats<B> {
+    /// The statistics of `x` (`[batch, d_in]`) against `x_hat = dec + b_dec`; `var_e` with
+    /// `aux`, `left` and `live` with `allowed` (`[d_sae]`).
+    fn new(
+        x: Tensor<B, 2>,
+        dec: Tensor<B, 2>,
+        b_dec: Tensor<B, 1>,
+        allowed: Option<Tensor<B, 1, Int>>,
+        aux: bool,
+    ) -> Self {
+        #[cfg(feature = "wgpu")]
+        {
+            let with_left = allowed.is_some();
+            if let Some(r) =
+                crate::gpu::stats::residual(x.clone(), dec.clone(), b_dec.clone(), allowed.clone())
+            {
+                return Self {
+                    e: r.e,
+                    var_x: r.var_x.unsqueeze_dim(0),
+                    recon: r.recon,
+                    var_e: aux.then(|| r.var_e.unsqueeze_dim(0)),
+                    left: with_left.then_some(r.left),
+                    live: with_left.then_some(r.live),
+                };
+            }
+        }
+        let var_x = centred_variance(x.clone());
+        let e = x - (dec + b_dec.unsqueeze_dim(0));
+        let recon = e.clone().powi_scalar(2).mean() / var_x.clone().reshape([1]);
+        // Guard a perfect reconstruction (zero residual variance) against 0/0.
+        let var_e = aux.then(|| centred_variance(e.clone()).clamp_min(1e-20));
+        let left = allowed.map(|a| a.sum().float());
+        let live = left.as_ref().map(|n| n.clone().clamp_max(1.0));
+        Self {
+            e,
+            var_x,
+            recon,
+            var_e,
+            left,
+            live,
+        }
+    }
+}
+
+/// `mean((a - mean_over_batch(a))^2)` over all elements, `[1, 1]`.
+fn centred_variance<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 2> {
+    let centred = a.clone() - a.mean_dim(0);
+    centred.powi_scalar(2).mean().unsqueeze_dim(0)
 }
 
 impl<B: Backend> Evaluated<B> {
@@ -411,46 +484,41 @@ impl SaeLoss {
 
         let xc = x.clone() - b_dec.clone();
         let pre = model.pre_activations_for_topk(xc.clone());
-
-        let centred = x.clone() - x.clone().mean_dim(0);
-        let var_x = centred.powi_scalar(2).mean().unsqueeze_dim::<2>(0);
         let device = x.device();
-        mark::<B>(&device, "encoder matmul, var(x)");
+        mark::<B>(&device, "encoder matmul");
 
         let mut main = pre.select(d_sae, k, None);
         mark::<B>(&device, "top-k (main)");
-        let x_hat = decode_rows(&w_dec, main.indices.clone(), main.values.clone()) + b_dec.clone();
-        let diff = x_hat.clone() - x.clone();
-        let recon = diff.clone().powi_scalar(2).mean() / var_x.clone().reshape([1]);
+        let dec = decode_rows(&w_dec, main.indices.clone(), main.values.clone());
         mark::<B>(&device, "decode (main)");
         let (indices, fired, aux) = self.aux_latents(&pre, &mut main, dead, d_sae, defer);
         let device_indices = fired.as_ref().map(|_| main.indices.clone());
         mark::<B>(&device, "indices read-back or fired latents (main)");
+        let k_aux_used = aux.k_aux();
+        let stats = BatchStats::new(
+            x.clone(),
+            dec,
+            model.b_dec.val(),
+            aux.device_allowed().filter(|_| k_aux_used > 0),
+            k_aux_used > 0,
+        );
+        mark::<B>(&device, "residual, variances");
         let mut terms = vec![Term {
             selected: main,
-            grad_out: diff.mul_scalar(scale) / var_x.clone(),
+            // dL/dx_hat = scale (x_hat - x) / var_x, and x_hat - x = -e.
+            grad_out: stats.e.clone().mul_scalar(-scale) / stats.var_x.clone(),
             with_bias: true,
         }];
-        let mut losses = vec![recon];
+        let mut losses = vec![stats.recon.clone()];
         let mut coefs = vec![1.0f32];
 
-        let k_aux_used = aux.k_aux();
-        let mut left = None;
         let aux_index = (k_aux_used > 0).then(|| {
-            let e = x.clone() - x_hat.clone();
-            let centred_e = e.clone() - e.clone().mean_dim(0);
-            // Guard a perfect reconstruction (zero residual variance) against 0/0.
-            let var_e = centred_e
-                .powi_scalar(2)
-                .mean()
-                .clamp_min(1e-20)
-                .unsqueeze_dim::<2>(0);
-            mark::<B>(&device, "residual variance (aux)");
-            let (aux, n_left) = aux.select(&pre, d_sae);
+            let e = stats.e.clone();
+            let var_e = stats.var_e.clone().expect("computed with an AuxK term");
+            let aux = aux.select(&pre, d_sae);
             // Fewer candidates left than the width: the padding decodes zeros. None left: the
             // term is 0, as when it is skipped.
-            let live = n_left.as_ref().map(|n| n.clone().clamp_max(1.0));
-            left = n_left;
+            let live = stats.live.clone();
             mark::<B>(&device, "top-k (aux)");
             let e_hat = decode_rows(&w_dec, aux.indices.clone(), aux.values.clone());
             let diff = e_hat - e;
@@ -468,6 +536,8 @@ impl SaeLoss {
             });
             losses.len() - 1
         });
+        let left = aux_index.and(stats.left);
+        let var_x = stats.var_x;
 
         let multi_index = self.config.multi_k.then(|| {
             let k_mk = (self.config.multi_k_factor * k).min(d_sae);

@@ -183,16 +183,16 @@ mod tests {
         print(
             "top-k kernel, k",
             time(device, || {
-                let _ = crate::gpu::topk::topk(&pre, k, None);
+                let _ = crate::gpu::topk::topk(&pre, k, None, false);
             }),
         );
         print(
             "top-k kernel, 2k, two thirds of the columns",
             time(device, || {
-                let _ = crate::gpu::topk::topk(&pre, 2 * k, Some(&mask));
+                let _ = crate::gpu::topk::topk(&pre, 2 * k, Some(&mask), false);
             }),
         );
-        let (indices, values) = crate::gpu::topk::topk(&pre, k, None).unwrap();
+        let (indices, values) = crate::gpu::topk::topk(&pre, k, None, false).unwrap();
         let w_dec = w.clone().transpose().mul_scalar(1.0);
         print(
             "decode (sum_rows per row)",

@@ -311,11 +311,11 @@ impl<B: Backend> PreActivations<B> {
     pub fn select(&self, d_sae: usize, k: usize, allowed: Option<&[bool]>) -> Selected<B> {
         match self {
             Self::Device(pre) => {
-                // The kernel, or (sizes it does not take) the host selection.
-                let (indices, values) = crate::topk::topk_tensor(pre.clone(), k, allowed);
+                // The kernel, or (sizes it does not take) the host selection; ReLU inside.
+                let (indices, values) = crate::topk::topk_tensor_relu(pre.clone(), k, allowed);
                 Selected {
                     indices,
-                    values: values.clamp_min(0.0),
+                    values,
                     host_indices: None,
                 }
             }

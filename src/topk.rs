@@ -32,6 +32,29 @@ pub fn topk_tensor<B: Backend>(
     k: usize,
     allowed: Option<&[bool]>,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
+    select_tensor(data, k, allowed, false)
+}
+
+/// [`topk_tensor`] with ReLU's values: a negative one as 0 (NaN and `-0.0` stay, as with
+/// `clamp_min(0.0)`), inside the kernel where it runs.
+///
+/// # Shapes
+/// - `data`: `[rows, cols]`; `allowed`: `cols` entries → indices and values `[rows, k]`
+pub(crate) fn topk_tensor_relu<B: Backend>(
+    data: Tensor<B, 2>,
+    k: usize,
+    allowed: Option<&[bool]>,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
+    select_tensor(data, k, allowed, true)
+}
+
+/// [`topk_tensor`], with ReLU's values where `relu`.
+fn select_tensor<B: Backend>(
+    data: Tensor<B, 2>,
+    k: usize,
+    allowed: Option<&[bool]>,
+    relu: bool,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
     if let Some(a) = allowed {
         assert!(
             a.len() >= data.dims()[1],
@@ -40,12 +63,18 @@ pub fn topk_tensor<B: Backend>(
             data.dims()[1]
         );
     }
-    if let Some(found) = device_topk(&data, k, allowed) {
+    if let Some(found) = device_topk(&data, k, allowed, relu) {
         return found;
     }
     let [rows, cols] = data.dims();
     let device = data.device();
-    let (indices, values) = topk_rows(&crate::sae::to_host(data), cols, k, allowed);
+    let (indices, mut values) = topk_rows(&crate::sae::to_host(data), cols, k, allowed);
+    if relu {
+        values
+            .iter_mut()
+            .filter(|v| **v < 0.0)
+            .for_each(|v| *v = 0.0);
+    }
     (
         Tensor::from_data(TensorData::new(indices, [rows, k]), &device),
         Tensor::from_data(TensorData::new(values, [rows, k]), &device),
@@ -70,14 +99,15 @@ fn device_topk<B: Backend>(
     data: &Tensor<B, 2>,
     k: usize,
     allowed: Option<&[bool]>,
+    relu: bool,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     #[cfg(feature = "wgpu")]
     {
-        crate::gpu::topk::topk(data, k, allowed)
+        crate::gpu::topk::topk(data, k, allowed, relu)
     }
     #[cfg(not(feature = "wgpu"))]
     {
-        let _ = (data, k, allowed);
+        let _ = (data, k, allowed, relu);
         None
     }
 }
@@ -96,8 +126,8 @@ pub(crate) fn masked_topk_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool
 }
 
 /// The top `k` of each row of `pre` among the columns a device mask allows (`[cols]`, non-zero
-/// where allowed), where fewer than `k` may be allowed: the rest are disallowed columns with the
-/// value `f32::MIN`. `None` where [`masked_topk_runs`] is false.
+/// where allowed), where fewer than `k` may be allowed: the rest are disallowed columns. The
+/// values are after ReLU (0 for the disallowed). `None` where [`masked_topk_runs`] is false.
 ///
 /// # Shapes
 /// - `pre`: `[rows, cols]`; `allowed`: `[cols]` → `[rows, k]` twice

@@ -45,6 +45,7 @@ fn warn_failed_kernels(kernels: topk_sae::backend::GpuKernels) {
         ("sparse", kernels.sparse),
         ("optimiser update", kernels.update),
         ("concatenation", kernels.pack),
+        ("loss statistics", kernels.loss),
     ] {
         if status == KernelStatus::FailedCheck {
             eprintln!(

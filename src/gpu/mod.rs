@@ -10,6 +10,7 @@
 
 pub(crate) mod pack;
 pub(crate) mod sparse;
+pub(crate) mod stats;
 pub(crate) mod topk;
 pub(crate) mod update;
 
@@ -99,6 +100,35 @@ impl Switch {
         }
     }
 }
+
+/// `#[cube]` helpers our kernels share.
+mod cube_helpers {
+    use cubecl::prelude::*;
+
+    /// The sum of every unit's `value` over the cube, returned to every unit. Every unit must
+    /// call it (it has barriers).
+    #[cube]
+    pub(super) fn cube_sum(scratch: &mut SharedMemory<f32>, value: f32) -> f32 {
+        let unit = UNIT_POS_X as usize;
+        scratch[unit] = value;
+        sync_cube();
+        // The cube's size read at run time: a loop variable cannot be a comptime value.
+        let mut stride = CUBE_DIM_X as usize / 2;
+        while stride > 0 {
+            if unit < stride {
+                scratch[unit] += scratch[unit + stride];
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        let total = scratch[0];
+        // Before the scratch is written again.
+        sync_cube();
+        total
+    }
+}
+
+use cube_helpers::cube_sum;
 
 /// The largest buffer burn-wgpu allocates on `device`, in bytes; `None` for other backends.
 pub(crate) fn max_buffer_bytes<B: Backend>(device: &B::Device) -> Option<u64> {

@@ -105,7 +105,9 @@ mod kernel {
 
     /// Top `k` of each row of `pre` among the columns where `allowed` is non-zero. A column not
     /// allowed ranks below every allowed one (ties to the lower column, as ever) with the value
-    /// `f32::MIN`: it is selected only when fewer than `k` columns are allowed.
+    /// `f32::MIN`: it is selected only when fewer than `k` columns are allowed. With `relu` 1
+    /// the values written are ReLU's (a negative value as 0; NaN and `-0.0` stay, as with
+    /// burn's `clamp_min(0.0)`), which saves the step a launch.
     #[cube(launch)]
     pub(super) fn topk_kernel(
         pre: &Tensor<f32>,
@@ -114,6 +116,7 @@ mod kernel {
         out_values: &mut Tensor<f32>,
         cols: u32,
         k: u32,
+        relu: u32,
         #[comptime] units: u32,
         #[comptime] k_cap: u32,
     ) {
@@ -277,6 +280,9 @@ mod kernel {
             if allowed[col as usize] == 0i32 {
                 value = f32::new(-3.402_823_5e38);
             }
+            if relu == 1u32 && value < 0f32 {
+                value = 0f32;
+            }
             out_values[row * kk + rank] = value;
             i += units_n;
         }
@@ -318,20 +324,31 @@ pub(crate) fn supports<B: Backend>(device: &B::Device) -> bool {
 pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
     SWITCH.status::<B>(|| {
         // Three rows of 600 with ties, a mask, k 5: every unit owns more than one column.
-        let (rows, cols, k) = (3, 600, 5);
-        let data = pattern(rows * cols, 1);
+        // With ReLU, k 20 and shifted: each row's top 20 hold values from 0.029 down to
+        // -0.032 or -0.053, on both sides of 0.
+        let (rows, cols) = (3, 600);
         let allowed: Vec<bool> = (0..cols).map(|j| j % 5 != 0).collect();
-        let pre = Tensor::<B, 2>::from_data(TensorData::new(data.clone(), [rows, cols]), device);
-        let Some((indices, values)) = launch(&pre, k, Some(&allowed)) else {
-            return false;
-        };
-        let (want_indices, want_values) = topk_rows(&data, cols, k, Some(&allowed));
-        int_to_host(indices) == want_indices && to_host(values) == want_values
+        [(false, 5, 0.0), (true, 20, 0.95)]
+            .into_iter()
+            .all(|(relu, k, shift)| {
+                let data: Vec<f32> = pattern(rows * cols, 1).iter().map(|v| v - shift).collect();
+                let (want_indices, mut want_values) = topk_rows(&data, cols, k, Some(&allowed));
+                if relu {
+                    for v in &mut want_values {
+                        *v = v.max(0.0);
+                    }
+                }
+                let pre = Tensor::<B, 2>::from_data(TensorData::new(data, [rows, cols]), device);
+                launch(&pre, k, Some(&allowed), relu).is_some_and(|(indices, values)| {
+                    int_to_host(indices) == want_indices && to_host(values) == want_values
+                })
+            })
     })
 }
 
 /// The top `k` of each row of `pre` (restricted to `allowed` columns), best first with ties to
-/// the lower column, as device tensors: indices `[rows, k]` and the raw (pre-ReLU) values.
+/// the lower column, as device tensors: indices `[rows, k]` and the values, raw or (with
+/// `relu`) after ReLU.
 /// `None` when the kernel does not run here (see [`supports`]), or the sizes are
 /// outside what the kernel takes (`k` above [`MAX_K`], more than 65,535 rows); the caller then
 /// selects on the host.
@@ -345,11 +362,12 @@ pub(crate) fn topk<B: Backend>(
     pre: &Tensor<B, 2>,
     k: usize,
     allowed: Option<&[bool]>,
+    relu: bool,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     if !supports::<B>(&pre.device()) {
         return None;
     }
-    launch(pre, k, allowed)
+    launch(pre, k, allowed, relu)
 }
 
 /// [`topk`] without the switch.
@@ -357,6 +375,7 @@ fn launch<B: Backend>(
     pre: &Tensor<B, 2>,
     k: usize,
     allowed: Option<&[bool]>,
+    relu: bool,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     let [rows, cols] = pre.dims();
     if !takes(rows, cols, k) {
@@ -373,7 +392,7 @@ fn launch<B: Backend>(
         None => vec![1; cols],
     };
     let mask = Tensor::<B, 1, Int>::from_data(TensorData::new(mask, [cols]), &device);
-    launch_masked(pre, k, mask)
+    launch_masked(pre, k, mask, relu)
 }
 
 /// Whether the kernel takes `rows` rows of `cols` and this `k`.
@@ -403,8 +422,8 @@ pub(crate) fn masked_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool {
 
 /// The top `k` of each row of `pre` among the columns a device mask allows (non-zero), where
 /// fewer than `k` may be allowed: a row's allowed columns come first, best first, then
-/// disallowed ones with the value `f32::MIN` (zero after ReLU). Nothing is read back. `None`
-/// where [`topk`] is.
+/// disallowed ones. The values are after ReLU (the disallowed ones 0). Nothing is read back.
+/// `None` where [`topk`] is.
 ///
 /// # Shapes
 /// - `pre`: `[rows, cols]`; `allowed`: `[cols]` → `[rows, k]` twice
@@ -417,7 +436,7 @@ pub(crate) fn topk_device_mask<B: Backend>(
     if !supports::<B>(&pre.device()) || !takes(rows, cols, k) || allowed.dims()[0] != cols {
         return None;
     }
-    launch_masked(pre, k, allowed)
+    launch_masked(pre, k, allowed, true)
 }
 
 /// The latents selected in `indices`, on the device, for the AuxK term and the dead-latent
@@ -478,6 +497,7 @@ fn launch_masked<B: Backend>(
     pre: &Tensor<B, 2>,
     k: usize,
     mask: Tensor<B, 1, Int>,
+    relu: bool,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     let [rows, cols] = pre.dims();
     let (pre, client) = float_input(pre.clone())?;
@@ -502,6 +522,7 @@ fn launch_masked<B: Backend>(
         values.clone().into_tensor_arg(),
         cols as u32,
         k as u32,
+        u32::from(relu),
         units,
         k_cap,
     );

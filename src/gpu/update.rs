@@ -45,27 +45,7 @@ const CHUNK: usize = 4096;
 mod kernel {
     use cubecl::prelude::*;
 
-    /// The sum of every unit's `value` over the cube, returned to every unit. Every unit must
-    /// call it (it has barriers).
-    #[cube]
-    fn cube_sum(scratch: &mut SharedMemory<f32>, value: f32) -> f32 {
-        let unit = UNIT_POS_X as usize;
-        scratch[unit] = value;
-        sync_cube();
-        // The cube's size read at run time: a loop variable cannot be a comptime value.
-        let mut stride = CUBE_DIM_X as usize / 2;
-        while stride > 0 {
-            if unit < stride {
-                scratch[unit] += scratch[unit + stride];
-            }
-            sync_cube();
-            stride /= 2;
-        }
-        let total = scratch[0];
-        // Before the scratch is written again.
-        sync_cube();
-        total
-    }
+    use super::super::cube_sum;
 
     /// Cube `c < rows`: `along[c] = w[c] . g[c]` and `partial[c] = |g[c] - along[c] w[c]|^2`
     /// over the `cols` columns of the decoder's rows. Cube `rows + i` for `i < enc_cubes`:

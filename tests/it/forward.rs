@@ -224,7 +224,13 @@ fn gpu_kernels_run_on_wgpu_and_only_there() {
         KernelStatus::Unavailable
     };
     assert_eq!(
-        (kernels.top_k, kernels.sparse, kernels.update, kernels.pack),
-        (want, want, want, want)
+        (
+            kernels.top_k,
+            kernels.sparse,
+            kernels.update,
+            kernels.pack,
+            kernels.loss
+        ),
+        (want, want, want, want, want)
     );
 }
