@@ -692,7 +692,7 @@ fn grouped_gradients<B: Backend>(
         return None;
     }
     let device = xc.device();
-    let [batch, d_in] = xc.dims();
+    let [batch, _] = xc.dims();
     let d_sae = model.d_sae();
     // Grouped on the device where its kernels run; else on the host, from the indices read back
     // (the main term's may be on the host already).
@@ -724,9 +724,8 @@ fn grouped_gradients<B: Backend>(
     // dL/dw_enc[:, j] = sum of dL/dvalue * xc over the rows that selected j, and dL/db_enc[j]
     // the sum of dL/dvalue: one pass over [xc | 1].
     let weights = concat(grad_values.iter().map(flat).collect());
-    let enc = sum_rows_and_weights(&groups, weights, xc.clone(), batch)?;
-    let grad_w_enc = enc.clone().slice([0..d_sae, 0..d_in]).transpose();
-    let grad_b_enc = enc.slice([0..d_sae, d_in..d_in + 1]).reshape([d_sae]);
+    let (enc, grad_b_enc) = sum_rows_and_weights(&groups, weights, xc.clone(), batch)?;
+    let grad_w_enc = enc.transpose();
     mark::<B>(&device, "w_enc grad (grouped sums)");
     Some((grad_w_enc, grad_b_enc, grad_w_dec))
 }

@@ -68,8 +68,8 @@ mod kernel {
 
     /// `out[s, c] = sum_{e in bounds[s]..bounds[s + 1]} weights[positions[e]] *
     /// rows[(row_of[e] % row_mod) * cols + c]`, for segments of at most `seg_max` entries;
-    /// with `ones` 1, the rows have one more column, of ones, after their `cols` (so `out` has
-    /// `cols + 1` columns, the last the sum of the weights).
+    /// with `ones` 1, also `out_w[s]` the sum of the weights (as if the rows had one more
+    /// column, of ones).
     #[cube(launch)]
     pub(super) fn segment_sums_kernel(
         bounds: &Tensor<i32>,
@@ -78,6 +78,7 @@ mod kernel {
         weights: &Tensor<f32>,
         rows: &Tensor<f32>,
         out: &mut Tensor<f32>,
+        out_w: &mut Tensor<f32>,
         segments: u32,
         cols: u32,
         ones: u32,
@@ -90,7 +91,7 @@ mod kernel {
         let unit = UNIT_POS_X as usize;
         let units_n = units as usize;
         let n = cols as usize;
-        // The output's width: the rows', and the column of ones.
+        // The width summed: the rows', and the column of ones.
         let m = n + ones as usize;
         let mut weight = SharedMemory::<f32>::new(seg_max);
         let mut offset = SharedMemory::<u32>::new(seg_max);
@@ -131,21 +132,27 @@ mod kernel {
             #[unroll]
             for j in 0..per_unit {
                 let c = unit + j * units_n;
-                if c < m {
-                    out[s * m + c] = acc[j];
+                if c < n {
+                    out[s * n + c] = acc[j];
+                } else if c < m {
+                    out_w[s] = acc[j];
                 }
             }
         }
     }
 
-    /// `out[g, c] = sum_{s in group_segments[g]..group_segments[g + 1]} partial[s, c]`.
+    /// `out[g, c] = sum_{s in group_segments[g]..group_segments[g + 1]} partial[s, c]`, and
+    /// with `ones` 1 `out_w[g]` the same sum of `partial_w[s]`.
     #[cube(launch)]
     pub(super) fn combine_kernel(
         group_segments: &Tensor<i32>,
         partial: &Tensor<f32>,
+        partial_w: &Tensor<f32>,
         out: &mut Tensor<f32>,
+        out_w: &mut Tensor<f32>,
         groups: u32,
         cols: u32,
+        ones: u32,
         #[comptime] units: u32,
     ) {
         let g = CUBE_POS;
@@ -161,6 +168,13 @@ mod kernel {
                 }
                 out[g * n + c] = acc;
                 c += units as usize;
+            }
+            if ones == 1u32 && UNIT_POS_X == 0u32 {
+                let mut acc = 0f32;
+                for s in first..end {
+                    acc += partial_w[s];
+                }
+                out_w[g] = acc;
             }
         }
     }
@@ -491,28 +505,21 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
             }
         }
     }
-    // With the column of ones: the same sums, then each group's sum of weights.
-    let mut want_ones = Vec::with_capacity(3 * (cols + 1));
-    for g in 0..3 {
-        want_ones.extend_from_slice(&want[g * cols..(g + 1) * cols]);
-        let range = starts[g] as usize..starts[g + 1] as usize;
-        want_ones.push(
-            positions[range]
+    // With the column of ones: the same sums, and each group's sum of weights.
+    let want_weights: Vec<f32> = (0..3)
+        .map(|g| {
+            positions[starts[g] as usize..starts[g + 1] as usize]
                 .iter()
                 .map(|&p| weights_host[p as usize])
-                .sum(),
-        );
-    }
+                .sum()
+        })
+        .collect();
     let groups = Groups::upload(starts.to_vec(), positions, row_of, device);
     let weights = Tensor::<B, 1>::from_data(TensorData::new(weights_host, [entries]), device);
-    let got = to_host(launch_sum_rows(
-        &groups,
-        weights.clone(),
-        rows.clone(),
-        n,
-        false,
-    )?);
-    let got_ones = to_host(launch_sum_rows(&groups, weights, rows.clone(), n, true)?);
+    let (got, _) = launch_sum_rows(&groups, weights.clone(), rows.clone(), n, false)?;
+    let got = to_host(got);
+    let (got_sums, got_weights) = launch_sum_rows(&groups, weights, rows.clone(), n, true)?;
+    let ones_ok = close(&to_host(got_sums), &want) && close(&to_host(got_weights?), &want_weights);
 
     let indices_host = [3i32, 0, 2, 1, 1, 3];
     let other_host = pattern(2 * cols, 4);
@@ -547,7 +554,7 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
         40,
         9,
     )?;
-    Some(close(&got, &want) && close(&got_ones, &want_ones) && close(&dots, &want_dots) && grouped)
+    Some(close(&got, &want) && ones_ok && close(&dots, &want_dots) && grouped)
 }
 
 /// Two terms over `batch` rows (k 2 and 3, 9 latents) for [`device_groups_match`]: latent 0 is
@@ -1004,24 +1011,26 @@ pub(crate) fn sum_rows<B: Backend>(
     if !supports::<B>(&rows.device()) {
         return None;
     }
-    launch_sum_rows(groups, weights, rows, row_mod, false)
+    launch_sum_rows(groups, weights, rows, row_mod, false).map(|(sums, _)| sums)
 }
 
-/// [`sum_rows`] of `[rows | 1]`, the rows with a column of ones after their last, without
-/// making that matrix: the last column of the result is the sum of each group's weights.
+/// [`sum_rows`], and each group's sum of weights: the sums of `[rows | 1]`, the rows with a
+/// column of ones after their last, without making that matrix, in two separate outputs (no
+/// slice of a wider result to copy).
 ///
 /// # Shapes
-/// - `weights`: `[n]`, `rows`: `[r, cols]` → `[groups, cols + 1]`
+/// - `weights`: `[n]`, `rows`: `[r, cols]` → `[groups, cols]` and `[groups]`
 pub(crate) fn sum_rows_and_weights<B: Backend>(
     groups: &Groups<B>,
     weights: Tensor<B, 1>,
     rows: Tensor<B, 2>,
     row_mod: usize,
-) -> Option<Tensor<B, 2>> {
+) -> Option<(Tensor<B, 2>, Tensor<B, 1>)> {
     if !supports::<B>(&rows.device()) {
         return None;
     }
-    launch_sum_rows(groups, weights, rows, row_mod, true)
+    let (sums, weight_sums) = launch_sum_rows(groups, weights, rows, row_mod, true)?;
+    Some((sums, weight_sums?))
 }
 
 /// [`sum_rows`] (or, with `ones`, [`sum_rows_and_weights`]) without the switch.
@@ -1031,7 +1040,7 @@ fn launch_sum_rows<B: Backend>(
     rows: Tensor<B, 2>,
     row_mod: usize,
     ones: bool,
-) -> Option<Tensor<B, 2>> {
+) -> Option<(Tensor<B, 2>, Option<Tensor<B, 1>>)> {
     if groups.count == 0 {
         return None;
     }
@@ -1058,8 +1067,11 @@ fn launch_sum_rows<B: Backend>(
         return None;
     }
     let cube_client = rows.client.clone();
+    // The weights' sums: one per segment with `ones`, else one entry the kernels do not write.
+    let weight_sums = |n: usize| empty(&rows, Shape::new([if ones { n } else { 1 }]), DType::F32);
     // One pass when every group is one segment; else partial sums per segment, then per group.
-    let partial = empty(&rows, Shape::new([groups.segments, width]), DType::F32);
+    let partial = empty(&rows, Shape::new([groups.segments, cols]), DType::F32);
+    let partial_w = weight_sums(groups.segments);
     let (x, y) = grid(groups.segments);
     kernel::segment_sums_kernel::launch::<WgpuRuntime>(
         &cube_client,
@@ -1071,6 +1083,7 @@ fn launch_sum_rows<B: Backend>(
         weights.into_tensor_arg(),
         rows.clone().into_tensor_arg(),
         partial.clone().into_tensor_arg(),
+        partial_w.clone().into_tensor_arg(),
         n_segments,
         cols_u32,
         u32::from(ones),
@@ -1079,11 +1092,20 @@ fn launch_sum_rows<B: Backend>(
         per_unit as usize,
         groups.seg_max,
     );
+    let outputs = |sums, weight_sums| {
+        let weight_sums = if ones {
+            Some(float_output(&client, weight_sums)?)
+        } else {
+            None
+        };
+        Some((float_output(&client, sums)?, weight_sums))
+    };
     let Some(group_segments) = &groups.group_segments else {
-        return float_output(&client, partial);
+        return outputs(partial, partial_w);
     };
     let group_segments = int_input(group_segments.clone())?;
-    let out = empty(&rows, Shape::new([groups.count, width]), DType::F32);
+    let out = empty(&rows, Shape::new([groups.count, cols]), DType::F32);
+    let out_w = weight_sums(groups.count);
     let (x, y) = grid(groups.count);
     kernel::combine_kernel::launch::<WgpuRuntime>(
         &cube_client,
@@ -1091,12 +1113,15 @@ fn launch_sum_rows<B: Backend>(
         CubeDim::new_1d(units),
         group_segments.into_tensor_arg(),
         partial.into_tensor_arg(),
+        partial_w.into_tensor_arg(),
         out.clone().into_tensor_arg(),
+        out_w.clone().into_tensor_arg(),
         n_groups,
-        width_u32,
+        cols_u32,
+        u32::from(ones),
         units,
     );
-    float_output(&client, out)
+    outputs(out, out_w)
 }
 
 /// `out[b, s] = rows[indices[b, s]] . other[b]` where `gate[b, s] > 0`, else 0: for the
