@@ -330,6 +330,37 @@ impl<B: Backend> BatchStats<B> {
     }
 }
 
+/// A term's NMSE and output gradient from its decode `a` and target `b`: `(mean((a - b)^2) /
+/// var * live, (a - b) * factor / var)`; our two kernels on burn-wgpu (`crate::gpu::stats`),
+/// else burn's tensor operations.
+///
+/// # Shapes
+/// - `a`, `b`: `[batch, d_in]`, `var`: `[1, 1]`, `live`: `[1]` → `[1]` and `[batch, d_in]`
+fn scaled_residual<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    var: Tensor<B, 2>,
+    live: Option<Tensor<B, 1>>,
+    factor: f32,
+) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    #[cfg(feature = "wgpu")]
+    if let Some(found) = crate::gpu::stats::scaled_residual(
+        a.clone(),
+        b.clone(),
+        var.clone().reshape([1]),
+        live.clone(),
+        factor,
+    ) {
+        return found;
+    }
+    let diff = a - b;
+    let mut loss = diff.clone().powi_scalar(2).mean() / var.clone().reshape([1]);
+    if let Some(live) = live {
+        loss = loss * live;
+    }
+    (loss, diff.mul_scalar(factor) / var)
+}
+
 /// `mean((a - mean_over_batch(a))^2)` over all elements, `[1, 1]`.
 fn centred_variance<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 2> {
     let centred = a.clone() - a.mean_dim(0);
@@ -521,17 +552,14 @@ impl SaeLoss {
             let live = stats.live.clone();
             mark::<B>(&device, "top-k (aux)");
             let e_hat = decode_rows(&w_dec, aux.indices.clone(), aux.values.clone());
-            let diff = e_hat - e;
-            let mut loss = diff.clone().powi_scalar(2).mean() / var_e.clone().reshape([1]);
-            if let Some(live) = live {
-                loss = loss * live;
-            }
+            let (loss, grad_out) =
+                scaled_residual(e_hat, e, var_e, live, scale * self.config.aux_coef);
             losses.push(loss);
             mark::<B>(&device, "decode (aux)");
             coefs.push(self.config.aux_coef);
             terms.push(Term {
                 selected: aux,
-                grad_out: diff.mul_scalar(scale * self.config.aux_coef) / var_e,
+                grad_out,
                 with_bias: false,
             });
             losses.len() - 1

@@ -185,6 +185,73 @@ mod kernel {
             live[0] = l;
         }
     }
+
+    /// Cube `c`: elements `c * chunk..` (up to `chunk`, below `len`) of `a` and `b`: `d = a -
+    /// b`, `g = d * factor / var[0]` written out, and `partial[c]` the sum of `d^2`.
+    #[cube(launch)]
+    pub(super) fn scaled_diff_kernel(
+        a: &Tensor<f32>,
+        b: &Tensor<f32>,
+        var: &Tensor<f32>,
+        g: &mut Tensor<f32>,
+        partial: &mut Tensor<f32>,
+        len: u32,
+        chunk: u32,
+        factor: f32,
+        #[comptime] units: u32,
+    ) {
+        let unit = UNIT_POS_X as usize;
+        let mut scratch = SharedMemory::<f32>::new(units as usize);
+        let start = CUBE_POS * chunk as usize;
+        let mut end = start + chunk as usize;
+        if end > len as usize {
+            end = len as usize;
+        }
+        let v = var[0];
+        let mut sq = 0f32;
+        let mut i = start + unit;
+        while i < end {
+            let d = a[i] - b[i];
+            g[i] = d * factor / v;
+            sq += d * d;
+            i += units as usize;
+        }
+        let total = cube_sum(&mut scratch, sq);
+        if unit == 0 {
+            partial[CUBE_POS] = total;
+        }
+    }
+
+    /// One cube: `out[0] = (sum of partial[..blocks] / n) / var[0]`, times `live[0]` where
+    /// `with_live` is 1.
+    #[cube(launch)]
+    pub(super) fn ratio_kernel(
+        partial: &Tensor<f32>,
+        var: &Tensor<f32>,
+        live: &Tensor<f32>,
+        out: &mut Tensor<f32>,
+        blocks: u32,
+        n: f32,
+        with_live: u32,
+        #[comptime] units: u32,
+    ) {
+        let unit = UNIT_POS_X as usize;
+        let mut scratch = SharedMemory::<f32>::new(units as usize);
+        let mut sum = 0f32;
+        let mut i = unit;
+        while i < blocks as usize {
+            sum += partial[i];
+            i += units as usize;
+        }
+        let total = cube_sum(&mut scratch, sum);
+        if unit == 0 {
+            let mut value = (total / n) / var[0];
+            if with_live == 1u32 {
+                value *= live[0];
+            }
+            out[0] = value;
+        }
+    }
 }
 
 /// The kernels' switch (`TOPK_SAE_DEVICE_LOSS=0` turns them off) and first-use check.
@@ -300,6 +367,86 @@ fn launch<B: Backend>(
     })
 }
 
+/// Elements per cube of [`scaled_residual`]'s first kernel (16 per unit).
+const CHUNK: usize = 4096;
+
+/// A term's NMSE and output gradient from its decode `a` and target `b`, in two launches:
+/// `(mean((a - b)^2) / var, (a - b) * factor / var)`, the NMSE times `live` when given (as
+/// AuxK's term, `e_hat` against `e`, does). `None` where [`residual`] is.
+///
+/// # Shapes
+/// - `a`, `b`: `[rows, cols]`, `var` and `live`: `[1]` → `[1]` and `[rows, cols]`
+pub(crate) fn scaled_residual<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    var: Tensor<B, 1>,
+    live: Option<Tensor<B, 1>>,
+    factor: f32,
+) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
+    if status::<B>(&a.device()) != KernelStatus::Runs {
+        return None;
+    }
+    launch_scaled(a, b, var, live, factor, CHUNK)
+}
+
+/// [`scaled_residual`] without the switch, with `chunk` elements per cube.
+fn launch_scaled<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    var: Tensor<B, 1>,
+    live: Option<Tensor<B, 1>>,
+    factor: f32,
+    chunk: usize,
+) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
+    let [rows, cols] = a.dims();
+    let len = rows * cols;
+    if b.dims() != [rows, cols] || var.dims() != [1] || len == 0 {
+        return None;
+    }
+    u32::try_from(len).ok()?;
+    let with_live = live.is_some();
+    let live = live.unwrap_or_else(|| var.clone());
+    let (a, client) = float_input(a)?;
+    let (b, _) = float_input(b)?;
+    let (var, _) = float_input(var)?;
+    let (live, _) = float_input(live)?;
+    let cube_client = a.client.clone();
+    let units = super::sparse::units_for(UNITS, UNITS, &a);
+    let blocks = len.div_ceil(chunk);
+    let g = empty(&a, Shape::new([rows, cols]), DType::F32);
+    let partial = empty(&a, Shape::new([blocks]), DType::F32);
+    let (gx, gy) = super::sparse::grid(blocks);
+    kernel::scaled_diff_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        CubeCount::Static(gx, gy, 1),
+        CubeDim::new_1d(units),
+        a.into_tensor_arg(),
+        b.into_tensor_arg(),
+        var.clone().into_tensor_arg(),
+        g.clone().into_tensor_arg(),
+        partial.clone().into_tensor_arg(),
+        len as u32,
+        chunk as u32,
+        factor,
+        units,
+    );
+    let out = empty(&g, Shape::new([1]), DType::F32);
+    kernel::ratio_kernel::launch::<WgpuRuntime>(
+        &cube_client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(units),
+        partial.into_tensor_arg(),
+        var.into_tensor_arg(),
+        live.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        blocks as u32,
+        len as f32,
+        u32::from(with_live),
+        units,
+    );
+    Some((float_output(&client, out)?, float_output(&client, g)?))
+}
+
 /// The host's version of [`residual`] on row-major buffers: `e` and `[var_x, var_e, recon,
 /// left, live]`, in `f64`.
 fn reference(x: &[f32], dec: &[f32], bias: &[f32], allowed: &[i32]) -> (Vec<f32>, [f32; 5]) {
@@ -364,7 +511,30 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
         .collect();
     let second = launch(t2(&x), t2(&dec), t1(&bias), None)?;
     let second_ok = matches(second, reference(&x, &dec, &bias, &[]));
-    Some(first_ok && second_ok)
+    Some(first_ok && second_ok && check_scaled::<B>(device)?)
+}
+
+/// [`scaled_residual`]'s kernels against the host: 37 rows of 70 columns in chunks of 300 (nine
+/// cubes, the last partly filled), with and without `live`.
+fn check_scaled<B: Backend>(device: &B::Device) -> Option<bool> {
+    let (rows, cols) = (37, 70);
+    let (a, b) = (pattern(rows * cols, 8), pattern(rows * cols, 9));
+    let (var, live, factor) = (0.7f32, 0.5f32, 0.003f32);
+    let d: Vec<f64> = a.iter().zip(&b).map(|(a, b)| f64::from(a - b)).collect();
+    let want_g: Vec<f32> = a
+        .iter()
+        .zip(&b)
+        .map(|(a, b)| (a - b) * factor / var)
+        .collect();
+    let nmse = d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64 / f64::from(var);
+    let t2 =
+        |v: &[f32]| Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device);
+    let t1 = |v: f32| Tensor::<B, 1>::from_data(TensorData::new(vec![v], [1]), device);
+    [None, Some(live)].into_iter().try_fold(true, |ok, live| {
+        let want = (nmse * f64::from(live.unwrap_or(1.0))) as f32;
+        let (loss, g) = launch_scaled(t2(&a), t2(&b), t1(var), live.map(t1), factor, 300)?;
+        Some(ok && close(&to_host(g), &want_g) && close(&to_host(loss), &[want]))
+    })
 }
 
 #[cfg(all(test, feature = "test-wgpu"))]
