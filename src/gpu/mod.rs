@@ -1,6 +1,7 @@
 //! Our cubecl kernels for burn-wgpu, behind the generic API: the row-wise top-k ([`topk`]) and
 //! the grouped row sums of the sparse decode and gradient ([`sparse`]), the optimiser's update
-//! ([`update`]), and concatenations in one launch ([`pack`]).
+//! ([`update`]), concatenations in one launch ([`pack`]), and the loss's batch statistics and
+//! term values ([`stats`]).
 //!
 //! Each is used only when the backend's tensors are burn-wgpu's (`Fusion<CubeBackend<WgpuRuntime,
 //! f32, i32, _>>`, the `backend::Wgpu` this crate exports), checked by `TypeId`; for any other

@@ -1,6 +1,7 @@
 //! The loss's batch statistics on burn-wgpu in two cubecl kernels ([`residual`]): the residual
-//! `e = x - (x_hat + b_dec)`, the centred variances of the batch and of the residual, the main
-//! term's NMSE, and how many AuxK candidates are left.
+//! `e = x - x_hat`, the centred variances of the batch and of the residual, the main term's
+//! NMSE, and how many AuxK candidates are left; and the AuxK term's NMSE and output gradient in
+//! two more ([`scaled_residual`]).
 //!
 //! With burn's tensor operations these took 20 launches a step: each centred variance is a mean
 //! over the batch, a subtraction and a square that burn ran unfused, and a mean in two
@@ -13,10 +14,15 @@
 //!    cube.
 //! 2. `totals`: one cube adds the partial sums up, divides, and counts the candidates.
 //!
+//! The AuxK term (a chain, two reductions and two more chains in burn) takes `scaled_diff`, a
+//! cube per 4,096 elements writing the difference's scaled gradient and a partial sum of its
+//! squares, and `ratio`, one cube.
+//!
 //! The formulas are the tensor path's (`crate::loss`): means over the batch, then means over
 //! all elements; the variance of the residual is at least `1e-20`. Only the sums add in another
-//! order, so results agree to float rounding. [`residual`] returns `None` for any backend but
-//! burn-wgpu or with `TOPK_SAE_DEVICE_LOSS=0`, and the loss runs burn's tensor operations.
+//! order, so results agree to float rounding. [`residual`] and [`scaled_residual`] return `None`
+//! for any backend but burn-wgpu or with `TOPK_SAE_DEVICE_LOSS=0`, and the loss runs burn's
+//! tensor operations.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
