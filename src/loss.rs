@@ -628,26 +628,48 @@ fn backward<B: Backend>(
             Some(grads) => grads,
             None => scattered_gradients(model, xc, terms, grad_values),
         };
-    // The main term has the bias; the AuxK term (the residual) does not.
-    let b_dec = terms
-        .iter()
-        .filter(|t| t.with_bias)
-        .map(|t| t.grad_out.clone().sum_dim(0).reshape([d_in]))
-        .reduce(|a, b| a + b)
-        .expect("the main term decodes with the bias");
-    // pre = (x - b_dec) @ w_enc + b_enc, so b_dec also receives -(dL/dpre summed) @ w_enc^T.
-    let through_encoder = crate::sae::matmul(
-        b_enc.clone().unsqueeze_dim::<2>(0),
-        model.w_enc.val().transpose(),
-    )
-    .reshape([d_in]);
+    let b_dec = decoder_bias_gradient(model, terms, &b_enc, d_in);
     mark::<B>(&w_dec.device(), "bias grads");
     SaeGradients {
         w_enc,
         b_enc,
         w_dec: w_dec_grad,
-        b_dec: b_dec - through_encoder,
+        b_dec,
     }
+}
+
+/// `b_dec`'s gradient: the output gradients of the terms that decode with it (the main and
+/// multi-k terms; the AuxK term, the residual's, does not), summed over the batch, less
+/// `w_enc @ grad_b_enc`: `pre = (x - b_dec) @ w_enc + b_enc`, so `b_dec` also receives
+/// `-(dL/dpre summed) @ w_enc^T`. With one such term, our kernel on burn-wgpu.
+fn decoder_bias_gradient<B: Backend>(
+    model: &TopKSae<B>,
+    terms: &[Term<B>],
+    grad_b_enc: &Tensor<B, 1>,
+    d_in: usize,
+) -> Tensor<B, 1> {
+    let with_bias: Vec<&Term<B>> = terms.iter().filter(|t| t.with_bias).collect();
+    #[cfg(feature = "wgpu")]
+    if let [only] = with_bias.as_slice()
+        && let Some(found) = crate::gpu::stats::bias_gradient(
+            only.grad_out.clone(),
+            model.w_enc.val(),
+            grad_b_enc.clone(),
+        )
+    {
+        return found;
+    }
+    let down = with_bias
+        .iter()
+        .map(|t| t.grad_out.clone().sum_dim(0).reshape([d_in]))
+        .reduce(|a, b| a + b)
+        .expect("the main term decodes with the bias");
+    let through_encoder = crate::sae::matmul(
+        grad_b_enc.clone().unsqueeze_dim::<2>(0),
+        model.w_enc.val().transpose(),
+    )
+    .reshape([d_in]);
+    down - through_encoder
 }
 
 /// `out[b, j] = w_dec[indices[b, j]] . g[b]` where `values[b, j] > 0` (ReLU's derivative), else
