@@ -16,7 +16,7 @@
 # TOPK_SAE_DEVICE_SPARSE=0 (burn's scatter-add gradient and gather decode instead of the
 # grouped-sum kernel), so one run says what each kernel is worth. VARIANTS may also name
 # rust-burn-update (TOPK_SAE_DEVICE_UPDATE=0: burn's operations for the optimiser's update),
-# rust-burn-loss (TOPK_SAE_DEVICE_LOSS=0: burn's operations for the loss's batch statistics) and
+# rust-device-loss (TOPK_SAE_DEVICE_LOSS=1: our opt-in kernels for the loss's batch statistics) and
 # rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
 # first. Each run has a time limit (RUN_LIMIT_S, 150 s) and none starts after DEADLINE_S (500 s):
 # a hang on some driver (seen with burn's matmul on OpenGL, docs/decisions.md) costs that run
@@ -132,7 +132,7 @@ for variant in $variants; do
       rust-host-topk) cmd=(env TOPK_SAE_DEVICE_TOPK=0) ;;
       rust-burn-scatter) cmd=(env TOPK_SAE_DEVICE_SPARSE=0) ;;
       rust-burn-update) cmd=(env TOPK_SAE_DEVICE_UPDATE=0) ;;
-      rust-burn-loss) cmd=(env TOPK_SAE_DEVICE_LOSS=0) ;;
+      rust-device-loss) cmd=(env TOPK_SAE_DEVICE_LOSS=1) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
     esac
     [ "$variant" = torch ] || cmd+=("$bin" --backend wgpu --quiet)

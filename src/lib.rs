@@ -129,15 +129,17 @@ pub mod backend {
         /// launch; without it burn's `cat` runs, a launch per piece.
         pub pack: KernelStatus,
         /// The loss's batch statistics (the residual, the centred variances, the main term's
-        /// NMSE, the AuxK candidates left) in two launches; without it burn's tensor operations
-        /// run.
+        /// NMSE, the AuxK candidates left) and the AuxK term in four launches; without it
+        /// burn's tensor operations run. Opt-in (`TOPK_SAE_DEVICE_LOSS=1`): on an H200 it made
+        /// the large step slower.
         pub loss: KernelStatus,
     }
 
     /// Which of the crate's GPU kernels run for backend `B` on `device`. On burn-wgpu (feature
     /// `wgpu`) each one does unless its environment variable (`TOPK_SAE_DEVICE_TOPK`,
     /// `TOPK_SAE_DEVICE_SPARSE`, `TOPK_SAE_DEVICE_UPDATE`, `TOPK_SAE_DEVICE_PACK`,
-    /// `TOPK_SAE_DEVICE_LOSS`) is `0` or its first-use check failed: the first time a kernel
+    /// `TOPK_SAE_DEVICE_LOSS`; that one is opt-in, on only with `1`) is `0` or its first-use
+    /// check failed: the first time a kernel
     /// is needed it runs once on a small problem with a known answer, and a wrong answer (a
     /// driver that miscompiles it) switches it off for the process, with a `log` warning. Other
     /// backends run none. Results are the same either way; only the speed differs.

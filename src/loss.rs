@@ -641,7 +641,7 @@ fn backward<B: Backend>(
 /// `b_dec`'s gradient: the output gradients of the terms that decode with it (the main and
 /// multi-k terms; the AuxK term, the residual's, does not), summed over the batch, less
 /// `w_enc @ grad_b_enc`: `pre = (x - b_dec) @ w_enc + b_enc`, so `b_dec` also receives
-/// `-(dL/dpre summed) @ w_enc^T`. With one such term, our kernel on burn-wgpu.
+/// `-(dL/dpre summed) @ w_enc^T`.
 fn decoder_bias_gradient<B: Backend>(
     model: &TopKSae<B>,
     terms: &[Term<B>],
@@ -649,16 +649,6 @@ fn decoder_bias_gradient<B: Backend>(
     d_in: usize,
 ) -> Tensor<B, 1> {
     let with_bias: Vec<&Term<B>> = terms.iter().filter(|t| t.with_bias).collect();
-    #[cfg(feature = "wgpu")]
-    if let [only] = with_bias.as_slice()
-        && let Some(found) = crate::gpu::stats::bias_gradient(
-            only.grad_out.clone(),
-            model.w_enc.val(),
-            grad_b_enc.clone(),
-        )
-    {
-        return found;
-    }
     let down = with_bias
         .iter()
         .map(|t| t.grad_out.clone().sum_dim(0).reshape([d_in]))

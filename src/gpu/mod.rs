@@ -48,8 +48,10 @@ type Client = GlobalFusionClient<FusionCubeRuntime<WgpuRuntime>>;
 /// process, a `log` warning says so, and [`crate::backend::gpu_kernels`] reports
 /// [`KernelStatus::FailedCheck`] (the examples print it).
 struct Switch {
-    /// The environment variable that switches the kernel off with `0`.
+    /// The environment variable that switches the kernel off with `0` (or, opt-in, on with `1`).
     var: &'static str,
+    /// Whether the kernel runs when the variable is unset.
+    default_on: bool,
     /// The kernel, for the warning.
     what: &'static str,
     env: OnceLock<bool>,
@@ -60,6 +62,18 @@ impl Switch {
     const fn new(var: &'static str, what: &'static str) -> Self {
         Self {
             var,
+            default_on: true,
+            what,
+            env: OnceLock::new(),
+            checked: OnceLock::new(),
+        }
+    }
+
+    /// A kernel that runs only with its variable set to `1`.
+    const fn opt_in(var: &'static str, what: &'static str) -> Self {
+        Self {
+            var,
+            default_on: false,
             what,
             env: OnceLock::new(),
             checked: OnceLock::new(),
@@ -75,9 +89,11 @@ impl Switch {
         {
             return KernelStatus::Unavailable;
         }
-        let on = *self
-            .env
-            .get_or_init(|| std::env::var(self.var).map_or(true, |v| v != "0"));
+        let on = *self.env.get_or_init(|| match std::env::var(self.var) {
+            Ok(v) if self.default_on => v != "0",
+            Ok(v) => v == "1",
+            Err(_) => self.default_on,
+        });
         if !on {
             return KernelStatus::SwitchedOff;
         }
