@@ -40,8 +40,8 @@ type Fused = FusionTensor<FusionCubeRuntime<WgpuRuntime>>;
 /// The fusion layer's client, which takes our kernels' outputs back.
 type Client = GlobalFusionClient<FusionCubeRuntime<WgpuRuntime>>;
 
-/// Whether a kernel runs: on burn-wgpu's tensors only, unless its environment variable is `0`,
-/// and only once its first-use check has passed. A kernel a driver miscompiles gives wrong
+/// Whether a kernel runs: on burn-wgpu's tensors only, unless its environment variable is `0`
+/// (an opt-in kernel: only when it is `1`), and only once its first-use check has passed. A kernel a driver miscompiles gives wrong
 /// numbers without an error (seen while writing one: a kernel that did not compile left its
 /// output uninitialised), so each kernel runs once on a small problem with a known answer before
 /// it is trusted; if the answer is wrong, the callers use the portable path for the rest of the
@@ -71,13 +71,9 @@ impl Switch {
 
     /// A kernel that runs only with its variable set to `1`.
     const fn opt_in(var: &'static str, what: &'static str) -> Self {
-        Self {
-            var,
-            default_on: false,
-            what,
-            env: OnceLock::new(),
-            checked: OnceLock::new(),
-        }
+        let mut switch = Self::new(var, what);
+        switch.default_on = false;
+        switch
     }
 
     /// The kernel's status for backend `B`; `check` (run once per process, the first time the
