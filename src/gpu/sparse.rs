@@ -66,6 +66,8 @@ const MARKS_MAX_BYTES: usize = 512 << 20;
 mod kernel {
     use cubecl::prelude::*;
 
+    use super::super::cube_sum;
+
     /// `out[s, c] = sum_{e in bounds[s]..bounds[s + 1]} weights[positions[e]] *
     /// rows[(row_of[e] % row_mod) * cols + c]`, for segments of at most `seg_max` entries;
     /// with `ones` 1, also `out_w[s]` the sum of the weights (as if the rows had one more
@@ -432,7 +434,7 @@ mod kernel {
         let unit = UNIT_POS_X as usize;
         let n = cols as usize;
         let units_n = units as usize;
-        let mut partial = SharedMemory::<f32>::new(units_n);
+        let mut scratch = SharedMemory::<f32>::new(units_n);
         let mut acc = 0f32;
         // No early return: every unit must reach the barriers.
         if p < pairs as usize {
@@ -444,22 +446,12 @@ mod kernel {
                 c += units_n;
             }
         }
-        partial[unit] = acc;
-        sync_cube();
-        // The cube's size read at run time: a loop variable cannot be a comptime value.
-        let mut stride = CUBE_DIM_X as usize / 2;
-        while stride > 0 {
-            if unit < stride {
-                partial[unit] += partial[unit + stride];
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        let total = cube_sum(&mut scratch, acc);
         if unit == 0 && p < pairs as usize {
             // A value ReLU clipped (not positive, or NaN) passes no gradient.
             let mut dot = 0f32;
             if gate[p] > 0f32 {
-                dot = partial[0];
+                dot = total;
             }
             out[p] = dot;
         }
