@@ -362,6 +362,79 @@ pub(crate) fn int_to_host<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>)
         .expect("a converted int tensor reads back as i64")
 }
 
+/// What a [`HostCopies`] is for (on burn-wgpu, whether its copies are issued at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFor {
+    /// A chunk of a corpus.
+    Chunk,
+    /// A training step.
+    Step,
+}
+
+/// Float and int tensors on their way to the host. On burn-wgpu the copies can be issued when
+/// this is made (`crate::gpu::read`, which says when they are), so that the device makes them as
+/// soon as the work before them is done while the host goes on; otherwise the tensors are read
+/// when collected.
+pub(crate) struct HostCopies<B: Backend, const D: usize> {
+    #[cfg(feature = "wgpu")]
+    issued: Option<crate::gpu::read::Issued>,
+    /// The tensors still to read, where the copies were not issued.
+    floats: Vec<Tensor<B, D>>,
+    ints: Vec<Tensor<B, D, Int>>,
+}
+
+impl<B: Backend, const D: usize> HostCopies<B, D> {
+    /// Starts copying `floats` and `ints` to the host, for `what` (a chunk of a corpus, or a
+    /// training step).
+    pub(crate) fn issue(
+        floats: Vec<Tensor<B, D>>,
+        ints: Vec<Tensor<B, D, Int>>,
+        what: ReadFor,
+    ) -> Self {
+        #[cfg(feature = "wgpu")]
+        let (issued, floats, ints) = if crate::gpu::read::issued_for(what) {
+            match crate::gpu::read::issue(floats, ints) {
+                Ok(issued) => (Some(issued), Vec::new(), Vec::new()),
+                Err((floats, ints)) => (None, floats, ints),
+            }
+        } else {
+            (None, floats, ints)
+        };
+        #[cfg(not(feature = "wgpu"))]
+        let _ = what;
+        Self {
+            #[cfg(feature = "wgpu")]
+            issued,
+            floats,
+            ints,
+        }
+    }
+
+    /// Waits for the copies: the floats' values as `f32`, then the ints' as `i64`, each
+    /// tensor's in row-major order.
+    pub(crate) fn collect(self) -> (Vec<Vec<f32>>, Vec<Vec<i64>>) {
+        #[cfg(feature = "wgpu")]
+        if let Some(issued) = self.issued {
+            let (floats, ints) = issued.collect();
+            let floats = floats
+                .into_iter()
+                .map(|d| d.convert::<f32>().into_vec::<f32>())
+                .collect::<std::result::Result<_, _>>()
+                .expect("a converted float tensor reads back as f32");
+            let ints = ints
+                .into_iter()
+                .map(|d| d.convert::<i64>().into_vec::<i64>())
+                .collect::<std::result::Result<_, _>>()
+                .expect("a converted int tensor reads back as i64");
+            return (floats, ints);
+        }
+        (
+            self.floats.into_iter().map(to_host).collect(),
+            self.ints.into_iter().map(int_to_host).collect(),
+        )
+    }
+}
+
 /// Copies a float tensor to the host (see [`to_host_vec`]).
 ///
 /// On the CPU backends a `mul_scalar(1.0)` (exact for every value, `-0.0` included) gives the

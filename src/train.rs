@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::host::HostState;
 use crate::loss::{Candidates, Evaluated, LossParts, SaeGradients, SaeLoss, SaeLossConfig};
 use crate::profile::mark;
-use crate::sae::{TopKSae, TopKSaeConfig, to_host};
+use crate::sae::{HostCopies, ReadFor, TopKSae, TopKSaeConfig, to_host};
 
 /// Adam hyper-parameters (PyTorch's formula: bias-corrected moments, `eps` outside the root).
 #[derive(Config, Debug, PartialEq)]
@@ -199,8 +199,8 @@ struct Pending<B: Backend> {
     /// Rows in its batch.
     batch: usize,
     /// `[terms + 4 (+ d_sae)]`: the loss terms, the squared gradient norms, and the fired
-    /// latents when they are on the device.
-    read_back: Tensor<B, 1>,
+    /// latents when they are on the device; on their way to the host.
+    read_back: HostCopies<B, 1>,
     /// `[d_sae]`, 1.0 for the latents that fired, when on the device.
     fired: Option<Tensor<B, 1>>,
     out: Evaluated<B>,
@@ -948,7 +948,7 @@ impl<B: Backend> Trainer<B> {
             step,
             epoch: self.epoch,
             batch,
-            read_back: crate::sae::concat(parts),
+            read_back: HostCopies::issue(vec![crate::sae::concat(parts)], vec![], ReadFor::Step),
             fired,
             out,
             model,
@@ -973,7 +973,7 @@ impl<B: Backend> Trainer<B> {
             ..
         } = pending;
         let terms = out.losses.len();
-        let host = to_host(read_back);
+        let host = read_back.collect().0.swap_remove(0);
         mark::<B>(&self.device, "read-back");
         let parts = out.parts(&host[..terms]);
         if !parts.total.is_finite() {

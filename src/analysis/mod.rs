@@ -93,7 +93,7 @@ pub use search::{
 use crate::data::{Embeddings, Normalizer, upload_rows};
 use crate::error::{Error, Result};
 use crate::host::HostCodec;
-use crate::sae::{TopKSae, int_to_host, to_host};
+use crate::sae::{HostCopies, ReadFor, TopKSae};
 
 /// The top-k latents of every document of a corpus, descending by pre-activation per row.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +132,15 @@ pub fn encode_corpus<B: Backend>(
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
     let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
     let mut pre = Vec::new();
+    // On a GPU, chunk `i`'s codes are copied back while the host uploads chunk `i + 1`; they are
+    // collected before the next copy is issued (`crate::gpu::read` says why).
+    let mut pending: Option<(HostCopies<B, 2>, usize)> = None;
+    // A chunk's values and indices, in `HostCopies`' order (floats first), appended.
+    let collect = |copies: HostCopies<B, 2>, indices: &mut Vec<u32>, values: &mut Vec<f32>| {
+        let (mut v, mut i) = copies.collect();
+        indices.extend(i.swap_remove(0).into_iter().map(|j| j as u32));
+        values.append(&mut v[0]);
+    };
     for range in crate::data::batch_ranges(data.rows(), batch_size)? {
         let (rows, start, end) = (range.len(), range.start, range.end);
         if let Some(codec) = &codec {
@@ -139,18 +148,26 @@ pub fn encode_corpus<B: Backend>(
             let (i, v) = codec.encode(&x, &mut pre);
             indices.extend(i);
             values.extend(v);
+            progress(end);
         } else {
             let x = upload_rows::<B>(rows, data.d_in(), device, |piece| {
                 data.normalized_rows(start + piece.start..start + piece.end, normalizer)
             });
             crate::profile::mark::<B>(device, "normalise, upload");
             let latents = model.encode_topk(x);
-            crate::profile::mark::<B>(device, "encode (matmul, top-k)");
-            indices.extend(int_to_host(latents.indices).into_iter().map(|j| j as u32));
-            values.extend(to_host(latents.values));
-            crate::profile::mark::<B>(device, "read-back");
+            if let Some((copies, done)) = pending.take() {
+                collect(copies, &mut indices, &mut values);
+                progress(done);
+            }
+            let copies =
+                HostCopies::issue(vec![latents.values], vec![latents.indices], ReadFor::Chunk);
+            pending = Some((copies, end));
+            crate::profile::mark::<B>(device, "encode (matmul, top-k), read-back");
         }
-        progress(end);
+    }
+    if let Some((copies, done)) = pending.take() {
+        collect(copies, &mut indices, &mut values);
+        progress(done);
     }
     Ok(CorpusCodes {
         rows: data.rows(),

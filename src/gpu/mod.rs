@@ -1,7 +1,7 @@
 //! Our cubecl kernels for burn-wgpu, behind the generic API: the row-wise top-k ([`topk`]) and
 //! the grouped row sums of the sparse decode and gradient ([`sparse`]), the optimiser's update
 //! ([`update`]), concatenations in one launch ([`pack`]), and the loss's batch statistics and
-//! term values ([`stats`]).
+//! term values ([`stats`]); and read-backs issued at once and collected later ([`read`]).
 //!
 //! Each is used only when the backend's tensors are burn-wgpu's (`Fusion<CubeBackend<WgpuRuntime,
 //! f32, i32, _>>`, the `backend::Wgpu` this crate exports), checked by `TypeId`; for any other
@@ -10,6 +10,7 @@
 //! outputs are registered back with the fusion client (an `Init` operation), all in safe code.
 
 pub(crate) mod pack;
+pub(crate) mod read;
 pub(crate) mod sparse;
 pub(crate) mod stats;
 pub(crate) mod topk;
