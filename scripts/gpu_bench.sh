@@ -16,8 +16,11 @@
 # TOPK_SAE_DEVICE_SPARSE=0 (burn's scatter-add gradient and gather decode instead of the
 # grouped-sum kernel), so one run says what each kernel is worth. VARIANTS may also name
 # rust-burn-update (TOPK_SAE_DEVICE_UPDATE=0: burn's operations for the optimiser's update),
-# rust-device-loss (TOPK_SAE_DEVICE_LOSS=1: our opt-in kernels for the loss's batch statistics) and
-# rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
+# rust-device-loss (TOPK_SAE_DEVICE_LOSS=1: our opt-in kernels for the loss's batch statistics),
+# rust-step-read (TOPK_SAE_DEVICE_STEP_READ=1: each queued step's read-back issued at once),
+# rust-lazy-read (TOPK_SAE_DEVICE_READ=0: corpus chunks read back one after another, as before),
+# rust-tasks8 and rust-tasks128 (CUBECL_WGPU_MAX_TASKS: kernel launches per submission to the
+# GPU, 32 by default) and rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
 # first. Each run has a time limit (RUN_LIMIT_S, 150 s) and none starts after DEADLINE_S (500 s):
 # a hang on some driver (seen with burn's matmul on OpenGL, docs/decisions.md) costs that run
 # only, and the table is printed anyway. Logs and JSON land in $OUT, the card's name on stdout.
@@ -133,6 +136,10 @@ for variant in $variants; do
       rust-burn-scatter) cmd=(env TOPK_SAE_DEVICE_SPARSE=0) ;;
       rust-burn-update) cmd=(env TOPK_SAE_DEVICE_UPDATE=0) ;;
       rust-device-loss) cmd=(env TOPK_SAE_DEVICE_LOSS=1) ;;
+      rust-step-read) cmd=(env TOPK_SAE_DEVICE_STEP_READ=1) ;;
+      rust-lazy-read) cmd=(env TOPK_SAE_DEVICE_READ=0) ;;
+      rust-tasks8) cmd=(env CUBECL_WGPU_MAX_TASKS=8) ;;
+      rust-tasks128) cmd=(env CUBECL_WGPU_MAX_TASKS=128) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
     esac
     [ "$variant" = torch ] || cmd+=("$bin" --backend wgpu --quiet)
