@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Embeddings, Normalizer};
 use crate::host::HostCodec;
-use crate::sae::{TopKSae, int_to_host, to_host};
+use crate::sae::{HostCopies, ReadFor, TopKSae};
 
 /// Floor added to densities before `log10`, so a dead latent scores -10.
 pub const LOG_FD_EPS: f64 = 1e-10;
@@ -242,6 +242,14 @@ pub fn evaluate<B: Backend>(
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
     let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
     let mut pre = Vec::new();
+    // On a GPU, a chunk's outputs are copied back while the host uploads the next chunk
+    // (`crate::gpu::read`), and added up after it: the chunk's rows, its copies, its end.
+    let mut pending: Option<(Vec<f32>, HostCopies<B, 2>, usize)> = None;
+    let add = |acc: &mut MetricsAccumulator, x: &[f32], copies: HostCopies<B, 2>| {
+        // In `HostCopies`' order: the floats (reconstruction, values), then the indices.
+        let (floats, ints) = copies.collect();
+        acc.update(x, &floats[0], &ints[0], &floats[1]);
+    };
     for range in crate::data::batch_ranges(data.rows(), batch_size)? {
         let (rows, end) = (range.len(), range.end);
         let x = data.normalized_rows(range, normalizer);
@@ -250,20 +258,28 @@ pub fn evaluate<B: Backend>(
             let recon = codec.decode(&indices, &values);
             let indices: Vec<i64> = indices.into_iter().map(i64::from).collect();
             acc.update(&x, &recon, &indices, &values);
+            progress(end);
         } else {
             let d_in = data.d_in();
             let input = crate::data::upload_rows::<B>(rows, d_in, device, |piece| {
                 x[piece.start * d_in..piece.end * d_in].to_vec()
             });
             let out = model.forward(input);
-            acc.update(
-                &x,
-                &to_host(out.reconstruction),
-                &int_to_host(out.indices),
-                &to_host(out.values),
+            if let Some((x, copies, done)) = pending.take() {
+                add(&mut acc, &x, copies);
+                progress(done);
+            }
+            let copies = HostCopies::issue(
+                vec![out.reconstruction, out.values],
+                vec![out.indices],
+                ReadFor::Chunk,
             );
+            pending = Some((x, copies, end));
         }
-        progress(end);
+    }
+    if let Some((x, copies, done)) = pending.take() {
+        add(&mut acc, &x, copies);
+        progress(done);
     }
     Ok(acc.finish())
 }

@@ -6,7 +6,10 @@ use topk_sae::analysis::{
 };
 use topk_sae::data::{SyntheticConfig, synthetic};
 use topk_sae::sae::to_host_vec;
-use topk_sae::{AdamConfig, Embeddings, Error, Normalizer, TopKSaeConfig, TrainConfig, train};
+use topk_sae::{
+    AdamConfig, Embeddings, Error, MetricsAccumulator, Normalizer, TopKSaeConfig, TrainConfig,
+    evaluate, train,
+};
 
 use crate::{TestBackend, random_model, random_rows};
 
@@ -45,6 +48,55 @@ fn corpus_codes_match_forward_and_round_trip_through_npy() {
         CorpusCodes::load_npy(&i, &v, 10).is_err(),
         "indices >= d_sae must be rejected"
     );
+}
+
+/// `evaluate` in chunks (on a GPU, each chunk's outputs are read back while the next is
+/// uploaded) gives the metrics of one accumulation over the model's outputs for every row.
+#[test]
+fn evaluate_in_chunks_matches_one_pass_over_forward() {
+    let model = random_model(8, 30, 3, 5);
+    let x = random_rows(50, 8, 6);
+    let data = Embeddings::from_vec(x.clone(), 50, 8).unwrap();
+    let mut calls = Vec::new();
+    let chunked = evaluate(
+        &model,
+        &data,
+        &Normalizer::identity(),
+        16,
+        &Default::default(),
+        |n| calls.push(n),
+    )
+    .unwrap();
+    assert_eq!(calls, vec![16, 32, 48, 50]);
+    let out = model.forward(crate::tensor(&x, 8));
+    let indices: Vec<i64> = out
+        .indices
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap();
+    let mut acc = MetricsAccumulator::new(8, 30, 3);
+    acc.update(
+        &x,
+        &to_host_vec(out.reconstruction),
+        &indices,
+        &to_host_vec(out.values),
+    );
+    let whole = acc.finish();
+    // On CPU backends `evaluate` decodes with the host kernels, which add in another order
+    // than `forward`: f32 rounding (5e-9 relative seen). A chunk paired with another's outputs
+    // would be off by far more.
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(1.0);
+    assert!(
+        close(chunked.nmse, whole.nmse),
+        "{} vs {}",
+        chunked.nmse,
+        whole.nmse
+    );
+    assert!(close(chunked.cosine, whole.cosine));
+    assert!(close(chunked.act_mean, whole.act_mean));
+    assert_eq!(chunked.density, whole.density);
+    assert_eq!(chunked.rows, 50);
 }
 
 fn codes(rows: &[&[(u32, f32)]], d_sae: usize) -> CorpusCodes {
