@@ -10,15 +10,14 @@
 //!
 //! While an issued read is outstanding, cubecl's polling thread waits on the device's latest
 //! submission, and wgpu holds a lock across that wait that a new submission needs: a
-//! submission made then waits for the device to finish the work before it. Callers therefore
-//! collect a read before they issue the next one, and queue between the two only work that
-//! needs few submissions of its own (uploads and a few kernel launches).
+//! submission made then waits for the device to finish the work before it.
 //!
-//! Where it is used ([`issued_for`]): corpus encoding issues each chunk's read (unless
-//! `TOPK_SAE_DEVICE_READ=0`). A queued training step issues its read only with
-//! `TOPK_SAE_DEVICE_STEP_READ=1`: the next step, built while that read is outstanding, submits
-//! its work in several pieces, and each would wait for the device as above; whether that costs
-//! more than the read it saves is for a GPU to tell.
+//! Where it is used ([`issued_for`]): corpus encoding and evaluation issue each chunk's read
+//! (unless `TOPK_SAE_DEVICE_READ=0`); they collect it before they issue the next one, and queue
+//! between the two only the next chunk's upload and its few launches. A queued training step
+//! issues its read only with `TOPK_SAE_DEVICE_STEP_READ=1`: the next step, built while that read
+//! is outstanding, submits its work in several pieces, each of which would wait for the device
+//! as above; whether that costs more than the read saves is for a GPU to tell.
 
 use std::any::TypeId;
 use std::future::Future;
