@@ -190,6 +190,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         .expect("valid template"),
     );
     let mut step_ms = Vec::with_capacity(total as usize);
+    let mut wait_ms = Vec::with_capacity(total as usize);
     // Steps with a live AuxK term (dead latents present), so timings say which step they measured.
     let mut aux_steps = 0u64;
     let started = Instant::now();
@@ -197,6 +198,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     bar.set_position(trainer.steps_done());
     let trained = trainer.fit(&data, |r| {
         step_ms.push(last.elapsed().as_secs_f64() * 1e3);
+        wait_ms.push(r.device_wait.as_secs_f64() * 1e3);
         last = Instant::now();
         aux_steps += u64::from(r.loss.aux > 0.0);
         bar.set_position(r.step);
@@ -241,6 +243,13 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         "steps {}, {train_seconds:.1} s, median {median:.1} ms/step",
         trained.steps
     );
+    // Of a step, how long the host waited for the device's results (GPU backends; 0 on the
+    // host engine): the median, like the step's.
+    wait_ms.sort_by(f64::total_cmp);
+    let wait_median = wait_ms.get(wait_ms.len() / 2).copied().unwrap_or(f64::NAN);
+    if wait_median > 0.0 {
+        println!("waiting for the device: median {wait_median:.2} ms/step");
+    }
     let recovered = synthetic_set.as_ref().map(|s| {
         let fraction = s.recovered_fraction(&to_host_vec(trained.model.w_dec.val()), 0.9);
         let planted = s.directions.len() / data.d_in();
@@ -260,6 +269,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             "train_seconds": train_seconds,
             "ms_per_step_median": median,
             "encode_seconds": encode_seconds,
+            "device_wait_ms_median": wait_median,
             "first_step_ms": first_step_ms,
             "aux_steps": aux_steps,
             "backend": args.backend,

@@ -2,7 +2,9 @@
 //! `O(batch * k * d_in)` or one pass over the parameters (Adam).
 //!
 //! Same mathematics as [`crate::loss::SaeLoss::evaluate`] followed by the trainer's update
-//! (projection, clipping, Adam, renormalisation); `tests/it/host_step.rs` compares the two.
+//! (projection, clipping, Adam, renormalisation); `tests/it/gradients.rs`
+//! (`full_step_matches_reference_*`) and `tests/it/training.rs`
+//! (`step_engines_agree_over_a_short_run`) compare the two.
 //! Why a host path exists at all, with the measurements, is in `docs/decisions.md`.
 //!
 //! Layout: the encoder is stored transposed, `[d_sae, d_in]`, like the decoder, so that the

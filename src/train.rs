@@ -14,6 +14,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::checkpoint::io::{
     OutTensor, format_err, read_json, read_safetensors, safetensors_bytes, to_json,
@@ -45,7 +46,8 @@ pub struct AdamConfig {
 }
 
 /// Which implementation runs the training step. Both compute the same loss, gradient and update
-/// (compared in `tests/it/host_step.rs`); they differ in where the work happens.
+/// (compared in `tests/it/gradients.rs` and `tests/it/training.rs`); they differ in where the work
+/// happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum StepEngine {
     /// [`StepEngine::Host`] on CPU backends (burn-ndarray, Flex), [`StepEngine::Tensor`] on the
@@ -187,6 +189,12 @@ pub struct StepReport {
     pub dead_frac: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// How long the host waited for this step's results (its loss and gradient norm, read back
+    /// from the device). On a GPU backend, the device's work the host did not overlap with its
+    /// own: compared with the step's time, it says whether the device or the host sets the
+    /// pace. Zero with [`StepEngine::Host`]. A timing, so it differs between runs that
+    /// otherwise report the same.
+    pub device_wait: Duration,
 }
 
 /// A step of the tensor engine queued on the device and not read back yet
@@ -973,7 +981,9 @@ impl<B: Backend> Trainer<B> {
             ..
         } = pending;
         let terms = out.losses.len();
+        let waiting = Instant::now();
         let host = read_back.collect().0.swap_remove(0);
+        let device_wait = waiting.elapsed();
         mark::<B>(&self.device, "read-back");
         let parts = out.parts(&host[..terms]);
         if !parts.total.is_finite() {
@@ -1006,6 +1016,7 @@ impl<B: Backend> Trainer<B> {
         let mut report = self.finish_step(batch, fired.into_iter(), parts, grad_norm);
         // Completed later than it was queued, when the position may have moved on.
         report.epoch = epoch;
+        report.device_wait = device_wait;
         mark::<B>(&self.device, "counters (host)");
         Ok(report)
     }
@@ -1092,6 +1103,7 @@ impl<B: Backend> Trainer<B> {
             loss,
             dead_frac: dead as f64 / self.since_fired.len() as f64,
             grad_norm,
+            device_wait: Duration::ZERO,
         }
     }
 
