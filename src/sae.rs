@@ -365,7 +365,7 @@ pub(crate) fn int_to_host<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>)
 /// What a [`HostCopies`] is for (on burn-wgpu, whether its copies are issued at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadFor {
-    /// A chunk of a corpus.
+    /// A chunk of a corpus being encoded or a data set being evaluated.
     Chunk,
     /// A training step.
     Step,
@@ -384,8 +384,7 @@ pub(crate) struct HostCopies<B: Backend, const D: usize> {
 }
 
 impl<B: Backend, const D: usize> HostCopies<B, D> {
-    /// Starts copying `floats` and `ints` to the host, for `what` (a chunk of a corpus, or a
-    /// training step).
+    /// Starts copying `floats` and `ints` to the host, for `what` (a chunk, or a training step).
     pub(crate) fn issue(
         floats: Vec<Tensor<B, D>>,
         ints: Vec<Tensor<B, D, Int>>,
