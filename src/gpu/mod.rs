@@ -42,12 +42,12 @@ type Fused = FusionTensor<FusionCubeRuntime<WgpuRuntime>>;
 type Client = GlobalFusionClient<FusionCubeRuntime<WgpuRuntime>>;
 
 /// Whether a kernel runs: on burn-wgpu's tensors only, unless its environment variable is `0`
-/// (an opt-in kernel: only when it is `1`), and only once its first-use check has passed. A kernel a driver miscompiles gives wrong
-/// numbers without an error (seen while writing one: a kernel that did not compile left its
-/// output uninitialised), so each kernel runs once on a small problem with a known answer before
-/// it is trusted; if the answer is wrong, the callers use the portable path for the rest of the
-/// process, a `log` warning says so, and [`crate::backend::gpu_kernels`] reports
-/// [`KernelStatus::FailedCheck`] (the examples print it).
+/// (an opt-in kernel: only when it is `1`), and only once its first-use check has passed. A
+/// kernel a driver miscompiles gives wrong numbers without an error (seen while writing one: a
+/// kernel that did not compile left its output uninitialised), so each kernel runs once on a
+/// small problem with a known answer before it is trusted; if the answer is wrong, the callers
+/// use the portable path for the rest of the process, a `log` warning says so, and
+/// [`crate::backend::gpu_kernels`] reports [`KernelStatus::FailedCheck`] (the examples print it).
 struct Switch {
     /// The environment variable that switches the kernel off with `0` (or, opt-in, on with `1`).
     var: &'static str,
@@ -86,11 +86,7 @@ impl Switch {
         {
             return KernelStatus::Unavailable;
         }
-        let on = *self.env.get_or_init(|| match std::env::var(self.var) {
-            Ok(v) if self.default_on => v != "0",
-            Ok(v) => v == "1",
-            Err(_) => self.default_on,
-        });
+        let on = *self.env.get_or_init(|| env_on(self.var, self.default_on));
         if !on {
             return KernelStatus::SwitchedOff;
         }
@@ -112,6 +108,16 @@ impl Switch {
         } else {
             KernelStatus::FailedCheck
         }
+    }
+}
+
+/// Whether environment variable `var` switches something on: unless it is `0` when it is on by
+/// default, only when it is `1` when it is opt-in.
+fn env_on(var: &str, default_on: bool) -> bool {
+    match std::env::var(var) {
+        Ok(v) if default_on => v != "0",
+        Ok(v) => v == "1",
+        Err(_) => default_on,
     }
 }
 

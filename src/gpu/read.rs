@@ -26,14 +26,13 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
-use burn_cubecl::kernel::into_contiguous_aligned;
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
 use burn_cubecl::tensor::CubeTensor;
 use burn_wgpu::WgpuRuntime;
 use cubecl::bytes::Bytes;
 use cubecl::server::{CopyDescriptor, ServerError};
 
-use super::{Fused, Inner, cast};
+use super::{Fused, env_on, float_input, int_input};
 use crate::sae::ReadFor;
 
 /// Whether reads for `what` are issued at once: a corpus chunk's unless
@@ -43,12 +42,8 @@ pub(crate) fn issued_for(what: ReadFor) -> bool {
     static CHUNK: OnceLock<bool> = OnceLock::new();
     static STEP: OnceLock<bool> = OnceLock::new();
     match what {
-        ReadFor::Chunk => {
-            *CHUNK.get_or_init(|| std::env::var("TOPK_SAE_DEVICE_READ").map_or(true, |v| v != "0"))
-        }
-        ReadFor::Step => {
-            *STEP.get_or_init(|| std::env::var("TOPK_SAE_DEVICE_STEP_READ").is_ok_and(|v| v == "1"))
-        }
+        ReadFor::Chunk => *CHUNK.get_or_init(|| env_on("TOPK_SAE_DEVICE_READ", true)),
+        ReadFor::Step => *STEP.get_or_init(|| env_on("TOPK_SAE_DEVICE_STEP_READ", false)),
     }
 }
 
@@ -101,31 +96,24 @@ pub(crate) fn issue<B: Backend, const D: usize>(
         || TypeId::of::<B::IntTensorPrimitive>() != TypeId::of::<Fused>()
         || floats.is_empty() && ints.is_empty()
         || floats.iter().any(|t| t.dtype() != DType::F32)
+        || ints.iter().any(|t| t.dtype() != DType::I32)
     {
         return Err((floats, ints));
     }
     let floats_n = floats.len();
+    // Resolved to contiguous cubecl tensors (the types and element types are checked above).
     let mut tensors: Vec<CubeTensor<WgpuRuntime>> = Vec::with_capacity(floats_n + ints.len());
     for t in floats {
-        let TensorPrimitive::Float(t) = t.into_primitive() else {
-            unreachable!("an f32 tensor is not quantized");
-        };
-        let t: Fused = cast(t).expect("checked: burn-wgpu's tensors");
-        let client = t.client.clone();
-        tensors.push(client.resolve_tensor_float::<Inner>(t));
+        tensors.push(float_input(t).expect("checked: burn-wgpu's f32 tensors").0);
     }
     for t in ints {
-        let t: Fused = cast(t.into_primitive()).expect("checked: burn-wgpu's tensors");
-        let client = t.client.clone();
-        tensors.push(client.resolve_tensor_int::<Inner>(t));
+        tensors.push(int_input(t).expect("checked: burn-wgpu's i32 tensors"));
     }
     let client = tensors[0].client.clone();
     let mut layouts = Vec::with_capacity(tensors.len());
     let descriptors: Vec<CopyDescriptor> = tensors
         .into_iter()
         .map(|t| {
-            // Rows padded for alignment, where a kernel left them so, are dropped by the copy.
-            let t = into_contiguous_aligned(t);
             let elem_size = t.elem_size();
             layouts.push((t.meta.shape().clone(), t.dtype));
             let (shape, strides) = (t.meta.shape().clone(), t.meta.strides().clone());

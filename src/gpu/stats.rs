@@ -50,10 +50,10 @@ mod kernel {
     use super::super::cube_sum;
 
     /// Cube `c < blocks`: columns `c * width..` (up to `width` of them, below `cols`) of `x`
-    /// and `dec` (`[rows, cols]`), `e = x - (dec + bias)`. Writes `e` there, and `partial[3 c..3 c + 3]`:
-    /// the sums over those columns of `(x - mean_x)^2`, `(e - mean_e)^2` and `e^2`, each mean
-    /// over the column's rows. Unit `u` takes column `u % width` and rows `u / width`, `u /
-    /// width + units / width`, ...
+    /// and `dec` (`[rows, cols]`), `e = x - (dec + bias)`. Writes `e` there, and
+    /// `partial[3 c..3 c + 3]`: the sums over those columns of `(x - mean_x)^2`,
+    /// `(e - mean_e)^2` and `e^2`, each mean over the column's rows. Unit `u` takes column
+    /// `u % width` and rows `u / width`, `u / width + units / width`, ...
     #[cube(launch)]
     pub(super) fn columns_kernel(
         x: &Tensor<f32>,
