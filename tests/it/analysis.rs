@@ -13,31 +13,37 @@ use topk_sae::{
 
 use crate::{TestBackend, random_model, random_rows};
 
+/// Runs `f` on 50 rows with a progress callback, and checks that it reported them in chunks of
+/// 16.
+fn in_chunks_of_16<T>(f: impl FnOnce(&mut dyn FnMut(usize)) -> T) -> T {
+    let mut calls = Vec::new();
+    let out = f(&mut |n| calls.push(n));
+    assert_eq!(calls, vec![16, 32, 48, 50]);
+    out
+}
+
+/// An int tensor's values, row-major.
+fn int_rows(t: burn::tensor::Tensor<TestBackend, 2, burn::tensor::Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().into_vec::<i64>().unwrap()
+}
+
 #[test]
 fn corpus_codes_match_forward_and_round_trip_through_npy() {
     let model = random_model(8, 30, 3, 2);
     let data = Embeddings::from_vec(random_rows(50, 8, 3), 50, 8).unwrap();
-    let mut calls = Vec::new();
-    let codes = encode_corpus(
-        &model,
-        &data,
-        &Normalizer::identity(),
-        16,
-        &Default::default(),
-        |n| calls.push(n),
-    )
+    let codes = in_chunks_of_16(|progress| {
+        encode_corpus(
+            &model,
+            &data,
+            &Normalizer::identity(),
+            16,
+            &Default::default(),
+            progress,
+        )
+    })
     .unwrap();
-    assert_eq!(calls, vec![16, 32, 48, 50]);
     let out = model.forward(crate::tensor(data.as_slice(), 8));
-    let idx: Vec<u32> = out
-        .indices
-        .into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&i| i as u32)
-        .collect();
+    let idx: Vec<u32> = int_rows(out.indices).iter().map(|&i| i as u32).collect();
     assert_eq!(codes.indices, idx);
     assert_eq!(codes.values, to_host_vec(out.values));
     let dir = tempfile::tempdir().unwrap();
@@ -57,24 +63,19 @@ fn evaluate_in_chunks_matches_one_pass_over_forward() {
     let model = random_model(8, 30, 3, 5);
     let x = random_rows(50, 8, 6);
     let data = Embeddings::from_vec(x.clone(), 50, 8).unwrap();
-    let mut calls = Vec::new();
-    let chunked = evaluate(
-        &model,
-        &data,
-        &Normalizer::identity(),
-        16,
-        &Default::default(),
-        |n| calls.push(n),
-    )
+    let chunked = in_chunks_of_16(|progress| {
+        evaluate(
+            &model,
+            &data,
+            &Normalizer::identity(),
+            16,
+            &Default::default(),
+            progress,
+        )
+    })
     .unwrap();
-    assert_eq!(calls, vec![16, 32, 48, 50]);
     let out = model.forward(crate::tensor(&x, 8));
-    let indices: Vec<i64> = out
-        .indices
-        .into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .unwrap();
+    let indices = int_rows(out.indices);
     let mut acc = MetricsAccumulator::new(8, 30, 3);
     acc.update(
         &x,
