@@ -1,17 +1,17 @@
 //! Criterion benches: top-k alone, encode, forward and a full training step, at the sizes in the
-//! bench ids (`d_in x d_sae, k, batch`); co-occurrence counts and feature families over a corpus's
-//! codes. Inputs are built outside the timer; every timed closure reads its result back to the
-//! host, so lazy or asynchronous backends are synchronised.
+//! bench ids (`d_in x d_sae, k, batch`), on burn-ndarray (group `sae`) and, with `--features
+//! flex`, on burn-flex (group `sae_flex`); co-occurrence counts and feature families over a
+//! corpus's codes. Inputs are built outside the timer; every timed closure reads its result back
+//! to the host, so lazy or asynchronous backends are synchronised.
 
 // criterion_main! writes an undocumented `main`.
 #![allow(missing_docs)]
 
+use burn::tensor::backend::Backend;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use topk_sae::sae::to_host_vec;
 use topk_sae::train::StepEngine;
 use topk_sae::{TopKSaeConfig, TrainConfig, Trainer};
-
-type B = topk_sae::backend::NdArray<f32>;
 
 const SIZES: [(usize, usize, usize, usize); 2] = [(384, 3072, 32, 1024), (1536, 12288, 64, 1024)];
 
@@ -21,7 +21,7 @@ fn rows(n: usize, d: usize) -> Vec<f32> {
     (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-fn input(batch: usize, d_in: usize) -> burn::tensor::Tensor<B, 2> {
+fn input<B: Backend>(batch: usize, d_in: usize) -> burn::tensor::Tensor<B, 2> {
     burn::tensor::Tensor::from_data(
         burn::tensor::TensorData::new(rows(batch, d_in), [batch, d_in]),
         &Default::default(),
@@ -37,30 +37,43 @@ fn gemm(a: &[f32], b_t: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
 }
 
 fn benches(c: &mut Criterion) {
+    backend_benches::<topk_sae::backend::NdArray<f32>>(c, "sae", true);
+    #[cfg(feature = "flex")]
+    backend_benches::<topk_sae::backend::Flex>(c, "sae_flex", false);
+}
+
+/// The model's benches on backend `B`, in group `name`; `host_kernels`: also the ones that do not
+/// depend on the backend (the GEMMs and the top-k on host memory).
+fn backend_benches<B: Backend>(c: &mut Criterion, name: &str, host_kernels: bool) {
     let device = Default::default();
-    let mut group = c.benchmark_group("sae");
+    let mut group = c.benchmark_group(name);
     group.sample_size(10);
-    // This machine's practical peak: a large square product (2 * 2048^3 FLOP per iteration).
-    let (a, b) = (rows(2048, 2048), rows(2048, 2048));
-    let mut out = vec![0f32; 2048 * 2048];
-    group.bench_function("gemm_square_2048", |bench| {
-        bench.iter(|| gemm(&a, &b, 2048, 2048, 2048, &mut out));
-    });
+    if host_kernels {
+        // This machine's practical peak: a large square product (2 * 2048^3 FLOP per iteration).
+        let (a, b) = (rows(2048, 2048), rows(2048, 2048));
+        let mut out = vec![0f32; 2048 * 2048];
+        group.bench_function("gemm_square_2048", |bench| {
+            bench.iter(|| gemm(&a, &b, 2048, 2048, 2048, &mut out));
+        });
+    }
     for (d_in, d_sae, k, batch) in SIZES {
         let id = format!("{d_in}x{d_sae}_k{k}_b{batch}");
         let model = TopKSaeConfig::new(d_in, d_sae, k).init::<B>(&device);
-        let x = input(batch, d_in);
-        let pre = rows(batch, d_sae);
-        // The encoder product alone, as the host engine runs it: the one-GEMM floor of a step.
-        let w_t = rows(d_sae, d_in);
-        let xs = rows(batch, d_in);
-        let mut out = vec![0f32; batch * d_sae];
-        group.bench_function(BenchmarkId::new("gemm_encoder", &id), |b| {
-            b.iter(|| gemm(&xs, &w_t, batch, d_in, d_sae, &mut out));
-        });
-        group.bench_function(BenchmarkId::new("topk", &id), |b| {
-            b.iter(|| topk_sae::topk::topk_rows(&pre, d_sae, k, None));
-        });
+        let x = input::<B>(batch, d_in);
+        if host_kernels {
+            // The encoder product alone, as the host engine runs it: the one-GEMM floor of a
+            // step.
+            let pre = rows(batch, d_sae);
+            let w_t = rows(d_sae, d_in);
+            let xs = rows(batch, d_in);
+            let mut out = vec![0f32; batch * d_sae];
+            group.bench_function(BenchmarkId::new("gemm_encoder", &id), |b| {
+                b.iter(|| gemm(&xs, &w_t, batch, d_in, d_sae, &mut out));
+            });
+            group.bench_function(BenchmarkId::new("topk", &id), |b| {
+                b.iter(|| topk_sae::topk::topk_rows(&pre, d_sae, k, None));
+            });
+        }
         group.bench_function(BenchmarkId::new("encode", &id), |b| {
             b.iter(|| to_host_vec(model.encode_topk(x.clone()).values));
         });

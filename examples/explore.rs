@@ -26,7 +26,8 @@ use topk_sae::prelude::*;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Backend: ndarray (CPU) or wgpu (GPU: Vulkan, Metal, DX12; build with --features wgpu).
+    /// Backend: ndarray (CPU), flex (CPU; build with --features flex) or wgpu (GPU: Vulkan,
+    /// Metal, DX12; build with --features wgpu).
     #[arg(long, default_value = "ndarray")]
     backend: String,
     /// Embeddings (2-D .npy). Without it: synthetic data with generated texts.

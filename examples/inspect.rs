@@ -17,7 +17,8 @@ use topk_sae::sae::to_host_vec;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Backend: ndarray (CPU) or wgpu (GPU: Vulkan, Metal, DX12; build with --features wgpu).
+    /// Backend: ndarray (CPU), flex (CPU; build with --features flex) or wgpu (GPU: Vulkan,
+    /// Metal, DX12; build with --features wgpu).
     #[arg(long, default_value = "ndarray")]
     backend: String,
     /// Checkpoint: a native or SAELens/sparsify folder, or a saerch/OpenAI .pth/.pt file.

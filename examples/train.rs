@@ -25,7 +25,8 @@ use topk_sae::train::Trainer;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Backend: ndarray (CPU) or wgpu (GPU: Vulkan, Metal, DX12; build with --features wgpu).
+    /// Backend: ndarray (CPU), flex (CPU; build with --features flex) or wgpu (GPU: Vulkan,
+    /// Metal, DX12; build with --features wgpu).
     #[arg(long, default_value = "ndarray")]
     backend: String,
     /// Embeddings to train on: a 2-D float32/float16 .npy file. Without it: synthetic data.

@@ -49,6 +49,7 @@
 //!
 //! ## Features
 //! - `ndarray` (default): the CPU backend, re-exported as [`backend::NdArray`].
+//! - `flex`: burn's newer CPU backend, re-exported as `backend::Flex`.
 //! - `wgpu`: the GPU backend, re-exported as `backend::Wgpu`.
 //!
 //! ## Stability
@@ -79,6 +80,8 @@ pub use train::{AdamConfig, StepReport, TrainConfig, Trained, Trainer, train};
 /// Backends re-exported for convenience, each behind its feature, and which of the crate's own
 /// GPU kernels run.
 pub mod backend {
+    #[cfg(feature = "flex")]
+    pub use burn_flex::Flex;
     #[cfg(feature = "ndarray")]
     pub use burn_ndarray::NdArray;
     #[cfg(feature = "wgpu")]

@@ -1,4 +1,4 @@
-//! `--backend ndarray|wgpu`, shared by the examples: runs a job generic over the backend on the
+//! `--backend ndarray|flex|wgpu`, shared by the examples: runs a job generic over the backend on the
 //! one named.
 
 use burn::tensor::backend::Backend;
@@ -10,10 +10,13 @@ pub trait Job {
     fn run<B: Backend>(self, device: &B::Device) -> Result<()>;
 }
 
-/// Runs `job` on the backend called `name` (`ndarray`, or `wgpu` when built with that feature).
+/// Runs `job` on the backend called `name` (`ndarray`, or `flex` and `wgpu` when built with
+/// those features).
 pub fn run_on(name: &str, job: impl Job) -> Result<()> {
     match name {
         "ndarray" => job.run::<topk_sae::backend::NdArray<f32>>(&Default::default()),
+        #[cfg(feature = "flex")]
+        "flex" => job.run::<topk_sae::backend::Flex>(&Default::default()),
         #[cfg(feature = "wgpu")]
         "wgpu" => {
             let device = Default::default();
@@ -26,12 +29,31 @@ pub fn run_on(name: &str, job: impl Job) -> Result<()> {
         other => Err(Error::InvalidConfig {
             field: "backend",
             value: other.to_owned(),
-            reason: if cfg!(feature = "wgpu") {
-                "must be ndarray or wgpu".into()
-            } else {
-                "must be ndarray (wgpu needs a build with --features wgpu)".into()
-            },
+            reason: backend_choices(),
         }),
+    }
+}
+
+/// What `--backend` accepts in this build, and how to get the others.
+fn backend_choices() -> String {
+    let built: Vec<&str> = [
+        ("ndarray", true),
+        ("flex", cfg!(feature = "flex")),
+        ("wgpu", cfg!(feature = "wgpu")),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| *name)
+    .collect();
+    let missing: Vec<String> = ["flex", "wgpu"]
+        .iter()
+        .filter(|name| !built.contains(name))
+        .map(|name| format!("{name} needs a build with --features {name}"))
+        .collect();
+    if missing.is_empty() {
+        format!("must be {}", built.join(" or "))
+    } else {
+        format!("must be {} ({})", built.join(" or "), missing.join("; "))
     }
 }
 

@@ -12,12 +12,18 @@ mod properties;
 mod reference;
 mod training;
 
-/// Backend the integration tests run on: burn-ndarray, or burn-wgpu with `--features test-wgpu`.
-#[cfg(not(feature = "test-wgpu"))]
+/// Backend the integration tests run on: burn-ndarray, burn-wgpu with `--features test-wgpu`, or
+/// burn-flex with `--features test-flex`.
+#[cfg(not(any(feature = "test-wgpu", feature = "test-flex")))]
 pub type TestBackend = topk_sae::backend::NdArray<f32>;
-/// Backend the integration tests run on: burn-ndarray, or burn-wgpu with `--features test-wgpu`.
+/// Backend the integration tests run on: burn-ndarray, burn-wgpu with `--features test-wgpu`, or
+/// burn-flex with `--features test-flex`.
 #[cfg(feature = "test-wgpu")]
 pub type TestBackend = topk_sae::backend::Wgpu;
+/// Backend the integration tests run on: burn-ndarray, burn-wgpu with `--features test-wgpu`, or
+/// burn-flex with `--features test-flex`.
+#[cfg(all(feature = "test-flex", not(feature = "test-wgpu")))]
+pub type TestBackend = topk_sae::backend::Flex;
 
 /// A small model with random (seeded) weights and a non-zero `b_enc`/`b_dec`, so every term of
 /// the forward pass matters.

@@ -242,10 +242,11 @@ fn step_engines_agree_over_a_short_run() {
 }
 
 /// The same seed and data give the same model quality on burn-ndarray (host engine) and on the
-/// test backend (burn-wgpu with `--features test-wgpu`: the tensor engine on the GPU path).
-#[cfg(feature = "test-wgpu")]
+/// test backend (burn-wgpu with `--features test-wgpu`: the tensor engine on the GPU path;
+/// burn-flex with `--features test-flex`: the host engine fed through Flex's tensors).
+#[cfg(any(feature = "test-wgpu", feature = "test-flex"))]
 #[test]
-fn ndarray_and_wgpu_agree_after_a_short_run() {
+fn ndarray_and_the_test_backend_agree_after_a_short_run() {
     type Cpu = topk_sae::backend::NdArray<f32>;
     let set = small_set();
     let config = || small_config().with_epochs(3);
@@ -275,7 +276,7 @@ fn ndarray_and_wgpu_agree_after_a_short_run() {
     .nmse;
     assert!(
         (nmse_cpu - nmse_gpu).abs() <= 1e-3,
-        "ndarray {nmse_cpu} vs wgpu {nmse_gpu}"
+        "ndarray {nmse_cpu} vs the test backend {nmse_gpu}"
     );
 }
 
