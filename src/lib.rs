@@ -2,8 +2,8 @@
 //!
 //! Train, evaluate and use **top-k sparse autoencoders** (SAEs) on dense embeddings, such as
 //! sentence embeddings of scientific abstracts, on any [burn](https://burn.dev) backend:
-//! CPU through `burn-ndarray` (feature `ndarray`, the default), GPU through `burn-wgpu`
-//! (feature `wgpu`).
+//! CPU through `burn-ndarray` (feature `ndarray`, the default) or `burn-flex` (feature `flex`),
+//! GPU through `burn-wgpu` (feature `wgpu`).
 //!
 //! The default recipe is the one of "Disentangling Dense Embeddings with Sparse Autoencoders"
 //! (O'Neill et al., 2024): `pre = (x - b_dec) @ w_enc + b_enc`, keep each row's `k` largest
