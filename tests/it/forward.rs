@@ -13,9 +13,17 @@ fn ints(t: Tensor<crate::TestBackend, 2, burn::tensor::Int>) -> Vec<i64> {
     t.into_data().convert::<i64>().into_vec().unwrap()
 }
 
+/// Both decoders of `forward` on the CPU backends: a batch of 9 rows has 45 active entries, at
+/// least `d_sae` (40), and is decoded by the host kernels; 7 rows (35) by burn's gather.
 #[test]
 fn forward_matches_naive_reference() {
-    let (d_in, d_sae, k, batch) = (12, 40, 5, 9);
+    for batch in [9, 7] {
+        forward_matches_naive_reference_at(batch);
+    }
+}
+
+fn forward_matches_naive_reference_at(batch: usize) {
+    let (d_in, d_sae, k) = (12, 40, 5);
     let model = random_model(d_in, d_sae, k, 3);
     let naive = NaiveSae::from_model(&model);
     let x = random_rows(batch, d_in, 4);
@@ -44,11 +52,34 @@ fn forward_matches_naive_reference() {
     }
 }
 
+/// On the CPU backends, an index outside `0..d_sae` on the host decoder is a panic that names it,
+/// not a read out of bounds.
+#[cfg(not(feature = "test-wgpu"))]
+#[test]
+#[should_panic(expected = "latent index 40 is outside 0..40")]
+fn an_index_out_of_range_panics_on_the_host_decoder() {
+    let model = random_model(4, 40, 5, 3);
+    let indices = Tensor::<TestBackend, 2, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new((0..45i64).collect::<Vec<_>>(), [9, 5]),
+        &Default::default(),
+    );
+    let values = tensor(&[1.0; 45], 5);
+    let _ = model.decode_sparse(indices, values);
+}
+
+/// `decode(z)` against `decode_sparse` through `forward`, with 6 rows (24 active entries: burn's
+/// gather on the CPU backends) and 10 (40, at least `d_sae`: the host kernels there).
 #[test]
 fn dense_and_sparse_paths_agree() {
+    for rows in [6, 10] {
+        dense_and_sparse_paths_agree_at(rows);
+    }
+}
+
+fn dense_and_sparse_paths_agree_at(rows: usize) {
     let (d_in, d_sae, k) = (8, 32, 4);
     let model = random_model(d_in, d_sae, k, 5);
-    let x = tensor(&random_rows(6, d_in, 6), d_in);
+    let x = tensor(&random_rows(rows, d_in, 6), d_in);
     let out = model.forward_with_latents(x.clone());
     let dense = out.latents.expect("latents were requested");
     assert_eq!(to_host_vec(dense.clone()), to_host_vec(model.encode(x)));
