@@ -681,11 +681,8 @@ impl<B: Backend> TopKSae<B> {
     /// `x_hat[b] = sum_j values[b, j] * w_dec[indices[b, j]] + b_dec`. Never builds a
     /// `[batch, d_sae]` matrix.
     ///
-    /// # Shapes
-    /// - `indices`: `[batch, k]`, `values`: `[batch, k]` → `[batch, d_in]`
-    ///
-    /// On the CPU backends (burn-ndarray, Flex), a batch with at least `d_sae` active entries in
-    /// all (`batch * k >= d_sae`, so it reads about the whole decoder anyway) is decoded by the
+    /// On the CPU backends (burn-ndarray, Flex), an f32 batch with at least `d_sae` active entries
+    /// in all (`batch * k >= d_sae`, so it reads about the whole decoder anyway) is decoded by the
     /// host kernels of training and evaluation: one pass per row over its `k` decoder rows,
     /// instead of burn's gather, multiply and sum through a `[batch, k, d_in]` intermediate
     /// (`forward` 2.3-4.3x faster on burn-ndarray, 1.3-2.3x on Flex, at 1,024 rows;
@@ -701,7 +698,12 @@ impl<B: Backend> TopKSae<B> {
     pub fn decode_sparse(&self, indices: Tensor<B, 2, Int>, values: Tensor<B, 2>) -> Tensor<B, 2> {
         let [batch, k] = indices.dims();
         let device = values.device();
-        if k > 0 && batch * k >= self.d_sae() && crate::host::is_cpu_backend::<B>(&device) {
+        // The host kernels compute in f32: f64 values keep burn's path.
+        if k > 0
+            && batch * k >= self.d_sae()
+            && values.dtype() == burn::tensor::DType::F32
+            && crate::host::is_cpu_backend::<B>(&device)
+        {
             assert_eq!(
                 values.dims(),
                 [batch, k],

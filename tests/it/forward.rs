@@ -67,6 +67,56 @@ fn an_index_out_of_range_panics_on_the_host_decoder() {
     let _ = model.decode_sparse(indices, values);
 }
 
+/// `decode_sparse` of f64 values on an f64 model stays in f64: the f32 host decoder is not used
+/// for it, even for a batch that would take it in f32 (45 active entries, `d_sae` 40). burn 0.21
+/// creates tensors in the device's default dtype (f32 once an f32 backend has used the device),
+/// so every tensor here is made f64 explicitly.
+#[test]
+fn f64_values_are_decoded_in_f64() {
+    type F64 = burn_ndarray::NdArray<f64>;
+    let (d_in, d_sae, k, batch) = (12, 40, 5, 9);
+    let data = |v: Vec<f64>, shape: Vec<usize>| {
+        Tensor::<F64, 2>::from_data(
+            burn::tensor::TensorData::new(v, shape),
+            burn::tensor::TensorCreationOptions::<F64>::float(),
+        )
+    };
+    let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+    let model = topk_sae::TopKSae::<F64>::from_parts(
+        data(widen(random_rows(d_in, d_sae, 1)), vec![d_in, d_sae]),
+        data(vec![0.01; d_sae], vec![1, d_sae]).reshape([d_sae]),
+        data(widen(random_rows(d_sae, d_in, 2)), vec![d_sae, d_in]),
+        data(vec![0.1; d_in], vec![1, d_in]).reshape([d_in]),
+        k,
+    );
+    // Row b uses latents (7b + 3s) mod 40, s = 0..5, with values 0.1 + s / 3.
+    let mut z = vec![0f64; batch * d_sae];
+    let (mut indices, mut values) = (Vec::new(), Vec::new());
+    for b in 0..batch {
+        for s in 0..k {
+            let j = (7 * b + 3 * s) % d_sae;
+            let v = 0.1 + s as f64 / 3.0;
+            indices.push(j as i64);
+            values.push(v);
+            z[b * d_sae + j] += v;
+        }
+    }
+    let indices = Tensor::<F64, 2, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(indices, [batch, k]),
+        &Default::default(),
+    );
+    let sparse = model.decode_sparse(indices, data(values, vec![batch, k]));
+    assert_eq!(sparse.dtype(), burn::tensor::DType::F64);
+    let dense = model.decode(data(z, vec![batch, d_sae]));
+    let (sparse, dense): (Vec<f64>, Vec<f64>) = (
+        sparse.into_data().into_vec().unwrap(),
+        dense.into_data().into_vec().unwrap(),
+    );
+    for (a, b) in dense.iter().zip(&sparse) {
+        assert_abs_diff_eq!(a, b, epsilon = 1e-12);
+    }
+}
+
 /// `decode(z)` against `decode_sparse` through `forward`, with 6 rows (24 active entries: burn's
 /// gather on the CPU backends) and 10 (40, at least `d_sae`: the host kernels there).
 #[test]
