@@ -747,6 +747,8 @@ impl<B: Backend> Trainer<B> {
         // next step's dead-latent candidates are then worked out on the device
         // (`candidates_after`); the results are the same as one step at a time.
         let mut pending: Option<Pending<B>> = None;
+        // With resident rows: the order of the current epoch on the device, and its shuffle.
+        let mut order_on_device: Option<(u64, Tensor<B, 1, Int>)> = None;
         loop {
             let queued = self.step + u64::from(pending.is_some());
             let more = queued < total && self.epoch < self.config.epochs;
@@ -772,9 +774,19 @@ impl<B: Backend> Trainer<B> {
             let end = self.next_batch(n);
             let rows = &self.order[self.position..end];
             if let (Some(resident), Engine::Tensor(adam)) = (&resident, &self.engine) {
-                let at: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                let at =
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(at, [rows.len()]), &self.device);
+                // The epoch's order goes to the device once an epoch, and each step slices its
+                // batch out of it: an upload makes cubecl submit the work queued before it.
+                if order_on_device
+                    .as_ref()
+                    .is_none_or(|(shuffle, _)| *shuffle != self.shuffles)
+                {
+                    let all: Vec<i64> = self.order.iter().map(|&r| r as i64).collect();
+                    let all =
+                        Tensor::<B, 1, Int>::from_data(TensorData::new(all, [n]), &self.device);
+                    order_on_device = Some((self.shuffles, all));
+                }
+                let (_, order) = order_on_device.as_ref().expect("uploaded above");
+                let at = order.clone().narrow(0, self.position, end - self.position);
                 let x = resident.clone().select(0, at);
                 let host_candidates;
                 let (model, adam, candidates) = if let Some(p) = &pending {

@@ -213,6 +213,25 @@ mod kernel {
         }
     }
 
+    /// [`super::Groups::per_row`]'s layout: `bounds[r] = r * k` for every `r <= rows` and
+    /// `positions[e] = e` for every `e < rows * k`.
+    #[cube(launch)]
+    pub(super) fn row_layout_kernel(
+        bounds: &mut Tensor<i32>,
+        positions: &mut Tensor<i32>,
+        rows: u32,
+        k: u32,
+        #[comptime] units: u32,
+    ) {
+        let i = CUBE_POS * units as usize + UNIT_POS_X as usize;
+        if i <= rows as usize {
+            bounds[i] = i32::cast_from(i) * i32::cast_from(k);
+        }
+        if i < rows as usize * k as usize {
+            positions[i] = i32::cast_from(i);
+        }
+    }
+
     /// Marks where a term selected each latent: `marks[(row_base + e / k) * d_sae + indices[e]]
     /// = position_base + e + 1` for every entry `e < entries` of the term's row-major `[rows, k]`
     /// indices whose value is above 0 (a row selects a latent at most once, so no two entries
@@ -473,7 +492,8 @@ pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
 }
 
 /// Both kernels on a small problem against the same sums on the host: rows of 300 columns (more
-/// than a cube's units), groups of 3, 0 and 70 entries (three segments) in a scrambled order.
+/// than a cube's units), groups of 3, 0 and 70 entries (three segments) in a scrambled order;
+/// the grouping by latent and the per-row layout against the host's.
 fn check<B: Backend>(device: &B::Device) -> Option<bool> {
     let (n, cols) = (4, 300);
     let rows_host = pattern(n * cols, 2);
@@ -546,7 +566,14 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
         40,
         9,
     )?;
-    Some(close(&got, &want) && ones_ok && close(&dots, &want_dots) && grouped)
+    // The per-row layout, for 3 rows of 5 (more entries than rows: both branches of the kernel).
+    let layout = Groups::per_row(Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![0i32; 15], [3, 5]),
+        device,
+    ))?;
+    let layout_ok = int_to_host(layout.bounds) == [0, 5, 10, 15]
+        && int_to_host(layout.positions) == (0..15).collect::<Vec<i64>>();
+    Some(close(&got, &want) && ones_ok && close(&dots, &want_dots) && grouped && layout_ok)
 }
 
 /// Two terms over `batch` rows (k 2 and 3, 9 latents) for [`device_groups_match`]: latent 0 is
@@ -772,20 +799,60 @@ impl<B: Backend> Groups<B> {
         if k > MAX_PER_ROW {
             return None;
         }
-        let device = indices.device();
-        let entries = (rows * k) as i64;
-        // Uploaded: burn's `arange` is an upload too, and multiplying it by `k` a launch.
-        let bounds: Vec<i64> = (0..=rows as i64).map(|r| r * k as i64).collect();
+        // Written by a launch of ours: an upload (burn's `arange` is one too) would make cubecl
+        // submit the work queued before it, a submission per upload (docs/benchmarks.md).
+        let (bounds, positions) = launch_row_layout(&indices).unwrap_or_else(|| {
+            let device = indices.device();
+            let bounds: Vec<i64> = (0..=rows as i64).map(|r| r * k as i64).collect();
+            (
+                Tensor::from_data(TensorData::new(bounds, [rows + 1]), &device),
+                Tensor::arange(0..(rows * k) as i64, &device),
+            )
+        });
         Some(Self {
-            bounds: Tensor::from_data(TensorData::new(bounds, [rows + 1]), &device),
+            bounds,
             group_segments: None,
-            positions: Tensor::arange(0..entries, &device),
+            positions,
             row_of: indices.reshape([rows * k]),
             count: rows,
             segments: rows,
             seg_max: k.next_power_of_two(),
         })
     }
+}
+
+/// [`Groups::per_row`]'s bounds (`[rows + 1]`, `r * k`) and positions (`[rows * k]`, `e`) for
+/// the `[rows, k]` `indices`, in one launch. `None` when there are no entries, the sizes do not
+/// fit the kernel's integers, or the tensors are not burn-wgpu's.
+fn launch_row_layout<B: Backend>(
+    indices: &Tensor<B, 2, Int>,
+) -> Option<(Tensor<B, 1, Int>, Tensor<B, 1, Int>)> {
+    let [rows, k] = indices.dims();
+    let entries = rows.checked_mul(k)?;
+    let n = entries.max(rows + 1);
+    if entries == 0 || i32::try_from(n).is_err() {
+        return None;
+    }
+    let client = int_client(indices)?;
+    let like = int_input(indices.clone())?;
+    let units = units_for(UNITS, UNITS, &like);
+    let (x, y) = grid(n.div_ceil(units as usize));
+    let bounds = empty(&like, Shape::new([rows + 1]), DType::I32);
+    let positions = empty(&like, Shape::new([entries]), DType::I32);
+    kernel::row_layout_kernel::launch::<WgpuRuntime>(
+        &like.client,
+        CubeCount::Static(x, y, 1),
+        CubeDim::new_1d(units),
+        bounds.clone().into_tensor_arg(),
+        positions.clone().into_tensor_arg(),
+        rows as u32,
+        k as u32,
+        units,
+    );
+    Some((
+        int_output(&client, bounds)?,
+        int_output(&client, positions)?,
+    ))
 }
 
 /// [`Groups::by_latent_on_device`] without the switch.
