@@ -36,20 +36,17 @@ pub fn run_on(name: &str, job: impl Job) -> Result<()> {
 
 /// What `--backend` accepts in this build, and how to get the others.
 fn backend_choices() -> String {
-    let built: Vec<&str> = [
-        ("ndarray", true),
+    let (mut built, mut missing) = (vec!["ndarray"], Vec::new());
+    for (name, on) in [
         ("flex", cfg!(feature = "flex")),
         ("wgpu", cfg!(feature = "wgpu")),
-    ]
-    .iter()
-    .filter(|(_, on)| *on)
-    .map(|(name, _)| *name)
-    .collect();
-    let missing: Vec<String> = ["flex", "wgpu"]
-        .iter()
-        .filter(|name| !built.contains(name))
-        .map(|name| format!("{name} needs a build with --features {name}"))
-        .collect();
+    ] {
+        if on {
+            built.push(name);
+        } else {
+            missing.push(format!("{name} needs a build with --features {name}"));
+        }
+    }
     if missing.is_empty() {
         format!("must be {}", built.join(" or "))
     } else {
