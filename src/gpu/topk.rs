@@ -387,11 +387,15 @@ fn launch<B: Backend>(
         "k = {k} exceeds the {n_allowed} allowed columns"
     );
     let device = pre.device();
-    let mask: Vec<i32> = match allowed {
-        Some(a) => a.iter().map(|&ok| i32::from(ok)).collect(),
-        None => vec![1; cols],
+    // Without a mask, every column is allowed: filled on the device, since an upload makes
+    // cubecl submit the work queued before it.
+    let mask = match allowed {
+        Some(a) => {
+            let mask: Vec<i32> = a.iter().map(|&ok| i32::from(ok)).collect();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(mask, [cols]), &device)
+        }
+        None => Tensor::<B, 1, Int>::ones([cols], &device),
     };
-    let mask = Tensor::<B, 1, Int>::from_data(TensorData::new(mask, [cols]), &device);
     launch_masked(pre, k, mask, relu)
 }
 
