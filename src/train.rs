@@ -197,6 +197,62 @@ pub struct StepReport {
     pub device_wait: Duration,
 }
 
+/// Dead-latent counters (samples since each latent last fired) on the device, clamped just
+/// past `threshold`, which changes no comparison with it; `None` when `threshold` is above
+/// [`DEVICE_COUNTER_MAX_THRESHOLD`].
+///
+/// # Shapes
+/// - returns `[since.len()]`
+fn counters_to_device<B: Backend>(
+    since: &[u64],
+    threshold: u64,
+    device: &B::Device,
+) -> Option<Tensor<B, 1, Int>> {
+    if threshold > DEVICE_COUNTER_MAX_THRESHOLD {
+        return None;
+    }
+    let clamped: Vec<i32> = since
+        .iter()
+        .map(|&s| i32::try_from(s.min(threshold + 1)).expect("clamped below 2^30 + 2"))
+        .collect();
+    let len = clamped.len();
+    Some(Tensor::from_data(TensorData::new(clamped, [len]), device))
+}
+
+/// The dead-latent candidates (1, else 0) of a step of `batch` rows, from the counters before
+/// it: the latents past `threshold` once the batch is counted, as the host's
+/// `Trainer::dead_candidates` has them.
+///
+/// # Shapes
+/// - `since`: `[d_sae]`; returns `[d_sae]`
+fn candidates_from<B: Backend>(
+    since: Tensor<B, 1, Int>,
+    batch: usize,
+    threshold: u64,
+) -> Tensor<B, 1, Int> {
+    since
+        .add_scalar(batch as i64)
+        .greater_elem(threshold as i64)
+        .int()
+}
+
+/// The counters after a step of `batch` rows that fired the latents where `fired` is 1.0: 0
+/// for those, the batch added for the rest, clamped just past `threshold`.
+///
+/// # Shapes
+/// - `since`, `fired`: `[d_sae]`; returns `[d_sae]`
+fn counters_after<B: Backend>(
+    since: Tensor<B, 1, Int>,
+    fired: Tensor<B, 1>,
+    batch: usize,
+    threshold: u64,
+) -> Tensor<B, 1, Int> {
+    since
+        .add_scalar(batch as i64)
+        .clamp_max((threshold + 1) as i64)
+        .mask_fill(fired.greater_elem(0.5), 0)
+}
+
 /// A step of the tensor engine queued on the device and not read back yet
 /// ([`Trainer::submit`], [`Trainer::complete`]).
 struct Pending<B: Backend> {
@@ -211,6 +267,9 @@ struct Pending<B: Backend> {
     read_back: HostCopies<B, 1>,
     /// `[d_sae]`, 1.0 for the latents that fired, when on the device.
     fired: Option<Tensor<B, 1>>,
+    /// `[d_sae]`: the samples since each latent last fired after it (clamped just past the dead
+    /// threshold), when kept on the device.
+    since: Option<Tensor<B, 1, Int>>,
     out: Evaluated<B>,
     /// The model and optimiser state after it.
     model: TopKSae<B>,
@@ -275,6 +334,11 @@ const RESIDENT_MAX_BYTES: u64 = 4 << 30;
 
 /// Rows per upload when the training rows are moved to the device.
 const RESIDENT_PIECE_ROWS: usize = 16_384;
+
+/// The largest dead threshold (in samples) whose counters `fit` keeps on the device, as 32-bit
+/// integers clamped just past the threshold; with a batch added they stay below `i32::MAX`.
+/// Above it, each queued step uploads its candidates from the host's counters instead.
+const DEVICE_COUNTER_MAX_THRESHOLD: u64 = 1 << 30;
 
 /// Names of the parameters, in the order of the Adam moments.
 const PARAMS: [&str; 4] = ["w_enc", "b_enc", "w_dec", "b_dec"];
@@ -788,17 +852,20 @@ impl<B: Backend> Trainer<B> {
                 let (_, order) = order_on_device.as_ref().expect("uploaded above");
                 let at = order.clone().narrow(0, self.position, end - self.position);
                 let x = resident.clone().select(0, at);
+                // After a pending step, the candidates are worked out on the device, without
+                // reading it back; else from the host's counters.
                 let host_candidates;
-                let (model, adam, candidates) = if let Some(p) = &pending {
-                    let candidates = self
-                        .candidates_after(p, rows.len())
-                        .expect("kept pending only with its fired latents on the device");
-                    (&p.model, &p.adam, candidates)
+                let candidates = if let Some(p) = &pending {
+                    self.candidates_after(p, rows.len())
                 } else {
                     host_candidates = self.dead_candidates(rows.len());
-                    (&self.model, adam, Candidates::Host(&host_candidates))
+                    Candidates::Host(&host_candidates)
                 };
-                let next = self.submit(model, adam, x, candidates, queued + 1);
+                let (model, adam) = pending
+                    .as_ref()
+                    .map_or((&self.model, adam), |p| (&p.model, &p.adam));
+                let mut next = self.submit(model, adam, x, candidates, queued + 1);
+                next.since = self.counters_after(pending.as_ref(), &next);
                 self.advance(end, n);
                 if let Some(p) = pending.take() {
                     let report = self.complete(p)?;
@@ -970,6 +1037,7 @@ impl<B: Backend> Trainer<B> {
             batch,
             read_back: HostCopies::issue(vec![crate::sae::concat(parts)], vec![], ReadFor::Step),
             fired,
+            since: None,
             out,
             model,
             adam,
@@ -1033,30 +1101,69 @@ impl<B: Backend> Trainer<B> {
         Ok(report)
     }
 
-    /// The dead-latent candidates of the step after `pending`, of `next` rows, on the device,
-    /// without reading `pending` back: a latent is a candidate when its samples since it last
-    /// fired pass the threshold after that step, which is `since + pending.batch + next` for
-    /// those `pending` did not fire and `next` for those it did. `None` when `pending`'s fired
-    /// latents are not on the device.
-    fn candidates_after(&self, pending: &Pending<B>, next: usize) -> Option<Candidates<'_, B>> {
-        let fired = pending.fired.clone()?;
+    /// The dead-latent counters after `step` on the device, when its fired latents are on the
+    /// device and the threshold is at most [`DEVICE_COUNTER_MAX_THRESHOLD`]; else `None`. From
+    /// the counters after `before`, the pending step it follows, or, when there is none, the
+    /// host's (uploaded: the host has counted every step before `step`).
+    ///
+    /// # Shapes
+    /// - returns `[d_sae]`
+    fn counters_after(
+        &self,
+        before: Option<&Pending<B>>,
+        step: &Pending<B>,
+    ) -> Option<Tensor<B, 1, Int>> {
         let threshold = self.config.dead_threshold_samples;
-        let (ran, next) = (pending.batch as u64, next as u64);
+        let fired = step.fired.clone()?;
+        let since = match before {
+            Some(p) => p.since.clone()?,
+            None => counters_to_device(&self.since_fired, threshold, &self.device)?,
+        };
+        Some(counters_after(since, fired, step.batch, threshold))
+    }
+
+    /// The dead-latent candidates of the step after `pending`, of `next` rows, on the device,
+    /// without reading `pending` back. A latent is a candidate when its samples since it last
+    /// fired pass the threshold after that step: `since + pending.batch + next` for those
+    /// `pending` did not fire and `next` for those it did. From `pending`'s counters when it
+    /// has them on the device; else from the host's counters, which do not count `pending` yet,
+    /// uploaded (thresholds above [`DEVICE_COUNTER_MAX_THRESHOLD`]). The bound on their count
+    /// comes from the host's counters: every latent when `next` alone passes the threshold,
+    /// else those past it after both batches (a latent `pending` fires only leaves them).
+    ///
+    /// # Panics
+    /// If `pending`'s fired latents are not on the device (such a step is completed before the
+    /// next is queued).
+    fn candidates_after(&self, pending: &Pending<B>, next: usize) -> Candidates<'static, B> {
+        let threshold = self.config.dead_threshold_samples;
+        let after = (pending.batch + next) as u64;
+        let bound = if next as u64 > threshold {
+            self.since_fired.len()
+        } else {
+            self.since_fired
+                .iter()
+                .filter(|&&s| s + after > threshold)
+                .count()
+        };
+        if let Some(since) = &pending.since {
+            return Candidates::Device(candidates_from(since.clone(), next, threshold), bound);
+        }
+        let fired = pending
+            .fired
+            .clone()
+            .expect("kept pending only with its fired latents on the device");
         let quiet: Vec<f32> = self
             .since_fired
             .iter()
-            .map(|&s| if s + ran + next > threshold { 1.0 } else { 0.0 })
+            .map(|&s| f32::from(u8::from(s + after > threshold)))
             .collect();
-        let count = quiet.iter().filter(|&&q| q > 0.0).count();
         let d_sae = quiet.len();
         let quiet = Tensor::<B, 1>::from_data(TensorData::new(quiet, [d_sae]), &self.device);
         let mut candidates = quiet * fired.clone().neg().add_scalar(1.0);
-        let fired_pass = next > threshold;
-        if fired_pass {
+        if next as u64 > threshold {
             candidates = candidates + fired;
         }
-        let bound = if fired_pass { d_sae } else { count };
-        Some(Candidates::Device(candidates.int(), bound))
+        Candidates::Device(candidates.int(), bound)
     }
 
     /// [`Trainer::step`] on the host engine, from a row-major `[batch, d_in]` buffer.
@@ -1296,4 +1403,59 @@ pub fn train<B: Backend>(
     on_step: impl FnMut(&StepReport),
 ) -> Result<Trained<B>> {
     Trainer::new(config, data, device)?.fit(data, on_step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(not(feature = "test-wgpu"))]
+    type TestBackend = crate::backend::NdArray<f32>;
+    #[cfg(feature = "test-wgpu")]
+    type TestBackend = crate::backend::Wgpu;
+
+    /// The counters `fit` keeps on the device for queued steps give the host's candidates
+    /// (`since + batch > threshold`) for counters just below, at and past the threshold, and
+    /// the host's counters after a step, as far as the clamp keeps them.
+    #[test]
+    fn device_counters_follow_the_host_rule() {
+        let device = Default::default();
+        let threshold = 100u64;
+        let since = [0u64, 1, 50, 97, 98, 99, 100, 101, 102, 5_000, u64::MAX / 2];
+        let on_device = counters_to_device::<TestBackend>(&since, threshold, &device)
+            .expect("a threshold of 100 is kept on the device");
+        let to_host = |t: Tensor<TestBackend, 1, Int>| crate::sae::int_to_host(t);
+        for batch in [1usize, 2, 3, 100, 101] {
+            let want: Vec<i64> = since
+                .iter()
+                .map(|&s| i64::from(s.saturating_add(batch as u64) > threshold))
+                .collect();
+            let got = to_host(candidates_from(on_device.clone(), batch, threshold));
+            assert_eq!(got, want, "batch {batch}");
+        }
+        // Latents 0, 6 and 10 fire in a batch of 3.
+        let fired: Vec<f32> = (0..since.len())
+            .map(|j| if [0, 6, 10].contains(&j) { 1.0 } else { 0.0 })
+            .collect();
+        let fired =
+            Tensor::<TestBackend, 1>::from_data(TensorData::new(fired, [since.len()]), &device);
+        let after = to_host(counters_after(on_device, fired, 3, threshold));
+        let want: Vec<i64> = since
+            .iter()
+            .enumerate()
+            .map(|(j, &s)| {
+                let host = if [0, 6, 10].contains(&j) {
+                    0
+                } else {
+                    s.saturating_add(3)
+                };
+                host.min(threshold + 1) as i64
+            })
+            .collect();
+        assert_eq!(after, want);
+        assert!(
+            counters_to_device::<TestBackend>(&since, DEVICE_COUNTER_MAX_THRESHOLD + 1, &device)
+                .is_none()
+        );
+    }
 }
