@@ -20,7 +20,8 @@
 # rust-step-read (TOPK_SAE_DEVICE_STEP_READ=1: each queued step's read-back issued at once),
 # rust-lazy-read (TOPK_SAE_DEVICE_READ=0: corpus chunks read back one after another, as before),
 # rust-tasks8 and rust-tasks128 (CUBECL_WGPU_MAX_TASKS: kernel launches per submission to the
-# GPU, 32 by default) and rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
+# GPU, 32 by default; at 128, cubecl also waits for the device once a step, after 64 uniform
+# writes: docs/benchmarks.md) and rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
 # first. Each run has a time limit (RUN_LIMIT_S, 150 s) and none starts after DEADLINE_S (500 s):
 # a hang on some driver (seen with burn's matmul on OpenGL, docs/decisions.md) costs that run
 # only, and the table is printed anyway. Logs and JSON land in $OUT, the card's name on stdout.
