@@ -198,22 +198,23 @@ pub struct StepReport {
 }
 
 /// Dead-latent counters (samples since each latent last fired) on the device, clamped just
-/// past `threshold`, which changes no comparison with it; `None` when `threshold` is above
-/// [`DEVICE_COUNTER_MAX_THRESHOLD`].
+/// past `threshold`, which changes no comparison with it; `None` when `threshold` or
+/// `batch_size` (the largest batch) is above [`DEVICE_COUNTER_MAX`].
 ///
 /// # Shapes
 /// - returns `[since.len()]`
 fn counters_to_device<B: Backend>(
     since: &[u64],
     threshold: u64,
+    batch_size: usize,
     device: &B::Device,
 ) -> Option<Tensor<B, 1, Int>> {
-    if threshold > DEVICE_COUNTER_MAX_THRESHOLD {
+    if threshold > DEVICE_COUNTER_MAX || batch_size as u64 > DEVICE_COUNTER_MAX {
         return None;
     }
     let clamped: Vec<i32> = since
         .iter()
-        .map(|&s| i32::try_from(s.min(threshold + 1)).expect("clamped below 2^30 + 2"))
+        .map(|&s| i32::try_from(s.min(threshold + 1)).expect("clamped to at most 2^30"))
         .collect();
     let len = clamped.len();
     Some(Tensor::from_data(TensorData::new(clamped, [len]), device))
@@ -335,10 +336,11 @@ const RESIDENT_MAX_BYTES: u64 = 4 << 30;
 /// Rows per upload when the training rows are moved to the device.
 const RESIDENT_PIECE_ROWS: usize = 16_384;
 
-/// The largest dead threshold (in samples) whose counters `fit` keeps on the device, as 32-bit
-/// integers clamped just past the threshold; with a batch added they stay below `i32::MAX`.
-/// Above it, each queued step uploads its candidates from the host's counters instead.
-const DEVICE_COUNTER_MAX_THRESHOLD: u64 = 1 << 30;
+/// The largest dead threshold (in samples), and batch size, for which `fit` keeps the
+/// dead-latent counters on the device, as 32-bit integers clamped just past the threshold: a
+/// counter of at most 2^30 plus a batch stays within `i32`. Above it, each queued step uploads
+/// its candidates from the host's counters instead.
+const DEVICE_COUNTER_MAX: u64 = (1 << 30) - 1;
 
 /// Names of the parameters, in the order of the Adam moments.
 const PARAMS: [&str; 4] = ["w_enc", "b_enc", "w_dec", "b_dec"];
@@ -1102,9 +1104,9 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// The dead-latent counters after `step` on the device, when its fired latents are on the
-    /// device and the threshold is at most [`DEVICE_COUNTER_MAX_THRESHOLD`]; else `None`. From
-    /// the counters after `before`, the pending step it follows, or, when there is none, the
-    /// host's (uploaded: the host has counted every step before `step`).
+    /// device and the threshold and batch size are at most [`DEVICE_COUNTER_MAX`]; else
+    /// `None`. From the counters after `before`, the pending step it follows, or, when there is
+    /// none, the host's (uploaded: the host has counted every step before `step`).
     ///
     /// # Shapes
     /// - returns `[d_sae]`
@@ -1117,7 +1119,12 @@ impl<B: Backend> Trainer<B> {
         let fired = step.fired.clone()?;
         let since = match before {
             Some(p) => p.since.clone()?,
-            None => counters_to_device(&self.since_fired, threshold, &self.device)?,
+            None => counters_to_device(
+                &self.since_fired,
+                threshold,
+                self.config.batch_size,
+                &self.device,
+            )?,
         };
         Some(counters_after(since, fired, step.batch, threshold))
     }
@@ -1127,9 +1134,10 @@ impl<B: Backend> Trainer<B> {
     /// fired pass the threshold after that step: `since + pending.batch + next` for those
     /// `pending` did not fire and `next` for those it did. From `pending`'s counters when it
     /// has them on the device; else from the host's counters, which do not count `pending` yet,
-    /// uploaded (thresholds above [`DEVICE_COUNTER_MAX_THRESHOLD`]). The bound on their count
-    /// comes from the host's counters: every latent when `next` alone passes the threshold,
-    /// else those past it after both batches (a latent `pending` fires only leaves them).
+    /// uploaded (thresholds or batch sizes above [`DEVICE_COUNTER_MAX`]). The bound on their
+    /// count comes from the host's counters: every latent when `next` alone passes the
+    /// threshold, else those past it after both batches (a latent `pending` fires only leaves
+    /// them).
     ///
     /// # Panics
     /// If `pending`'s fired latents are not on the device (such a step is completed before the
@@ -1422,7 +1430,7 @@ mod tests {
         let device = Default::default();
         let threshold = 100u64;
         let since = [0u64, 1, 50, 97, 98, 99, 100, 101, 102, 5_000, u64::MAX / 2];
-        let on_device = counters_to_device::<TestBackend>(&since, threshold, &device)
+        let on_device = counters_to_device::<TestBackend>(&since, threshold, 101, &device)
             .expect("a threshold of 100 is kept on the device");
         let to_host = |t: Tensor<TestBackend, 1, Int>| crate::sae::int_to_host(t);
         for batch in [1usize, 2, 3, 100, 101] {
@@ -1453,9 +1461,12 @@ mod tests {
             })
             .collect();
         assert_eq!(after, want);
+        // Past the limit, a counter plus a batch might not fit in an i32.
+        let max = DEVICE_COUNTER_MAX;
+        assert!(counters_to_device::<TestBackend>(&since, max, max as usize, &device).is_some());
+        assert!(counters_to_device::<TestBackend>(&since, max + 1, 256, &device).is_none());
         assert!(
-            counters_to_device::<TestBackend>(&since, DEVICE_COUNTER_MAX_THRESHOLD + 1, &device)
-                .is_none()
+            counters_to_device::<TestBackend>(&since, 100, max as usize + 1, &device).is_none()
         );
     }
 }
