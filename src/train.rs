@@ -1144,14 +1144,14 @@ impl<B: Backend> Trainer<B> {
     /// next is queued).
     fn candidates_after(&self, pending: &Pending<B>, next: usize) -> Candidates<'static, B> {
         let threshold = self.config.dead_threshold_samples;
-        let after = (pending.batch + next) as u64;
-        let bound = if next as u64 > threshold {
-            self.since_fired.len()
+        let next_passes = next as u64 > threshold;
+        // The host's rule over both batches: past the threshold unless `pending` fired them.
+        let quiet = self.dead_candidates(pending.batch + next);
+        let d_sae = quiet.len();
+        let bound = if next_passes {
+            d_sae
         } else {
-            self.since_fired
-                .iter()
-                .filter(|&&s| s + after > threshold)
-                .count()
+            quiet.iter().filter(|&&q| q).count()
         };
         if let Some(since) = &pending.since {
             return Candidates::Device(candidates_from(since.clone(), next, threshold), bound);
@@ -1160,15 +1160,10 @@ impl<B: Backend> Trainer<B> {
             .fired
             .clone()
             .expect("kept pending only with its fired latents on the device");
-        let quiet: Vec<f32> = self
-            .since_fired
-            .iter()
-            .map(|&s| f32::from(u8::from(s + after > threshold)))
-            .collect();
-        let d_sae = quiet.len();
+        let quiet: Vec<f32> = quiet.into_iter().map(|q| f32::from(u8::from(q))).collect();
         let quiet = Tensor::<B, 1>::from_data(TensorData::new(quiet, [d_sae]), &self.device);
         let mut candidates = quiet * fired.clone().neg().add_scalar(1.0);
-        if next as u64 > threshold {
+        if next_passes {
             candidates = candidates + fired;
         }
         Candidates::Device(candidates.int(), bound)
