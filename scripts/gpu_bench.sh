@@ -21,7 +21,8 @@
 # rust-lazy-read (TOPK_SAE_DEVICE_READ=0: corpus chunks read back one after another, as before),
 # rust-tasks8 and rust-tasks128 (CUBECL_WGPU_MAX_TASKS: kernel launches per submission to the
 # GPU, 32 by default; at 128, cubecl also waits for the device once a step, after 64 uniform
-# writes: docs/benchmarks.md) and rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
+# writes: docs/benchmarks.md), rust-split8 (TOPK_SAE_ENCODER_PARTS=8: the encoder's product
+# split in 8 slices along d_in, run as one batched product and summed) and rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
 # first. Each run has a time limit (RUN_LIMIT_S, 150 s) and none starts after DEADLINE_S (500 s):
 # a hang on some driver (seen with burn's matmul on OpenGL, docs/decisions.md) costs that run
 # only, and the table is printed anyway. Logs and JSON land in $OUT, the card's name on stdout.
@@ -141,6 +142,7 @@ for variant in $variants; do
       rust-lazy-read) cmd=(env TOPK_SAE_DEVICE_READ=0) ;;
       rust-tasks8) cmd=(env CUBECL_WGPU_MAX_TASKS=8) ;;
       rust-tasks128) cmd=(env CUBECL_WGPU_MAX_TASKS=128) ;;
+      rust-split8) cmd=(env TOPK_SAE_ENCODER_PARTS=8) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
     esac
     [ "$variant" = torch ] || cmd+=("$bin" --backend wgpu --quiet)

@@ -513,6 +513,42 @@ pub(crate) fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 
     a.matmul(padded).slice([0..m, 0..1])
 }
 
+/// `a @ b` as `parts` products over equal slices of the shared dimension, run as one batched
+/// product and summed (split-K): `parts` times the workgroups of one product, for a GPU that a
+/// small product leaves partly idle. A `parts` of 0 or 1, or one that does not divide the shared
+/// dimension, gives [`matmul`].
+///
+/// # Shapes
+/// - `a`: `[m, k]`, `b`: `[k, n]` → `[m, n]`
+pub(crate) fn matmul_split<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    parts: usize,
+) -> Tensor<B, 2> {
+    let [m, k] = a.dims();
+    let [_, n] = b.dims();
+    if parts <= 1 || k % parts != 0 || n == 1 {
+        return matmul(a, b);
+    }
+    let slice = k / parts;
+    let a = a.reshape([m, parts, slice]).swap_dims(0, 1);
+    let b = b.reshape([parts, slice, n]);
+    a.matmul(b).sum_dim(0).reshape([m, n])
+}
+
+/// Slices of the encoder's product on the device (see [`matmul_split`]): 1, the plain product,
+/// unless `TOPK_SAE_ENCODER_PARTS` is a number. A switch for timing the split on a GPU
+/// (`scripts/gpu_bench.sh`, variant `rust-split8`), read once per process.
+fn encoder_parts() -> usize {
+    static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PARTS.get_or_init(|| {
+        std::env::var("TOPK_SAE_ENCODER_PARTS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1)
+    })
+}
+
 impl<B: Backend> TopKSae<B> {
     /// Assembles a model from its four parameters.
     ///
@@ -602,9 +638,10 @@ impl<B: Backend> TopKSae<B> {
         self.pre_from_centred(x - self.b_dec.val().unsqueeze_dim(0))
     }
 
-    /// `xc @ w_enc + b_enc` on the device, for `xc = x - b_dec`.
+    /// `xc @ w_enc + b_enc` on the device, for `xc = x - b_dec` (split along `d_in` when
+    /// `TOPK_SAE_ENCODER_PARTS` says so: [`encoder_parts`]).
     fn pre_from_centred(&self, xc: Tensor<B, 2>) -> Tensor<B, 2> {
-        matmul(xc, self.w_enc.val()).add(self.b_enc.val().unsqueeze_dim(0))
+        matmul_split(xc, self.w_enc.val(), encoder_parts()).add(self.b_enc.val().unsqueeze_dim(0))
     }
 
     /// `xc @ w_enc + b_enc` on the host, row-major `[batch, d_sae]`, for `xc = x - b_dec`. The
@@ -808,4 +845,57 @@ pub(crate) fn decode_rows<B: Backend>(
     (gather_rows(w_dec, indices) * values.unsqueeze_dim::<3>(2))
         .sum_dim(1)
         .reshape([batch, d_in])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(not(feature = "test-wgpu"))]
+    type TestBackend = crate::backend::NdArray<f32>;
+    #[cfg(feature = "test-wgpu")]
+    type TestBackend = crate::backend::Wgpu;
+
+    /// The split product equals the plain one (to f32 rounding of a sum in another order) for
+    /// slices that divide the shared dimension, and is the plain product for those that do not.
+    #[test]
+    fn split_product_equals_the_plain_one() {
+        let device = Default::default();
+        let (m, k, n) = (37usize, 48usize, 70usize);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut random =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let (a_host, b_host) = (random(m * k), random(k * n));
+        let a =
+            Tensor::<TestBackend, 2>::from_data(TensorData::new(a_host.clone(), [m, k]), &device);
+        let b =
+            Tensor::<TestBackend, 2>::from_data(TensorData::new(b_host.clone(), [k, n]), &device);
+        // The product in f64 on the host.
+        let want: Vec<f64> = (0..m * n)
+            .map(|e| {
+                let (i, j) = (e / n, e % n);
+                (0..k)
+                    .map(|l| f64::from(a_host[i * k + l]) * f64::from(b_host[l * n + j]))
+                    .sum()
+            })
+            .collect();
+        for parts in [0usize, 1, 2, 3, 4, 8, 5, 48] {
+            let got = to_host(matmul_split(a.clone(), b.clone(), parts));
+            assert_eq!(got.len(), m * n, "parts {parts}");
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(&g, &w)| (f64::from(g) - w).abs())
+                .fold(0f64, f64::max);
+            // 48 products of terms below 1 in size: f32 sums are good to about 48 * 6e-8.
+            assert!(worst < 1e-5, "parts {parts}: max |diff| {worst:e}");
+        }
+        // One output column goes through `matmul`'s two-column guard.
+        let column = b.clone().slice([0..k, 0..1]);
+        let got = to_host(matmul_split(a, column, 4));
+        let worst = (0..m)
+            .map(|i| (f64::from(got[i]) - want[i * n]).abs())
+            .fold(0f64, f64::max);
+        assert!(worst < 1e-5, "one column: max |diff| {worst:e}");
+    }
 }
