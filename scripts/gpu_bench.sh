@@ -22,7 +22,10 @@
 # rust-tasks8 and rust-tasks128 (CUBECL_WGPU_MAX_TASKS: kernel launches per submission to the
 # GPU, 32 by default; at 128, cubecl also waits for the device once a step, after 64 uniform
 # writes: docs/benchmarks.md), rust-split8 (TOPK_SAE_ENCODER_PARTS=8: the encoder's product
-# split in 8 slices along d_in, run as one batched product and summed) and rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
+# split in 8 slices along d_in, run as one batched product and summed), rust-profile (cubecl's
+# profile log: each kernel timed alone, summed per training step over steps 11 to STEPS by
+# scripts/kernel_times.py into kernels_SIZE.txt; its own step times are not comparable) and
+# rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
 # first. Each run has a time limit (RUN_LIMIT_S, 150 s) and none starts after DEADLINE_S (500 s):
 # a hang on some driver (seen with burn's matmul on OpenGL, docs/decisions.md) costs that run
 # only, and the table is printed anyway. Logs and JSON land in $OUT, the card's name on stdout.
@@ -143,10 +146,20 @@ for variant in $variants; do
       rust-tasks8) cmd=(env CUBECL_WGPU_MAX_TASKS=8) ;;
       rust-tasks128) cmd=(env CUBECL_WGPU_MAX_TASKS=128) ;;
       rust-split8) cmd=(env TOPK_SAE_ENCODER_PARTS=8) ;;
+      rust-profile) cmd=(env CUBECL_DEBUG_LOG="$out/profile_$tag.log" CUBECL_DEBUG_OPTION=profile) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
     esac
     [ "$variant" = torch ] || cmd+=("$bin" --backend wgpu --quiet)
     timed "${variant}_$tag" "${cmd[@]}" "${flags[@]}"
+    if [ "$variant" = rust-profile ]; then
+      # The optimiser's update kernel runs once a step, after a first-use check: its runs 11 to
+      # STEPS + 1 bound steps 11 to STEPS (the first ten autotune burn's matmul).
+      "$py" scripts/kernel_times.py "$out/profile_$tag.log" --between AdamRowsKernel 11 $((steps + 1)) \
+        >"$out/kernels_$tag.txt" 2>&1 || true
+      echo "kernels alone, ms per step, $tag:"
+      head -16 "$out/kernels_$tag.txt"
+      tail -1 "$out/kernels_$tag.txt"
+    fi
   done
 done
 VARIANTS=$variants "$py" - "$out" "${tags[@]}" <<'PY'
