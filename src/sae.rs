@@ -887,7 +887,8 @@ mod tests {
                 .zip(&want)
                 .map(|(&g, &w)| (f64::from(g) - w).abs())
                 .fold(0f64, f64::max);
-            // 48 products of terms below 1 in size: f32 sums are good to about 48 * 6e-8.
+            // Sums of 48 products below 1 in size: f32 rounding left at most 2.0e-6 on
+            // burn-ndarray, plain or split; 1e-5 leaves room for another summation order.
             assert!(worst < 1e-5, "parts {parts}: max |diff| {worst:e}");
         }
         // One output column goes through `matmul`'s two-column guard.
