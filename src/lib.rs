@@ -70,6 +70,13 @@ pub mod sae;
 pub mod topk;
 pub mod train;
 
+/// The backend the crate's unit tests run on: burn-wgpu with feature `test-wgpu` (lavapipe in
+/// CI), burn-ndarray otherwise.
+#[cfg(all(test, not(feature = "test-wgpu")))]
+pub(crate) type TestBackend = backend::NdArray<f32>;
+#[cfg(all(test, feature = "test-wgpu"))]
+pub(crate) type TestBackend = backend::Wgpu;
+
 pub use data::{Embeddings, NormalizationKind, Normalizer};
 pub use error::{Error, Result};
 pub use loss::{LossParts, SaeLoss, SaeLossConfig, nmse};

@@ -851,10 +851,7 @@ pub(crate) fn decode_rows<B: Backend>(
 mod tests {
     use super::*;
 
-    #[cfg(not(feature = "test-wgpu"))]
-    type TestBackend = crate::backend::NdArray<f32>;
-    #[cfg(feature = "test-wgpu")]
-    type TestBackend = crate::backend::Wgpu;
+    use crate::TestBackend;
 
     /// The split product equals the plain one (to f32 rounding of a sum in another order) for
     /// slices that divide the shared dimension, and is the plain product for those that do not.

@@ -1412,10 +1412,7 @@ pub fn train<B: Backend>(
 mod tests {
     use super::*;
 
-    #[cfg(not(feature = "test-wgpu"))]
-    type TestBackend = crate::backend::NdArray<f32>;
-    #[cfg(feature = "test-wgpu")]
-    type TestBackend = crate::backend::Wgpu;
+    use crate::TestBackend;
 
     /// The counters `fit` keeps on the device for queued steps give the host's candidates
     /// (`since + batch > threshold`) for counters just below, at and past the threshold, and
