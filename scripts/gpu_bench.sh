@@ -22,7 +22,9 @@
 # rust-tasks8 and rust-tasks128 (CUBECL_WGPU_MAX_TASKS: kernel launches per submission to the
 # GPU, 32 by default; at 128, cubecl also waits for the device once a step, after 64 uniform
 # writes: docs/benchmarks.md), rust-split8 (TOPK_SAE_ENCODER_PARTS=8: the encoder's product
-# split in 8 slices along d_in, run as one batched product and summed), rust-profile (cubecl's
+# split in 8 slices along d_in, run as one batched product and summed), rust-radix-topk
+# (TOPK_SAE_TOPK_FILTER=0: our top-k kernel runs its radix select on every row, whatever its
+# chunk-maxima filter leaves), rust-profile (cubecl's
 # profile log: each kernel timed alone, summed per training step over steps 11 to STEPS by
 # scripts/kernel_times.py into kernels_SIZE.txt; its own step times are not comparable) and
 # rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
@@ -146,6 +148,7 @@ for variant in $variants; do
       rust-tasks8) cmd=(env CUBECL_WGPU_MAX_TASKS=8) ;;
       rust-tasks128) cmd=(env CUBECL_WGPU_MAX_TASKS=128) ;;
       rust-split8) cmd=(env TOPK_SAE_ENCODER_PARTS=8) ;;
+      rust-radix-topk) cmd=(env TOPK_SAE_TOPK_FILTER=0) ;;
       rust-profile) cmd=(env CUBECL_DEBUG_LOG="$out/profile_$tag.log" CUBECL_DEBUG_OPTION=profile) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
     esac

@@ -2,19 +2,28 @@
 //! `[batch, d_sae]` pre-activations back to the host (50 MB a step at d_sae 12,288).
 //!
 //! One cube (workgroup) per row. The kernel maps each value to a 32-bit key that orders like the
-//! value (NaN as `-inf`, `-0.0` below `+0.0`: the host top-k's order), finds the `k`-th largest
-//! key by a radix select (8 passes of 4 bits; each unit counts the digits of its contiguous
-//! chunk of the row into its own column of a shared-memory histogram, and all units add the
-//! columns up in a two-level tree), gathers the keys above it plus the lowest-column ties (each
-//! unit's place from a parallel scan), and writes them out best first by a rank sort. The result
-//! equals [`crate::topk::topk_rows`]: same indices in the same order, same values.
+//! value (NaN as `-inf`, `-0.0` below `+0.0`: the host top-k's order). Each unit owns a
+//! contiguous chunk of the row. First a filter: the `k`-th largest of the units' chunk maxima
+//! is a lower bound of the row's `k`-th largest key. Where fewer than `k` keys lie above it, it
+//! is the `k`-th largest key (ties, or a mask that allows few columns); where a few more than
+//! `k` do (distinct values), those are the candidates. Otherwise (the top keys gathered in a
+//! few chunks) the kernel finds the `k`-th largest key by a radix select (8 passes of 4 bits;
+//! each unit counts the digits of its chunk into its own column of a shared-memory histogram,
+//! and all units add the columns up in a two-level tree). The candidates are the keys above the
+//! threshold plus its lowest-column ties; each unit's place among them comes from the other
+//! units' counts, and a rank sort writes the first `k` best first. The filter takes 4
+//! barriers, the radix select 33 more. The result equals [`crate::topk::topk_rows`]: same
+//! indices in the same order, same values, with or without the filter
+//! (`TOPK_SAE_TOPK_FILTER=0` leaves it out).
 //!
 //! On an H200 the first version (16 units each walking all 256 units' histograms, one unit
 //! scanning the counts) took 1 to 2.4 ms per call at 1024 rows; docs/benchmarks.md has the
-//! figures of this one.
+//! figures of the radix select.
 //!
 //! [`topk`] returns `None` for any backend but burn-wgpu (see [`super`]), and the callers fall
 //! back to the host top-k.
+
+use std::sync::OnceLock;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
@@ -108,6 +117,15 @@ mod kernel {
     /// `f32::MIN`: it is selected only when fewer than `k` columns are allowed. With `relu` 1
     /// the values written are ReLU's (a negative value as 0; NaN and `-0.0` stay, as with
     /// burn's `clamp_min(0.0)`), which saves the step a launch.
+    ///
+    /// First the filter: the `k`-th largest of the units' chunk maxima bounds the row's `k`-th
+    /// largest key from below (`k` chunks hold a key at least that large). Where fewer than `k`
+    /// keys lie above the bound, it is the `k`-th largest key; where at most `filter_cap` do
+    /// (on rows of distinct values, a few more than `k`), they hold the top `k`. Either way the
+    /// candidates are rank-sorted as they are. Otherwise (the top keys in a few chunks, or
+    /// `filter_cap` 0) the radix select finds the `k`-th largest key. Every unit decides from
+    /// the same shared counts; the barriers that only the radix select needs sit in loops of 0
+    /// or more rounds, not in a branch, so that control flow stays uniform to naga.
     #[cube(launch)]
     pub(super) fn topk_kernel(
         pre: &Tensor<f32>,
@@ -117,14 +135,16 @@ mod kernel {
         cols: u32,
         k: u32,
         relu: u32,
+        filter_cap: u32,
         #[comptime] units: u32,
-        #[comptime] k_cap: u32,
+        #[comptime] cand_cap: u32,
     ) {
         let row = CUBE_POS_X as usize;
         let unit = UNIT_POS_X as usize;
         let n = cols as usize;
         let kk = k as usize;
         let units_n = units as usize;
+        let cap = cand_cap as usize;
         let base = row * n;
         let chunk = n.div_ceil(units_n);
         let mut start = unit * chunk;
@@ -137,24 +157,93 @@ mod kernel {
         }
 
         // hist[d * units + u]: unit u's count of digit d (a warp's units write consecutive
-        // words: no bank conflicts); partial[g * 16 + d]: digit d summed over unit group g (the
-        // units g, g + groups, ...); totals[d] the cube's; state: the key prefix found so far and
-        // how many of the keys with that prefix are still to be taken.
+        // words: no bank conflicts), and at the end the candidates (keys in the first
+        // `cand_cap` words, columns in the next); partial[g * 16 + d]: digit d summed over unit
+        // group g (the units g, g + groups, ...), and first each unit's chunk maximum;
+        // counts[u], counts[units + u]: unit u's keys above and at the threshold; totals[d] the
+        // cube's digit counts; state: the key prefix found so far, how many of the keys with
+        // that prefix are still to be taken, and the filter's bound.
         let groups = units_n / 16;
-        let mut hist = SharedMemory::<u32>::new(units_n * 16);
+        let mut hist = SharedMemory::<u32>::new(2 * cap);
         let mut partial = SharedMemory::<u32>::new(units_n);
+        let mut counts = SharedMemory::<u32>::new(2 * units_n);
         let mut totals = SharedMemory::<u32>::new(16usize);
-        let mut state = SharedMemory::<u32>::new(2usize);
-        let mut cand_keys = SharedMemory::<u32>::new(k_cap as usize);
-        let mut cand_cols = SharedMemory::<u32>::new(k_cap as usize);
+        let mut state = SharedMemory::<u32>::new(3usize);
         if unit == 0 {
             state[0] = 0u32;
             state[1] = k;
+            state[2] = 0u32;
+        }
+
+        // The filter's bound: the k-th largest chunk maximum (0, below every allowed key, when
+        // there are fewer than k units).
+        let mut local_max = 0u32;
+        for j in start..end {
+            let key = masked_key(pre, allowed, base, j);
+            if key > local_max {
+                local_max = key;
+            }
+        }
+        partial[unit] = local_max;
+        sync_cube();
+        let mut beaten = 0u32;
+        for v in 0..units_n {
+            let other = partial[v];
+            if other > local_max || (other == local_max && v < unit) {
+                beaten += 1u32;
+            }
+        }
+        if beaten + 1u32 == k {
+            state[2] = local_max;
         }
         sync_cube();
 
+        // The keys at or above the bound, and each unit's place among them.
+        let mut threshold = state[2];
+        let mut ties = 0u32;
+        let mut above = 0u32;
+        let mut equal = 0u32;
+        for j in start..end {
+            let key = masked_key(pre, allowed, base, j);
+            if key > threshold {
+                above += 1u32;
+            } else if key == threshold {
+                equal += 1u32;
+            }
+        }
+        counts[unit] = above;
+        counts[units_n + unit] = equal;
+        sync_cube();
+        let mut at_above = 0u32;
+        let mut at_equal = 0u32;
+        let mut total_above = 0u32;
+        let mut total_equal = 0u32;
+        for v in 0..units_n {
+            let a = counts[v];
+            let e = counts[units_n + v];
+            total_above += a;
+            total_equal += e;
+            if v < unit {
+                at_above += a;
+                at_equal += e;
+            }
+        }
+        // Fewer than k keys above the bound: the bound is the k-th largest key (the k chunks
+        // hold at least k at or above it), and the lowest-column ties make up the rest. Else
+        // the keys above the bound are the candidates, if few enough.
+        if total_above < k {
+            ties = k - total_above;
+        }
+        let mut passes = 8u32;
+        let mut redo = 1u32;
+        if total_above + ties <= filter_cap {
+            passes = 0u32;
+            redo = 0u32;
+        }
+
+        // Radix select, where the filter left too many: the k-th largest key, 4 bits a pass.
         let mut high_mask = 0u32;
-        for pass in 0..8u32 {
+        for pass in 0..passes {
             let shift = 28u32 - 4u32 * pass;
             for d in 0..16usize {
                 hist[d * units_n + unit] = 0u32;
@@ -209,53 +298,58 @@ mod kernel {
             high_mask |= 15u32 << shift;
             sync_cube();
         }
+        // Then state[0] is the k-th largest key: every key above it is taken, and of the keys
+        // equal to it, the state[1] in the lowest columns. The counts again, for that threshold
+        // (the radix passes' barriers lie between the reads above and these writes).
+        for _ in 0..redo {
+            threshold = state[0];
+            ties = state[1];
+            above = 0u32;
+            equal = 0u32;
+            for j in start..end {
+                let key = masked_key(pre, allowed, base, j);
+                if key > threshold {
+                    above += 1u32;
+                } else if key == threshold {
+                    equal += 1u32;
+                }
+            }
+            counts[unit] = above;
+            counts[units_n + unit] = equal;
+            sync_cube();
+            at_above = 0u32;
+            at_equal = 0u32;
+            total_above = 0u32;
+            total_equal = 0u32;
+            for v in 0..units_n {
+                let a = counts[v];
+                let e = counts[units_n + v];
+                total_above += a;
+                total_equal += e;
+                if v < unit {
+                    at_above += a;
+                    at_equal += e;
+                }
+            }
+        }
 
-        // state[0] is the k-th largest key; every key above it is taken, and of the keys equal to
-        // it, the state[1] in the lowest columns.
-        let threshold = state[0];
-        let ties = state[1];
-        let mut above = 0u32;
-        let mut equal = 0u32;
+        // The candidates: the keys above the threshold, then the first `ties` equal to it.
+        let mut taken_equal = total_equal;
+        if ties < taken_equal {
+            taken_equal = ties;
+        }
+        let candidates = (total_above + taken_equal) as usize;
         for j in start..end {
             let key = masked_key(pre, allowed, base, j);
             if key > threshold {
-                above += 1u32;
-            } else if key == threshold {
-                equal += 1u32;
-            }
-        }
-        // Each unit's place among the units before it: an inclusive scan (Hillis-Steele) of
-        // both counts in shared memory, then minus the unit's own.
-        hist[unit] = above;
-        hist[units_n + unit] = equal;
-        sync_cube();
-        let mut offset = 1usize;
-        while offset < units_n {
-            let mut a = 0u32;
-            let mut e = 0u32;
-            if unit >= offset {
-                a = hist[unit - offset];
-                e = hist[units_n + unit - offset];
-            }
-            sync_cube();
-            hist[unit] += a;
-            hist[units_n + unit] += e;
-            sync_cube();
-            offset *= 2;
-        }
-        let mut at_above = hist[unit] - above;
-        let mut at_equal = hist[units_n + unit] - equal;
-        let first_tie = k - ties;
-        for j in start..end {
-            let key = masked_key(pre, allowed, base, j);
-            if key > threshold {
-                cand_keys[at_above as usize] = key;
-                cand_cols[at_above as usize] = j as u32;
+                hist[at_above as usize] = key;
+                hist[cap + at_above as usize] = j as u32;
                 at_above += 1u32;
             } else if key == threshold {
                 if at_equal < ties {
-                    cand_keys[(first_tie + at_equal) as usize] = key;
-                    cand_cols[(first_tie + at_equal) as usize] = j as u32;
+                    let at = (total_above + at_equal) as usize;
+                    hist[at] = key;
+                    hist[cap + at] = j as u32;
                 }
                 at_equal += 1u32;
             }
@@ -263,38 +357,38 @@ mod kernel {
         sync_cube();
 
         // Rank sort: a candidate's place is the number of candidates that beat it (larger key, or
-        // the same key in a lower column).
+        // the same key in a lower column); the first k are written.
         let mut i = unit;
-        while i < kk {
-            let key = cand_keys[i];
-            let col = cand_cols[i];
+        while i < candidates {
+            let key = hist[i];
+            let col = hist[cap + i];
             let mut rank = 0usize;
-            for j in 0..kk {
-                let other = cand_keys[j];
-                if other > key || (other == key && cand_cols[j] < col) {
+            for j in 0..candidates {
+                let other = hist[j];
+                if other > key || (other == key && hist[cap + j] < col) {
                     rank += 1;
                 }
             }
-            out_indices[row * kk + rank] = i32::cast_from(col);
-            let mut value = pre[base + col as usize];
-            if allowed[col as usize] == 0i32 {
-                value = f32::new(-3.402_823_5e38);
+            if rank < kk {
+                out_indices[row * kk + rank] = i32::cast_from(col);
+                let mut value = pre[base + col as usize];
+                if allowed[col as usize] == 0i32 {
+                    value = f32::new(-3.402_823_5e38);
+                }
+                if relu == 1u32 && value < 0f32 {
+                    value = 0f32;
+                }
+                out_values[row * kk + rank] = value;
             }
-            if relu == 1u32 && value < 0f32 {
-                value = 0f32;
-            }
-            out_values[row * kk + rank] = value;
             i += units_n;
         }
     }
 }
 
-/// Units per cube: the most, up to [`UNITS`] and a power of two, whose shared memory (a 16-bin
-/// histogram per unit, a word of partial sums per unit, two candidate arrays of `k_cap`, 18
-/// words of totals and state) fits the device; at least 16 (one per digit). `None` when not
-/// even 16 fit.
+/// Units per cube: the most, up to [`UNITS`] and a power of two, whose shared memory fits the
+/// device (see [`shared_words`]); at least 16 (one per digit). `None` when not even 16 fit.
 fn units_for(k_cap: u32, max_units: u32, max_shared_bytes: usize) -> Option<u32> {
-    let bytes = |units: u32| 4 * (units as usize * 17 + 2 * k_cap as usize + 18);
+    let bytes = |units: u32| 4 * shared_words(units, k_cap);
     let mut units = UNITS.min(max_units.max(1)).next_power_of_two();
     if units > max_units {
         units /= 2;
@@ -305,10 +399,40 @@ fn units_for(k_cap: u32, max_units: u32, max_shared_bytes: usize) -> Option<u32>
     (units >= 16).then_some(units)
 }
 
-/// The kernel's candidate buffers for `k`: a power of two, so that the few `k` values in use
-/// compile few kernels.
+/// Candidates the kernel's shared memory holds: the 16-bin histograms' words, halved (keys and
+/// columns), and at least `k_cap`.
+fn cand_cap(units: u32, k_cap: u32) -> u32 {
+    (8 * units).max(k_cap)
+}
+
+/// The kernel's shared memory in 32-bit words: the histograms (later the candidates), a word
+/// of partial sums per unit, two counts per unit, 16 digit totals and 3 words of state.
+fn shared_words(units: u32, k_cap: u32) -> usize {
+    2 * cand_cap(units, k_cap) as usize + 3 * units as usize + 19
+}
+
+/// `k` rounded up to a power of two, at least 32: what the shared memory is sized for.
 fn k_cap(k: usize) -> u32 {
     k.next_power_of_two().max(32) as u32
+}
+
+/// How many keys the filter may leave for the kernel to rank-sort them as they are: twice
+/// `k_cap` (on rows of distinct values it leaves a few more than `k`: at most 41 for k 32 of
+/// 3,072 and 217 for k 128 of 12,288 in 2,000 Gaussian rows each), within the candidate
+/// buffers. `0` (the radix select on every row) when `filter` is false.
+fn filter_cap(units: u32, k_cap: u32, filter: bool) -> u32 {
+    if filter {
+        (2 * k_cap).min(cand_cap(units, k_cap))
+    } else {
+        0
+    }
+}
+
+/// Whether the kernel filters by the chunk maxima before its radix select:
+/// `TOPK_SAE_TOPK_FILTER=0` turns it off (to time the radix select alone).
+fn filter_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| super::env_on("TOPK_SAE_TOPK_FILTER", true))
 }
 
 /// The kernel's switch (`TOPK_SAE_DEVICE_TOPK=0` turns it off) and first-use check.
@@ -325,12 +449,14 @@ pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
     SWITCH.status::<B>(|| {
         // Three rows of 600 with ties, a mask, k 5: every unit owns more than one column.
         // With ReLU, k 20 and shifted: each row's top 20 hold values from 0.029 down to
-        // -0.032 or -0.053, on both sides of 0.
+        // -0.032 or -0.053, on both sides of 0. Each with the filter (which leaves few enough
+        // keys here) and with the radix select alone.
         let (rows, cols) = (3, 600);
         let allowed: Vec<bool> = (0..cols).map(|j| j % 5 != 0).collect();
         [(false, 5, 0.0), (true, 20, 0.95)]
             .into_iter()
-            .all(|(relu, k, shift)| {
+            .flat_map(|case| [(case, true), (case, false)])
+            .all(|((relu, k, shift), filter)| {
                 let data: Vec<f32> = pattern(rows * cols, 1).iter().map(|v| v - shift).collect();
                 let (want_indices, mut want_values) = topk_rows(&data, cols, k, Some(&allowed));
                 if relu {
@@ -339,7 +465,7 @@ pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
                     }
                 }
                 let pre = Tensor::<B, 2>::from_data(TensorData::new(data, [rows, cols]), device);
-                launch(&pre, k, Some(&allowed), relu).is_some_and(|(indices, values)| {
+                launch(&pre, k, Some(&allowed), relu, filter).is_some_and(|(indices, values)| {
                     int_to_host(indices) == want_indices && to_host(values) == want_values
                 })
             })
@@ -367,15 +493,16 @@ pub(crate) fn topk<B: Backend>(
     if !supports::<B>(&pre.device()) {
         return None;
     }
-    launch(pre, k, allowed, relu)
+    launch(pre, k, allowed, relu, filter_on())
 }
 
-/// [`topk`] without the switch.
+/// [`topk`] without the switch, with the filter or without it.
 fn launch<B: Backend>(
     pre: &Tensor<B, 2>,
     k: usize,
     allowed: Option<&[bool]>,
     relu: bool,
+    filter: bool,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     let [rows, cols] = pre.dims();
     if !takes(rows, cols, k) {
@@ -396,7 +523,7 @@ fn launch<B: Backend>(
         }
         None => Tensor::<B, 1, Int>::ones([cols], &device),
     };
-    launch_masked(pre, k, mask, relu)
+    launch_masked(pre, k, mask, relu, filter)
 }
 
 /// Whether the kernel takes `rows` rows of `cols` and this `k`.
@@ -440,7 +567,7 @@ pub(crate) fn topk_device_mask<B: Backend>(
     if !supports::<B>(&pre.device()) || !takes(rows, cols, k) || allowed.dims()[0] != cols {
         return None;
     }
-    launch_masked(pre, k, allowed, true)
+    launch_masked(pre, k, allowed, true, filter_on())
 }
 
 /// The latents selected in `indices`, on the device, for the AuxK term and the dead-latent
@@ -502,6 +629,7 @@ fn launch_masked<B: Backend>(
     k: usize,
     mask: Tensor<B, 1, Int>,
     relu: bool,
+    filter: bool,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     let [rows, cols] = pre.dims();
     let (pre, client) = float_input(pre.clone())?;
@@ -527,8 +655,9 @@ fn launch_masked<B: Backend>(
         cols as u32,
         k as u32,
         u32::from(relu),
+        filter_cap(units, k_cap, filter),
         units,
-        k_cap,
+        cand_cap(units, k_cap),
     );
     Some((
         int_output(&client, indices)?,
@@ -538,15 +667,150 @@ fn launch_masked<B: Backend>(
 
 #[cfg(test)]
 mod tests {
-    use super::units_for;
+    use super::{cand_cap, filter_cap, units_for};
 
     #[test]
     fn units_fit_the_shared_memory() {
-        // 256 units x 16 bins x 4 B = 16 KiB of histograms, plus the candidates.
+        // 256 units: 2 x 2,048 words of histograms (later the candidates), plus 3 words a unit
+        // and 19: 19.1 KiB.
         assert_eq!(units_for(32, 1024, 48 * 1024), Some(256));
+        assert_eq!(units_for(32, 1024, 20 * 1024), Some(256));
         assert_eq!(units_for(32, 1024, 16 * 1024), Some(128));
-        assert_eq!(units_for(1024, 1024, 16 * 1024), Some(64));
+        // k 1,024 needs 2 x 1,024 candidate words whatever the units.
+        assert_eq!(units_for(1024, 1024, 16 * 1024), Some(128));
         assert_eq!(units_for(32, 100, 48 * 1024), Some(64));
         assert_eq!(units_for(1024, 1024, 8 * 1024), None);
+    }
+
+    #[test]
+    fn the_filter_leaves_at_most_what_the_candidate_buffers_hold() {
+        assert_eq!(filter_cap(256, 32, true), 64);
+        assert_eq!(filter_cap(256, 1024, true), 2048);
+        assert_eq!(filter_cap(256, 32, false), 0);
+        // Few units and a large k: the buffers hold k_cap, and so does the filter.
+        assert_eq!(cand_cap(64, 1024), 1024);
+        assert_eq!(filter_cap(64, 1024, true), 1024);
+        for units in [16, 64, 256] {
+            for k_cap in [32, 64, 512, 1024] {
+                assert!(filter_cap(units, k_cap, true) <= cand_cap(units, k_cap));
+                assert!(k_cap <= cand_cap(units, k_cap));
+            }
+        }
+    }
+}
+
+/// The kernel on lavapipe (or a GPU) with the filter and with the radix select alone, against
+/// the host's `topk_rows`, on rows where the filter leaves few keys and rows where it does not.
+#[cfg(all(test, feature = "test-wgpu"))]
+mod wgpu_tests {
+    use burn::tensor::{Int, Tensor, TensorData};
+
+    use crate::TestBackend as B;
+    use crate::sae::{int_to_host, to_host};
+    use crate::topk::topk_rows;
+
+    /// Deterministic values from a small generator: distinct in practice.
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn check(data: &[f32], cols: usize, k: usize, allowed: Option<&[bool]>, relu: bool) {
+        let rows = data.len() / cols;
+        let (want_indices, mut want_values) = topk_rows(data, cols, k, allowed);
+        if relu {
+            for v in &mut want_values {
+                *v = v.max(0.0);
+            }
+        }
+        let device = Default::default();
+        let pre = Tensor::<B, 2>::from_data(TensorData::new(data.to_vec(), [rows, cols]), &device);
+        for filter in [true, false] {
+            let (indices, values) = super::launch(&pre, k, allowed, relu, filter)
+                .expect("the kernel takes these sizes");
+            let what = format!("{rows} x {cols}, k {k}, filter {filter}");
+            assert_eq!(int_to_host(indices), want_indices, "indices, {what}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&to_host(values)), bits(&want_values), "values, {what}");
+        }
+    }
+
+    #[test]
+    fn filtered_and_radix_selections_equal_the_host_top_k() {
+        // Distinct values: the filter leaves a few more than k (the filtered path).
+        check(&noise(8 * 3072, 1), 3072, 32, None, false);
+        check(&noise(4 * 3072, 2), 3072, 64, None, true);
+        // A row that is one value repeated, and rows of 4 values: fewer than k keys lie above
+        // the bound, which is then the k-th largest key; the ties go to the lower columns.
+        let mut ties = vec![0.25f32; 3072];
+        ties.extend((0..2 * 3072).map(|i| (i % 4) as f32));
+        check(&ties, 3072, 32, None, false);
+        // The top 100 in a few units' chunks: the bound is low, 100 and more keys above it,
+        // more than the filter takes (64 for k 32): the radix select. Distinct, then all equal.
+        let mut clustered = noise(2 * 3072, 3);
+        for row in clustered.chunks_mut(3072) {
+            for (j, v) in row[100..200].iter_mut().enumerate() {
+                *v = 10.0 + j as f32;
+            }
+        }
+        check(&clustered, 3072, 32, None, false);
+        for row in clustered.chunks_mut(3072) {
+            row[100..200].fill(5.0);
+        }
+        check(&clustered, 3072, 32, None, true);
+        // A mask that leaves a quarter of the columns.
+        let allowed: Vec<bool> = (0..3072).map(|j| j % 4 == 1).collect();
+        check(&noise(3 * 3072, 4), 3072, 64, Some(&allowed), false);
+        // k above the units (256): the bound stays 0 and every key is a candidate, 600 within
+        // the filter's 1,024, and 3,072 beyond it.
+        check(&noise(2 * 600, 5), 600, 300, None, false);
+        check(&noise(2 * 3072, 5), 3072, 300, None, false);
+        // Rows shorter than the units: chunks of one column, some units idle.
+        check(&noise(5 * 100, 6), 100, 7, None, true);
+    }
+
+    /// Where fewer than `k` columns are allowed (the AuxK top-k over few dead latents), the
+    /// allowed come first, then the lowest disallowed columns with ReLU's 0.
+    #[test]
+    fn a_device_mask_with_fewer_than_k_allowed_pads_with_the_lowest_columns() {
+        let (rows, cols, k) = (3, 1000, 20);
+        let data = noise(rows * cols, 7);
+        let allowed: Vec<bool> = (0..cols).map(|j| j % 97 == 5).collect();
+        let device = Default::default();
+        let pre = Tensor::<B, 2>::from_data(TensorData::new(data.clone(), [rows, cols]), &device);
+        let mask: Vec<i32> = allowed.iter().map(|&ok| i32::from(ok)).collect();
+        let mask = Tensor::<B, 1, Int>::from_data(TensorData::new(mask, [cols]), &device);
+        let n_allowed = allowed.iter().filter(|&&ok| ok).count();
+        let (mut want_indices, mut want_values) = topk_rows(&data, cols, n_allowed, Some(&allowed));
+        let padding: Vec<i64> = (0..cols as i64)
+            .filter(|&j| !allowed[j as usize])
+            .take(k - n_allowed)
+            .collect();
+        let mut indices = Vec::new();
+        let mut values = Vec::new();
+        for r in 0..rows {
+            indices.extend_from_slice(&want_indices[r * n_allowed..(r + 1) * n_allowed]);
+            indices.extend_from_slice(&padding);
+            values.extend(
+                want_values[r * n_allowed..(r + 1) * n_allowed]
+                    .iter()
+                    .map(|v| v.max(0.0)),
+            );
+            values.extend(std::iter::repeat_n(0.0f32, k - n_allowed));
+        }
+        (want_indices, want_values) = (indices, values);
+        for filter in [true, false] {
+            let (got_indices, got_values) =
+                super::launch_masked(&pre, k, mask.clone(), true, filter).expect("runs");
+            assert_eq!(int_to_host(got_indices), want_indices, "filter {filter}");
+            assert_eq!(to_host(got_values), want_values, "filter {filter}");
+        }
     }
 }
