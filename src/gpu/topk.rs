@@ -715,9 +715,15 @@ mod wgpu_tests {
         }
         let device = Default::default();
         let pre = Tensor::<B, 2>::from_data(TensorData::new(data.to_vec(), [rows, cols]), &device);
-        for filter in [true, false] {
-            let (indices, values) = super::launch(&pre, k, allowed, relu, filter)
-                .expect("the kernel takes these sizes");
+        // Both launched before either is read: neither's outputs can take over memory that
+        // holds the other's answer (a slot the kernel failed to write would then look right).
+        let runs: Vec<_> = [true, false]
+            .map(|filter| {
+                let out = super::launch(&pre, k, allowed, relu, filter);
+                (filter, out.expect("the kernel takes these sizes"))
+            })
+            .into();
+        for (filter, (indices, values)) in runs {
             let what = format!("{rows} x {cols}, k {k}, filter {filter}");
             assert_eq!(int_to_host(indices), want_indices, "indices, {what}");
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -789,9 +795,14 @@ mod wgpu_tests {
             values.extend(std::iter::repeat_n(0.0f32, k - n_allowed));
         }
         (want_indices, want_values) = (indices, values);
-        for filter in [true, false] {
-            let (got_indices, got_values) =
-                super::launch_masked(&pre, k, mask.clone(), true, filter).expect("runs");
+        // Both launched before either is read (see `check`).
+        let runs: Vec<_> = [true, false]
+            .map(|filter| {
+                let out = super::launch_masked(&pre, k, mask.clone(), true, filter);
+                (filter, out.expect("runs"))
+            })
+            .into();
+        for (filter, (got_indices, got_values)) in runs {
             assert_eq!(int_to_host(got_indices), want_indices, "filter {filter}");
             assert_eq!(to_host(got_values), want_values, "filter {filter}");
         }
