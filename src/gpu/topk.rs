@@ -687,22 +687,17 @@ mod tests {
 #[cfg(all(test, feature = "test-wgpu"))]
 mod wgpu_tests {
     use burn::tensor::{Int, Tensor, TensorData};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
 
     use crate::TestBackend as B;
     use crate::sae::{int_to_host, to_host};
     use crate::topk::topk_rows;
 
-    /// Deterministic values from a small generator: distinct in practice.
+    /// Uniform values in `[-0.5, 0.5)`, seeded: distinct in practice.
     fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect()
     }
 
     fn check(data: &[f32], cols: usize, k: usize, allowed: Option<&[bool]>, relu: bool) {
