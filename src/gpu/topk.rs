@@ -198,85 +198,114 @@ mod kernel {
         }
         sync_cube();
 
-        // Round 0 counts, per unit, the keys above the filter's bound and equal to it. Round 1,
-        // where the filter left too many, first finds the k-th largest key by a radix select (8
-        // passes of 4 bits) and counts again for that threshold. After each count, every unit
-        // adds up the units' counts: its own place among the candidates, and their totals.
+        // The keys at or above the bound, and each unit's place among them.
         let mut threshold = state[2];
         let mut ties = 0u32;
+        let mut above = 0u32;
+        let mut equal = 0u32;
+        for j in start..end {
+            let key = masked_key(pre, allowed, base, j);
+            if key > threshold {
+                above += 1u32;
+            } else if key == threshold {
+                equal += 1u32;
+            }
+        }
+        counts[unit] = above;
+        counts[units_n + unit] = equal;
+        sync_cube();
         let mut at_above = 0u32;
         let mut at_equal = 0u32;
         let mut total_above = 0u32;
         let mut total_equal = 0u32;
-        let mut rounds = 2u32;
-        let mut round = 0u32;
-        while round < rounds {
-            let mut high_mask = 0u32;
-            for pass in 0..8u32 * round {
-                let shift = 28u32 - 4u32 * pass;
-                for d in 0..16usize {
-                    hist[d * units_n + unit] = 0u32;
+        for v in 0..units_n {
+            let a = counts[v];
+            let e = counts[units_n + v];
+            total_above += a;
+            total_equal += e;
+            if v < unit {
+                at_above += a;
+                at_equal += e;
+            }
+        }
+        // Fewer than k keys above the bound: the bound is the k-th largest key (the k chunks
+        // hold at least k at or above it), and the lowest-column ties make up the rest. Else
+        // the keys above the bound are the candidates, if few enough.
+        if total_above < k {
+            ties = k - total_above;
+        }
+        let mut passes = 8u32;
+        let mut redo = 1u32;
+        if total_above + ties <= filter_cap {
+            passes = 0u32;
+            redo = 0u32;
+        }
+
+        // Radix select, where the filter left too many: the k-th largest key, 4 bits a pass.
+        let mut high_mask = 0u32;
+        for pass in 0..passes {
+            let shift = 28u32 - 4u32 * pass;
+            for d in 0..16usize {
+                hist[d * units_n + unit] = 0u32;
+            }
+            let prefix = state[0];
+            for j in start..end {
+                let key = masked_key(pre, allowed, base, j);
+                if key & high_mask == prefix {
+                    let d = ((key >> shift) & 15u32) as usize;
+                    hist[d * units_n + unit] += 1u32;
                 }
-                let prefix = state[0];
-                for j in start..end {
-                    let key = masked_key(pre, allowed, base, j);
-                    if key & high_mask == prefix {
-                        let d = ((key >> shift) & 15u32) as usize;
-                        hist[d * units_n + unit] += 1u32;
-                    }
+            }
+            sync_cube();
+            // Every unit adds 16 counts of one digit (a tree of two levels, not one unit per
+            // digit walking all units: that serial walk cost most of the kernel's time).
+            let d = unit / groups;
+            let g = unit % groups;
+            let mut sum = 0u32;
+            for i in 0..16usize {
+                sum += hist[d * units_n + i * groups + g];
+            }
+            partial[g * 16 + d] = sum;
+            sync_cube();
+            if unit < 16 {
+                let mut total = 0u32;
+                for gi in 0..groups {
+                    total += partial[gi * 16 + unit];
                 }
-                sync_cube();
-                // Every unit adds 16 counts of one digit (a tree of two levels, not one unit per
-                // digit walking all units: that serial walk cost most of the kernel's time).
-                let d = unit / groups;
-                let g = unit % groups;
-                let mut sum = 0u32;
-                for i in 0..16usize {
-                    sum += hist[d * units_n + i * groups + g];
-                }
-                partial[g * 16 + d] = sum;
-                sync_cube();
-                if unit < 16 {
-                    let mut total = 0u32;
-                    for gi in 0..groups {
-                        total += partial[gi * 16 + unit];
-                    }
-                    totals[unit] = total;
-                }
-                sync_cube();
-                if unit == 0 {
-                    // Walk the digits from the largest down to the one holding the
-                    // remaining-th key.
-                    let mut remaining = state[1];
-                    let mut digit = 0u32;
-                    let mut found = false;
-                    for i in 0..16u32 {
-                        let d = 15u32 - i;
-                        let c = totals[d as usize];
-                        if !found {
-                            if c >= remaining {
-                                digit = d;
-                                found = true;
-                            } else {
-                                remaining -= c;
-                            }
+                totals[unit] = total;
+            }
+            sync_cube();
+            if unit == 0 {
+                // Walk the digits from the largest down to the one holding the remaining-th key.
+                let mut remaining = state[1];
+                let mut digit = 0u32;
+                let mut found = false;
+                for i in 0..16u32 {
+                    let d = 15u32 - i;
+                    let c = totals[d as usize];
+                    if !found {
+                        if c >= remaining {
+                            digit = d;
+                            found = true;
+                        } else {
+                            remaining -= c;
                         }
                     }
-                    state[0] = prefix | (digit << shift);
-                    state[1] = remaining;
                 }
-                high_mask |= 15u32 << shift;
-                sync_cube();
+                state[0] = prefix | (digit << shift);
+                state[1] = remaining;
             }
-            if round == 1u32 {
-                // state[0] is the k-th largest key: every key above it is taken, and of the
-                // keys equal to it, the state[1] in the lowest columns. (The radix passes'
-                // barriers lie between round 0's reads of the counts and these writes.)
-                threshold = state[0];
-                ties = state[1];
-            }
-            let mut above = 0u32;
-            let mut equal = 0u32;
+            high_mask |= 15u32 << shift;
+            sync_cube();
+        }
+        // Then state[0] is the k-th largest key: every key above it is taken, and of the keys
+        // equal to it, the state[1] in the lowest columns. The counts again, for that threshold
+        // (the radix passes' barriers lie between the reads above and these writes).
+        for _ in 0..redo {
+            threshold = state[0];
+            ties = state[1];
+            above = 0u32;
+            equal = 0u32;
             for j in start..end {
                 let key = masked_key(pre, allowed, base, j);
                 if key > threshold {
@@ -302,18 +331,6 @@ mod kernel {
                     at_equal += e;
                 }
             }
-            if round == 0u32 {
-                // Fewer than k keys above the bound: the bound is the k-th largest key (the k
-                // chunks hold at least k at or above it), and the lowest-column ties make up
-                // the rest. Else the keys above the bound are the candidates, if few enough.
-                if total_above < k {
-                    ties = k - total_above;
-                }
-                if total_above + ties <= filter_cap {
-                    rounds = 1u32;
-                }
-            }
-            round += 1u32;
         }
 
         // The candidates: the keys above the threshold, then the first `ties` equal to it.
