@@ -112,6 +112,51 @@ mod kernel {
         key
     }
 
+    /// How many keys of columns `start..end` lie above `threshold`, and how many equal it.
+    #[cube]
+    fn count_keys(
+        pre: &Tensor<f32>,
+        allowed: &Tensor<i32>,
+        base: usize,
+        start: usize,
+        end: usize,
+        threshold: u32,
+    ) -> (u32, u32) {
+        let mut above = 0u32;
+        let mut equal = 0u32;
+        for j in start..end {
+            let key = masked_key(pre, allowed, base, j);
+            if key > threshold {
+                above += 1u32;
+            } else if key == threshold {
+                equal += 1u32;
+            }
+        }
+        (above, equal)
+    }
+
+    /// From every unit's counts (`counts[u]` above the threshold, `counts[units + u]` equal to
+    /// it): those of the units before `unit`, and the totals, as `(at_above, at_equal,
+    /// total_above, total_equal)`.
+    #[cube]
+    fn places(counts: &SharedMemory<u32>, unit: usize, units_n: usize) -> (u32, u32, u32, u32) {
+        let mut at_above = 0u32;
+        let mut at_equal = 0u32;
+        let mut total_above = 0u32;
+        let mut total_equal = 0u32;
+        for v in 0..units_n {
+            let a = counts[v];
+            let e = counts[units_n + v];
+            total_above += a;
+            total_equal += e;
+            if v < unit {
+                at_above += a;
+                at_equal += e;
+            }
+        }
+        (at_above, at_equal, total_above, total_equal)
+    }
+
     /// Top `k` of each row of `pre` among the columns where `allowed` is non-zero. A column not
     /// allowed ranks below every allowed one (ties to the lower column, as ever) with the value
     /// `f32::MIN`: it is selected only when fewer than `k` columns are allowed. With `relu` 1
@@ -201,33 +246,12 @@ mod kernel {
         // The keys at or above the bound, and each unit's place among them.
         let mut threshold = state[2];
         let mut ties = 0u32;
-        let mut above = 0u32;
-        let mut equal = 0u32;
-        for j in start..end {
-            let key = masked_key(pre, allowed, base, j);
-            if key > threshold {
-                above += 1u32;
-            } else if key == threshold {
-                equal += 1u32;
-            }
-        }
+        let (above, equal) = count_keys(pre, allowed, base, start, end, threshold);
         counts[unit] = above;
         counts[units_n + unit] = equal;
         sync_cube();
-        let mut at_above = 0u32;
-        let mut at_equal = 0u32;
-        let mut total_above = 0u32;
-        let mut total_equal = 0u32;
-        for v in 0..units_n {
-            let a = counts[v];
-            let e = counts[units_n + v];
-            total_above += a;
-            total_equal += e;
-            if v < unit {
-                at_above += a;
-                at_equal += e;
-            }
-        }
+        let (mut at_above, mut at_equal, mut total_above, mut total_equal) =
+            places(&counts, unit, units_n);
         // Fewer than k keys above the bound: the bound is the k-th largest key (the k chunks
         // hold at least k at or above it), and the lowest-column ties make up the rest. Else
         // the keys above the bound are the candidates, if few enough.
@@ -304,33 +328,15 @@ mod kernel {
         for _ in 0..redo {
             threshold = state[0];
             ties = state[1];
-            above = 0u32;
-            equal = 0u32;
-            for j in start..end {
-                let key = masked_key(pre, allowed, base, j);
-                if key > threshold {
-                    above += 1u32;
-                } else if key == threshold {
-                    equal += 1u32;
-                }
-            }
+            let (above, equal) = count_keys(pre, allowed, base, start, end, threshold);
             counts[unit] = above;
             counts[units_n + unit] = equal;
             sync_cube();
-            at_above = 0u32;
-            at_equal = 0u32;
-            total_above = 0u32;
-            total_equal = 0u32;
-            for v in 0..units_n {
-                let a = counts[v];
-                let e = counts[units_n + v];
-                total_above += a;
-                total_equal += e;
-                if v < unit {
-                    at_above += a;
-                    at_equal += e;
-                }
-            }
+            let (a, e, ta, te) = places(&counts, unit, units_n);
+            at_above = a;
+            at_equal = e;
+            total_above = ta;
+            total_equal = te;
         }
 
         // The candidates: the keys above the threshold, then the first `ties` equal to it.
