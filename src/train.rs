@@ -84,7 +84,9 @@ pub struct TrainConfig {
     /// The optimiser.
     #[config(default = "AdamConfig::new()")]
     pub optimizer: AdamConfig,
-    /// Rows per step; the last partial batch of an epoch is kept.
+    /// Rows per step, at least 2; the last partial batch of an epoch is kept, except a last
+    /// batch of one row, which joins the batch before it (the loss divides by a batch's
+    /// variance, which one row does not have).
     #[config(default = 1024)]
     pub batch_size: usize,
     /// Passes over the data; training stops after `epochs` or `max_steps`, whichever comes first.
@@ -141,11 +143,11 @@ impl TrainConfig {
                 "must be finite and > 0",
             ));
         }
-        if self.batch_size == 0 {
+        if self.batch_size < 2 {
             return Err(Error::invalid(
                 "batch_size",
                 self.batch_size,
-                "must be >= 1",
+                "must be >= 2: the loss divides by a batch's variance, which one row does not have",
             ));
         }
         if self.epochs == 0 {
@@ -166,11 +168,23 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Steps a run over `rows` rows takes: `epochs * ceil(rows / batch_size)`, capped by `max_steps`.
+    /// Steps a run over `rows` rows takes: `epochs` times the batches of an epoch
+    /// (`ceil(rows / batch_size)`, less one when the last would hold a single row: it joins the
+    /// one before), capped by `max_steps`.
     pub fn total_steps(&self, rows: usize) -> u64 {
-        let per_epoch = rows.div_ceil(self.batch_size.max(1)) as u64;
+        let batch = self.batch_size.max(1);
+        let mut per_epoch = rows.div_ceil(batch) as u64;
+        if rows > batch && rows % batch == 1 {
+            per_epoch -= 1;
+        }
         let steps = per_epoch.saturating_mul(self.epochs as u64);
         self.max_steps.map_or(steps, |m| steps.min(m))
+    }
+
+    /// The largest batch a run takes: `batch_size`, or one more where an epoch's last row joins
+    /// the batch before it.
+    fn largest_batch(&self) -> usize {
+        self.batch_size.saturating_add(1)
     }
 }
 
@@ -199,17 +213,17 @@ pub struct StepReport {
 
 /// Dead-latent counters (samples since each latent last fired) on the device, clamped just
 /// past `threshold`, which changes no comparison with it; `None` when `threshold` or
-/// `batch_size` (the largest batch) is above [`DEVICE_COUNTER_MAX`].
+/// `largest_batch` is above [`DEVICE_COUNTER_MAX`].
 ///
 /// # Shapes
 /// - returns `[since.len()]`
 fn counters_to_device<B: Backend>(
     since: &[u64],
     threshold: u64,
-    batch_size: usize,
+    largest_batch: usize,
     device: &B::Device,
 ) -> Option<Tensor<B, 1, Int>> {
-    if threshold > DEVICE_COUNTER_MAX || batch_size as u64 > DEVICE_COUNTER_MAX {
+    if threshold > DEVICE_COUNTER_MAX || largest_batch as u64 > DEVICE_COUNTER_MAX {
         return None;
     }
     let clamped: Vec<i32> = since
@@ -785,14 +799,17 @@ impl<B: Backend> Trainer<B> {
     /// is due is read back before the next is queued.
     ///
     /// # Errors
-    /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::Diverged`] naming the
-    /// step whose loss or gradient was NaN or infinite.
+    /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`]
+    /// naming `data` when it holds fewer than 2 rows or only copies of one row (the loss
+    /// divides by a batch's variance); [`Error::Diverged`] naming the step whose loss or
+    /// gradient was NaN or infinite.
     pub fn fit(
         mut self,
         data: &Embeddings,
         mut on_step: impl FnMut(&StepReport),
     ) -> Result<Trained<B>> {
         data.check_width(self.config.model.d_in)?;
+        check_rows_vary(data)?;
         let n = data.rows();
         if !self.order.is_empty() && self.order.len() != n {
             return Err(Error::invalid(
@@ -905,8 +922,10 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
-    /// Where the next batch of the order ends (it starts at the position); at the start of an
-    /// epoch the order of the `n` rows is shuffled first.
+    /// Where the next batch of the order ends (it starts at the position): `batch_size` rows
+    /// on, or the end of the order when that is at most one row further (a last row alone
+    /// would be a batch without variance). At the start of an epoch the order of the `n` rows
+    /// is shuffled first.
     fn next_batch(&mut self, n: usize) -> usize {
         if self.position == 0 {
             if self.order.len() != n {
@@ -915,7 +934,8 @@ impl<B: Backend> Trainer<B> {
             self.order.shuffle(&mut self.rng);
             self.shuffles += 1;
         }
-        (self.position + self.config.batch_size).min(n)
+        let end = self.position.saturating_add(self.config.batch_size);
+        if end + 1 >= n { n } else { end }
     }
 
     /// Moves the position past a batch that ended at `end` of the `n` rows (to the next epoch
@@ -982,8 +1002,10 @@ impl<B: Backend> Trainer<B> {
     /// - `x`: `[batch, d_in]`
     ///
     /// # Errors
-    /// [`Error::Diverged`] when the loss or the gradient norm is NaN or infinite; the model and the
-    /// trainer's state are then unchanged.
+    /// [`Error::InvalidConfig`] naming `x` when it holds fewer than 2 rows (the loss divides by
+    /// the batch's variance); [`Error::Diverged`] when the loss or the gradient norm is NaN or
+    /// infinite (a batch of copies of one row gives that too). Either way the model and the
+    /// trainer's state are unchanged.
     ///
     /// # Panics
     /// If `x` is not `[batch, d_in]`.
@@ -994,6 +1016,10 @@ impl<B: Backend> Trainer<B> {
             "x must be [batch, d_in] with d_in = {}",
             self.config.model.d_in
         );
+        if batch < 2 {
+            let rows = if batch == 1 { "1 row" } else { "0 rows" };
+            return Err(Error::invalid("x", rows, ONE_ROW));
+        }
         let Engine::Tensor(adam) = &self.engine else {
             return self.step_host(&to_host(x));
         };
@@ -1122,7 +1148,7 @@ impl<B: Backend> Trainer<B> {
             None => counters_to_device(
                 &self.since_fired,
                 threshold,
-                self.config.batch_size,
+                self.config.largest_batch(),
                 &self.device,
             )?,
         };
@@ -1393,6 +1419,29 @@ pub fn project_rows<B: Backend>(grad: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<
 pub fn normalize_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = w.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
     w / norm
+}
+
+/// Why a batch needs two rows: what [`check_rows_vary`] and [`Trainer::step`] say.
+const ONE_ROW: &str = "must hold at least 2 rows: the loss divides by a batch's variance, which one row does not have";
+
+/// Checks that `data` gives batches with a variance: at least 2 rows, not all the same row.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming `data`.
+fn check_rows_vary(data: &Embeddings) -> Result<()> {
+    let n = data.rows();
+    if n < 2 {
+        return Err(Error::invalid("data", format!("{n} row"), ONE_ROW));
+    }
+    let first = data.row(0);
+    if (1..n).all(|i| data.row(i) == first) {
+        return Err(Error::invalid(
+            "data",
+            format!("{n} rows"),
+            "are all the same row: the loss divides by a batch's variance, which is then 0",
+        ));
+    }
+    Ok(())
 }
 
 /// Trains a model on `data` with `config`: [`Trainer::new`] then [`Trainer::fit`].

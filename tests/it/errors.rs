@@ -361,6 +361,7 @@ fn every_config_field_is_checked() {
             "b_dec_init_rows",
         ),
         (base().with_batch_size(0), "batch_size"),
+        (base().with_batch_size(1), "batch_size"),
         (base().with_epochs(0), "epochs"),
         (base().with_max_steps(Some(0)), "max_steps"),
         (base().with_clip_grad_norm(Some(-1.0)), "clip_grad_norm"),
@@ -444,6 +445,43 @@ fn synthetic_configs_are_checked() {
         }
     }
     assert!(synthetic_families(&families()).is_ok());
+}
+
+/// The loss divides by a batch's variance: data of one row, or of copies of one row, is an
+/// error naming it before any step (it used to stop at step 1 as a NaN loss), and so is a
+/// one-row batch given to `Trainer::step`.
+#[test]
+fn data_without_variance_is_rejected_before_training() {
+    let device = Default::default();
+    let config = || TrainConfig::new(TopKSaeConfig::new(4, 8, 2)).with_batch_size(4);
+    let row = [0.5f32, -1.0, 2.0, 0.25];
+    let one = Embeddings::from_vec(row.to_vec(), 1, 4).unwrap();
+    let copies = Embeddings::from_vec(row.repeat(6), 6, 4).unwrap();
+    for (data, what) in [(&one, "1 row"), (&copies, "6 rows")] {
+        let trainer = Trainer::<TestBackend>::new(config(), data, &device).unwrap();
+        match trainer.fit(data, |_| panic!("no step may run")) {
+            Err(Error::InvalidConfig { field, value, .. }) => {
+                assert_eq!((field, value.as_str()), ("data", what));
+            }
+            other => panic!(
+                "{what}: expected InvalidConfig, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    let varied = Embeddings::from_vec(crate::random_rows(6, 4, 2), 6, 4).unwrap();
+    let trainer = Trainer::<TestBackend>::new(config(), &varied, &device).unwrap();
+    assert_eq!(trainer.fit(&varied, |_| {}).unwrap().steps, 2);
+
+    let mut trainer = Trainer::<TestBackend>::new(config(), &varied, &device).unwrap();
+    let err = trainer
+        .step(crate::tensor(&crate::random_rows(1, 4, 1), 4))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig { field: "x", .. }),
+        "{err:?}"
+    );
+    assert_eq!(trainer.steps_done(), 0);
 }
 
 #[test]

@@ -342,3 +342,43 @@ fn queued_steps_match_one_step_at_a_time() {
         );
     }
 }
+
+/// A last batch of one row has no variance for the loss to divide by: it joins the batch
+/// before it, on both engines, and `total_steps` counts the batches `fit` takes. Other partial
+/// batches are kept as they are.
+#[test]
+fn an_epochs_last_row_joins_the_batch_before() {
+    use topk_sae::train::StepEngine;
+    let set = synthetic(
+        &SyntheticConfig::new()
+            .with_rows(9)
+            .with_d_in(8)
+            .with_n_directions(10)
+            .with_seed(3),
+    )
+    .unwrap();
+    for engine in [StepEngine::Host, StepEngine::Tensor] {
+        for (batch, sizes) in [(4, vec![4, 5, 4, 5]), (8, vec![9, 9]), (3, vec![3; 6])] {
+            let config = TrainConfig::new(TopKSaeConfig::new(8, 16, 2))
+                .with_batch_size(batch)
+                .with_epochs(2)
+                .with_engine(engine);
+            assert_eq!(config.total_steps(9), sizes.len() as u64, "batch {batch}");
+            let mut seen = Vec::new();
+            let trained = train::<TestBackend>(config, &set.embeddings, &Default::default(), |r| {
+                assert!(r.loss.total.is_finite(), "{engine:?} batch {batch}: {r:?}");
+                seen.push(r.batch);
+            })
+            .unwrap();
+            assert_eq!(seen, sizes, "{engine:?} batch {batch}");
+            assert_eq!(trained.steps, sizes.len() as u64);
+        }
+    }
+    // A remainder of two rows is a batch of its own.
+    let config = TrainConfig::new(TopKSaeConfig::new(8, 16, 2)).with_batch_size(4);
+    assert_eq!(config.total_steps(10), 3);
+    assert_eq!(config.total_steps(1025), 256);
+    let config = config.with_batch_size(1024);
+    assert_eq!(config.total_steps(1025), 1);
+    assert_eq!(config.total_steps(2049), 2);
+}
