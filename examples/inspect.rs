@@ -40,8 +40,8 @@ struct Args {
     /// and fail when any value differs by more than --tolerance.
     #[arg(long, requires = "input")]
     expect: Option<PathBuf>,
-    /// Largest absolute difference --expect accepts.
-    #[arg(long, default_value_t = 1e-5)]
+    /// Largest absolute difference --expect accepts (finite, >= 0).
+    #[arg(long, default_value_t = 1e-5, value_parser = tolerance)]
     tolerance: f32,
     /// Also write the model as a SAELens v6 folder here.
     #[arg(long = "export-saelens")]
@@ -49,6 +49,15 @@ struct Args {
     /// Rows per batch when reconstructing.
     #[arg(long, default_value_t = 4096)]
     batch: usize,
+}
+
+/// Parses `--tolerance`: a NaN would let every comparison pass (`diff > NaN` is false).
+fn tolerance(text: &str) -> std::result::Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        Ok(t) => Err(format!("{t} is not a finite number >= 0")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[path = "common/backend.rs"]
