@@ -235,8 +235,10 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         encode_seconds = encode_seconds.min(started.elapsed().as_secs_f64());
         drop(codes);
     }
-    // The first step includes kernel compilation and autotuning on GPU backends.
+    // The first step includes kernel compilation and autotuning on GPU backends; the steps in
+    // their order (for the JSON) say when a process still autotuning settles.
     let first_step_ms = step_ms.first().copied().unwrap_or(f64::NAN);
+    let steps_ms = step_ms.clone();
     step_ms.sort_by(f64::total_cmp);
     let median = step_ms.get(step_ms.len() / 2).copied().unwrap_or(f64::NAN);
     println!("{}\n{metrics}", Metrics::table_header());
@@ -272,6 +274,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             "encode_seconds": encode_seconds,
             "device_wait_ms_median": wait_median,
             "first_step_ms": first_step_ms,
+            "step_ms": steps_ms,
             "aux_steps": aux_steps,
             "backend": args.backend,
             "data": data.name(),
