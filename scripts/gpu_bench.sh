@@ -6,6 +6,7 @@
 # Two halves, because the GPU machine has no Rust toolchain and no registry:
 #   scripts/gpu_bench.sh build        # here: release build of the train example with wgpu, into .gpu/
 #   scripts/gpu_bench.sh run [STEPS]  # there: generate data, time both, print the table
+#   scripts/gpu_bench.sh perf-bundle  # here: this machine's perf and its libraries, into .perf/
 #
 # With the `device` tool (see its README): carry `.gpu` (and `.gl` with the Vulkan loader
 # packages), and run `for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; scripts/gpu_bench.sh run`.
@@ -24,9 +25,11 @@
 # writes: docs/benchmarks.md), rust-split8 (TOPK_SAE_ENCODER_PARTS=8: the encoder's product
 # split in 8 slices along d_in, run as one batched product and summed), rust-radix-topk
 # (TOPK_SAE_TOPK_FILTER=0: our top-k kernel runs its radix select on every row, whatever its
-# chunk-maxima filter leaves), rust-profile (cubecl's
-# profile log: each kernel timed alone, summed per training step over steps 11 to STEPS by
-# scripts/kernel_times.py into kernels_SIZE.txt; its own step times are not comparable) and
+# chunk-maxima filter leaves), rust-perf (the host's CPU time by thread, library and function
+# over 1,000 steps, sampled by perf: carry `.perf`, made by `scripts/gpu_bench.sh perf-bundle`),
+# rust-profile (cubecl's profile log: each kernel timed alone, summed per training step over
+# steps 11 to STEPS by scripts/kernel_times.py into kernels_SIZE.txt; its own step times are not
+# comparable) and
 # rust-again (the default once more, with a warm autotune cache). The comparison with PyTorch runs
 # first. Each run has a time limit (RUN_LIMIT_S, 150 s) and none starts after DEADLINE_S (500 s):
 # a hang on some driver (seen with burn's matmul on OpenGL, docs/decisions.md) costs that run
@@ -45,10 +48,27 @@ if [ "$mode" = build ]; then
   rm -f .gpu/train .gpu/train.xz
   # Stripped and compressed: 57 MB becomes about 8 MB, well inside the device tool's 64 MiB.
   strip -o .gpu/train target/release/examples/train
+  # The same binary with its symbols, kept here (not carried), for reading a `rust-perf` profile
+  # from the device: the stripped copy has the same build id.
+  mkdir -p target/gpu
+  cp target/release/examples/train target/gpu/train.unstripped
   xz -T0 -6 .gpu/train
   # The figures name the code they measured.
   echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src examples Cargo.toml || echo +changes)" >.gpu/commit
   echo "built .gpu/train.xz ($(du -h .gpu/train.xz | cut -f1)); carry .gpu"
+  exit 0
+fi
+if [ "$mode" = perf-bundle ]; then
+  # This machine's `perf` with the shared libraries it loads (glibc's own left out: the device
+  # machine has its own), for the `rust-perf` variant on a machine without perf. Carry `.perf`.
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/lib" .perf
+  cp "$(command -v perf)" "$tmp/perf"
+  ldd "$tmp/perf" | awk '$3 ~ /^\// {print $3}' | grep -vE '/(libc|libm|libpthread|libdl|librt)\.so' |
+    while read -r lib; do cp -L "$lib" "$tmp/lib/"; done
+  tar -C "$tmp" -cJf .perf/perf.tar.xz .
+  rm -rf "$tmp"
+  echo "built .perf/perf.tar.xz ($(du -h .perf/perf.tar.xz | cut -f1)); carry .perf"
   exit 0
 fi
 steps=${2:-50}
@@ -131,12 +151,33 @@ done
 # VARIANTS picks some of them (e.g. VARIANTS=rust for a quick look after a change); `rust-again`
 # is `rust` once more, in a process that finds the autotune cache the first one left (warm).
 variants=${VARIANTS:-rust torch rust-host-topk rust-burn-scatter}
+# rust-perf: the host's CPU time by thread, library and function, sampled by perf (the device
+# machine has none: `scripts/gpu_bench.sh perf-bundle` here packs this machine's into .perf). The
+# binary runs from a fixed path, so that the profile, brought back, can be read here against the
+# build's symbols: `perf report -i perf_TAG.data --symfs DIR --sort comm,dso,sym`, with
+# target/gpu/train.unstripped copied to DIR/tmp/topk-sae-perf/train.
+perf_cmd=()
+if [[ " $variants " == *" rust-perf "* ]]; then
+  if [ -f .perf/perf.tar.xz ]; then
+    perf_dir=$(mktemp -d)
+    "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .perf/perf.tar.xz "$perf_dir"
+    perf_cmd=(env LD_LIBRARY_PATH="$perf_dir/lib" "$perf_dir/perf")
+  elif command -v perf >/dev/null; then
+    perf_cmd=(perf)
+  fi
+  mkdir -p /tmp/topk-sae-perf
+  cp "$bin" /tmp/topk-sae-perf/train
+fi
 for variant in $variants; do
   for i in "${!size_list[@]}"; do
     read -r k d_sae k_aux <<<"${size_list[$i]}"
     tag=${tags[$i]}
+    # The profile runs PERF_STEPS steps (1,000; as many epochs as they take), so that the
+    # settled steps outweigh the start (shaders, autotuning) and the encoding timed after them.
+    run_steps=$steps
+    [ "$variant" = rust-perf ] && run_steps=${PERF_STEPS:-1000}
     flags=(--data "$data/x.npy" --k "$k" --d-sae "$d_sae" --k-aux "$k_aux" --batch "$batch"
-      --max-steps "$steps" --dead-threshold "$dead_threshold" --json "$out/${variant}_$tag.json")
+      --max-steps "$run_steps" --dead-threshold "$dead_threshold" --json "$out/${variant}_$tag.json")
     case $variant in
       rust | rust-again) cmd=(env) ;;
       rust-host-topk) cmd=(env TOPK_SAE_DEVICE_TOPK=0) ;;
@@ -150,10 +191,28 @@ for variant in $variants; do
       rust-split8) cmd=(env TOPK_SAE_ENCODER_PARTS=8) ;;
       rust-radix-topk) cmd=(env TOPK_SAE_TOPK_FILTER=0) ;;
       rust-profile) cmd=(env CUBECL_DEBUG_LOG="$out/profile_$tag.log" CUBECL_DEBUG_OPTION=profile) ;;
+      # The bundled libraries are perf's only: the binary and the GPU driver get the machine's.
+      rust-perf) cmd=("${perf_cmd[@]}" record -F 499 -o "$out/perf_$tag.data" -- env -u LD_LIBRARY_PATH) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
     esac
-    [ "$variant" = torch ] || cmd+=("$bin" --backend wgpu --quiet)
+    exe=$bin
+    [ "$variant" = rust-perf ] && exe=/tmp/topk-sae-perf/train
+    if [ "$variant" = rust-perf ] && [ ${#perf_cmd[@]} -eq 0 ]; then
+      echo "${variant}_$tag: skipped (no perf, and no .perf/perf.tar.xz)" | tee "$out/${variant}_$tag.txt"
+      continue
+    fi
+    [ "$variant" = torch ] || cmd+=("$exe" --backend wgpu --quiet)
     timed "${variant}_$tag" "${cmd[@]}" "${flags[@]}"
+    if [ "$variant" = rust-perf ] && [ -s "$out/perf_$tag.data" ]; then
+      # Here the binary's own functions show as addresses (it is stripped); the driver's
+      # libraries keep their exported names.
+      "${perf_cmd[@]}" report -i "$out/perf_$tag.data" --sort comm,dso --stdio -q \
+        >"$out/perf_threads_$tag.txt" 2>&1 || true
+      "${perf_cmd[@]}" report -i "$out/perf_$tag.data" --sort comm,dso,sym --stdio -q 2>&1 |
+        head -150 >"$out/perf_syms_$tag.txt" || true
+      echo "host CPU by thread and library, $tag:"
+      head -25 "$out/perf_threads_$tag.txt"
+    fi
     if [ "$variant" = rust-profile ]; then
       # The optimiser's update kernel runs once a step, after a first-use check: its runs 11 to
       # STEPS + 1 bound steps 11 to STEPS (the first ten autotune burn's matmul).
@@ -193,4 +252,4 @@ for tag in sys.argv[2:]:
         late = late_half[len(late_half) // 2] if late_half else float("nan")
         print(f"{tag:16} {side:17} {j['ms_per_step_median']:9.2f} {late:8.2f} {wait:8.2f} {first:14.1f} {j['encode_seconds']:9.3f} {host:8.3f} {j['nmse']:8.4f} {aux:>7}  {kernels}")
 PY
-rm -rf "$data" "$(dirname "$bin")"
+rm -rf "$data" "$(dirname "$bin")" ${perf_dir:+"$perf_dir"}
