@@ -161,9 +161,19 @@ if [[ " $variants " == *" rust-perf "* ]]; then
   if [ -f .perf/perf.tar.xz ]; then
     perf_dir=$(mktemp -d)
     "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .perf/perf.tar.xz "$perf_dir"
+    # The machine's own copy of a library wins (it matches the machine's glibc, which may be
+    # older than this one's 2.36); the bundle fills in the rest (libperl, libpython3.11, ...).
+    for lib in "$perf_dir"/lib/*; do
+      if ldconfig -p 2>/dev/null | grep -q "^[[:space:]]$(basename "$lib") "; then rm -f "$lib"; fi
+    done
     perf_cmd=(env LD_LIBRARY_PATH="$perf_dir/lib" "$perf_dir/perf")
   elif command -v perf >/dev/null; then
     perf_cmd=(perf)
+  fi
+  if [ ${#perf_cmd[@]} -gt 0 ] && ! "${perf_cmd[@]}" --version; then
+    echo "rust-perf: perf does not start here; its libraries:"
+    env LD_LIBRARY_PATH="$perf_dir/lib" ldd "$perf_dir/perf" 2>&1 | grep -i "not found\|version" || true
+    perf_cmd=()
   fi
   mkdir -p /tmp/topk-sae-perf
   cp "$bin" /tmp/topk-sae-perf/train
