@@ -202,7 +202,7 @@ for variant in $variants; do
       rust-radix-topk) cmd=(env TOPK_SAE_TOPK_FILTER=0) ;;
       rust-profile) cmd=(env CUBECL_DEBUG_LOG="$out/profile_$tag.log" CUBECL_DEBUG_OPTION=profile) ;;
       # The bundled libraries are perf's only: the binary and the GPU driver get the machine's.
-      rust-perf) cmd=("${perf_cmd[@]}" record -F 499 -o "$out/perf_$tag.data" -- env -u LD_LIBRARY_PATH) ;;
+      rust-perf) cmd=("${perf_cmd[@]}" record -e cpu-clock -F 499 -o "$out/perf_$tag.data" -- env -u LD_LIBRARY_PATH) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
     esac
     exe=$bin
