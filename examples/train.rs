@@ -76,7 +76,9 @@ struct Args {
     #[arg(long = "keep-last", default_value_t = 3)]
     keep_last: usize,
     /// Resume from this checkpoint folder (a step-NNNNNNNNNN folder, or a --checkpoint-dir whose
-    /// newest checkpoint is taken); the training configuration then comes from the checkpoint.
+    /// newest checkpoint is taken); the training configuration then comes from the checkpoint,
+    /// except --epochs and --max-steps when given: totals counted from the run's start, to
+    /// train a run further.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// No progress bar (for logs).
@@ -147,7 +149,10 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
                 _ => path.clone(),
             };
             eprintln!("resuming from {}", dir.display());
-            let trainer = Trainer::<B>::resume(&dir, &device)?;
+            let mut trainer = Trainer::<B>::resume(&dir, &device)?;
+            if args.epochs.is_some() || args.max_steps.is_some() {
+                trainer = trainer.with_stop(epochs, args.max_steps)?;
+            }
             let d_in = trainer.config().model.d_in;
             if is_synthetic && d_in != data.d_in() {
                 return Err(Error::InvalidConfig {
@@ -178,6 +183,13 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         data.d_in(),
         config.batch_size
     );
+    if trainer.steps_done() >= total {
+        eprintln!(
+            "the run is complete at step {}: nothing left to train (--epochs or --max-steps \
+             trains it further)",
+            trainer.steps_done()
+        );
+    }
 
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -242,10 +254,14 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     step_ms.sort_by(f64::total_cmp);
     let median = step_ms.get(step_ms.len() / 2).copied().unwrap_or(f64::NAN);
     println!("{}\n{metrics}", Metrics::table_header());
-    println!(
-        "steps {}, {train_seconds:.1} s, median {median:.1} ms/step",
-        trained.steps
-    );
+    if step_ms.is_empty() {
+        println!("steps {}, none run now", trained.steps);
+    } else {
+        println!(
+            "steps {}, {train_seconds:.1} s, median {median:.1} ms/step",
+            trained.steps
+        );
+    }
     // Of a step, how long the host waited for the device's results (GPU backends; 0 on the
     // host engine): the median, like the step's.
     wait_ms.sort_by(f64::total_cmp);

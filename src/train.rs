@@ -501,6 +501,47 @@ impl<B: Backend> Trainer<B> {
         self
     }
 
+    /// Changes when training stops: after `epochs` passes over the data, or `max_steps` steps,
+    /// both counted from the start of the run (the steps already done included), whichever
+    /// comes first. For training a resumed run further: no step depends on these, so it
+    /// continues as a run started with them would have, to the bit. Checkpoints saved later
+    /// record the new values.
+    ///
+    /// ```
+    /// # use topk_sae::prelude::*;
+    /// use topk_sae::{Trainer, checkpoint::CheckpointPolicy};
+    /// # fn main() -> topk_sae::Result<()> {
+    /// # type B = topk_sae::backend::NdArray<f32>;
+    /// # let data = topk_sae::data::synthetic(&topk_sae::data::SyntheticConfig::new()
+    /// #     .with_rows(300).with_d_in(8).with_n_directions(10))?.embeddings;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let config = TrainConfig::new(TopKSaeConfig::new(8, 16, 2)).with_batch_size(100);
+    /// let device = Default::default();
+    /// let policy = CheckpointPolicy::new(dir.path(), 100);
+    /// Trainer::<B>::new(config, &data, &device)?
+    ///     .with_checkpoints(policy.clone())
+    ///     .fit(&data, |_| {})?; // 1 epoch of 300 rows: 3 steps, saved at the end
+    /// let more = Trainer::<B>::resume(policy.step_dir(3), &device)?
+    ///     .with_stop(4, None)?
+    ///     .fit(&data, |_| {})?;
+    /// assert_eq!(more.steps, 12);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `epochs` is 0 or `max_steps` is `Some(0)`.
+    pub fn with_stop(mut self, epochs: usize, max_steps: Option<u64>) -> Result<Self> {
+        let config = self
+            .config
+            .clone()
+            .with_epochs(epochs)
+            .with_max_steps(max_steps);
+        config.validate()?;
+        self.config = config;
+        Ok(self)
+    }
+
     /// Saves the model, its configuration and the full trainer state (Adam moments, dead-latent
     /// counters, shuffle position) into the directory `dir`, atomically.
     ///

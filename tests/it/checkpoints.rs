@@ -125,6 +125,62 @@ fn resuming_gives_bit_identical_weights_with(engine: StepEngine, rows: usize, to
     }
 }
 
+/// A finished run, resumed and given more epochs and a step cap with `with_stop`, ends where a
+/// run started with them ends, to the bit; a stop of 0 epochs or steps is refused.
+#[test]
+fn a_resumed_run_trained_further_matches_a_longer_run() {
+    let data = synthetic(
+        &SyntheticConfig::new()
+            .with_rows(491)
+            .with_d_in(8)
+            .with_n_directions(12),
+    )
+    .unwrap()
+    .embeddings;
+    let device = Default::default();
+    for engine in [StepEngine::Host, StepEngine::Tensor] {
+        let root = tempfile::tempdir().unwrap();
+        let policy = CheckpointPolicy::new(root.path(), 100);
+        let short = run_config().with_engine(engine).with_epochs(1);
+        let first = Trainer::<TestBackend>::new(short, &data, &device)
+            .unwrap()
+            .with_checkpoints(policy.clone())
+            .fit(&data, |_| {})
+            .unwrap();
+        assert_eq!(first.steps, 7);
+        // Three epochs would be 21 steps; the cap stops at 17, mid-epoch.
+        let long = run_config().with_engine(engine).with_max_steps(Some(17));
+        let whole = Trainer::<TestBackend>::new(long, &data, &device)
+            .unwrap()
+            .fit(&data, |_| {})
+            .unwrap();
+        let resumed = Trainer::<TestBackend>::resume(policy.step_dir(7), &device).unwrap();
+        for (epochs, max_steps) in [(0, None), (3, Some(0))] {
+            let stopped = Trainer::<TestBackend>::resume(policy.step_dir(7), &device)
+                .unwrap()
+                .with_stop(epochs, max_steps);
+            assert!(
+                matches!(stopped, Err(Error::InvalidConfig { .. })),
+                "epochs {epochs}, max_steps {max_steps:?}: a stop of nothing is refused"
+            );
+        }
+        let further = resumed
+            .with_stop(3, Some(17))
+            .unwrap()
+            .with_checkpoints(policy.clone())
+            .fit(&data, |_| {})
+            .unwrap();
+        assert_eq!((whole.steps, further.steps), (17, 17));
+        assert_eq!(weights(&further.model), weights(&whole.model), "{engine:?}");
+        // The new stop is saved with the later checkpoints.
+        let saved = Trainer::<TestBackend>::resume(policy.step_dir(17), &device).unwrap();
+        assert_eq!(
+            (saved.config().epochs, saved.config().max_steps),
+            (3, Some(17))
+        );
+    }
+}
+
 #[test]
 fn checkpoints_keep_the_last_m() {
     let data = synthetic(
