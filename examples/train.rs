@@ -250,9 +250,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     // The first step includes kernel compilation and autotuning on GPU backends; the steps in
     // their order (for the JSON) say when a process still autotuning settles.
     let first_step_ms = step_ms.first().copied().unwrap_or(f64::NAN);
-    let steps_ms = step_ms.clone();
-    step_ms.sort_by(f64::total_cmp);
-    let median = step_ms.get(step_ms.len() / 2).copied().unwrap_or(f64::NAN);
+    let median = median_of(&step_ms);
     println!("{}\n{metrics}", Metrics::table_header());
     if step_ms.is_empty() {
         println!("steps {}, none run now", trained.steps);
@@ -264,8 +262,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     }
     // Of a step, how long the host waited for the device's results (GPU backends; 0 on the
     // host engine): the median, like the step's.
-    wait_ms.sort_by(f64::total_cmp);
-    let wait_median = wait_ms.get(wait_ms.len() / 2).copied().unwrap_or(f64::NAN);
+    let wait_median = median_of(&wait_ms);
     if wait_median > 0.0 {
         println!("waiting for the device: median {wait_median:.2} ms/step");
     }
@@ -290,7 +287,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             "encode_seconds": encode_seconds,
             "device_wait_ms_median": wait_median,
             "first_step_ms": first_step_ms,
-            "step_ms": steps_ms,
+            "step_ms": step_ms,
             "aux_steps": aux_steps,
             "backend": args.backend,
             "data": data.name(),
@@ -319,6 +316,13 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         })?;
     }
     Ok(())
+}
+
+/// The median of `values` (the upper one of an even count; NaN when there are none).
+fn median_of(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Fails before training rather than after it when `--json` names a file in a missing folder.
