@@ -73,8 +73,10 @@ if [ "$mode" = perf-bundle ]; then
 fi
 steps=${2:-50}
 py=${PYTHON:-python3}
-# Unpacked outside .gpu, so that a dry run here leaves the carried folder small.
-bin=$(mktemp -d)/train
+# Unpacked outside .gpu, so that a dry run here leaves the carried folder small, and at a fixed
+# path, so that a `rust-perf` profile brought back can be read against the build's symbols.
+mkdir -p /tmp/topk-sae-bench
+bin=/tmp/topk-sae-bench/train
 # Python's lzma, in case the machine has no xz.
 "$py" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
   .gpu/train.xz "$bin"
@@ -153,9 +155,9 @@ done
 variants=${VARIANTS:-rust torch rust-host-topk rust-burn-scatter}
 # rust-perf: the host's CPU time by thread, library and function, sampled by perf (the device
 # machine has none: `scripts/gpu_bench.sh perf-bundle` here packs this machine's into .perf). The
-# binary runs from a fixed path, so that the profile, brought back, can be read here against the
-# build's symbols: `perf report -i perf_TAG.data --symfs DIR --sort comm,dso,sym`, with
-# target/gpu/train.unstripped copied to DIR/tmp/topk-sae-perf/train.
+# profile, brought back, can be read here against the build's symbols: `perf report -i
+# perf_TAG.data --symfs DIR --sort comm,dso,sym`, with target/gpu/train.unstripped copied to
+# DIR/tmp/topk-sae-bench/train (where the binary runs).
 perf_cmd=()
 if [[ " $variants " == *" rust-perf "* ]]; then
   if [ -f .perf/perf.tar.xz ]; then
@@ -175,8 +177,6 @@ if [[ " $variants " == *" rust-perf "* ]]; then
     env LD_LIBRARY_PATH="$perf_dir/lib" ldd "$perf_dir/perf" 2>&1 | grep -i "not found\|version" || true
     perf_cmd=()
   fi
-  mkdir -p /tmp/topk-sae-perf
-  cp "$bin" /tmp/topk-sae-perf/train
 fi
 for variant in $variants; do
   for i in "${!size_list[@]}"; do
@@ -205,13 +205,11 @@ for variant in $variants; do
       rust-perf) cmd=("${perf_cmd[@]}" record -e cpu-clock -F 499 -o "$out/perf_$tag.data" -- env -u LD_LIBRARY_PATH) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
     esac
-    exe=$bin
-    [ "$variant" = rust-perf ] && exe=/tmp/topk-sae-perf/train
     if [ "$variant" = rust-perf ] && [ ${#perf_cmd[@]} -eq 0 ]; then
       echo "${variant}_$tag: skipped (no perf, and no .perf/perf.tar.xz)" | tee "$out/${variant}_$tag.txt"
       continue
     fi
-    [ "$variant" = torch ] || cmd+=("$exe" --backend wgpu --quiet)
+    [ "$variant" = torch ] || cmd+=("$bin" --backend wgpu --quiet)
     timed "${variant}_$tag" "${cmd[@]}" "${flags[@]}"
     if [ "$variant" = rust-perf ] && [ -s "$out/perf_$tag.data" ]; then
       # Here the binary's own functions show as addresses (it is stripped); the driver's
