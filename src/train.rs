@@ -144,11 +144,7 @@ impl TrainConfig {
             ));
         }
         if self.batch_size < 2 {
-            return Err(Error::invalid(
-                "batch_size",
-                self.batch_size,
-                "must be >= 2: the loss divides by a batch's variance, which one row does not have",
-            ));
+            return Err(Error::invalid("batch_size", self.batch_size, ONE_ROW));
         }
         if self.epochs == 0 {
             return Err(Error::invalid("epochs", self.epochs, "must be >= 1"));
@@ -1462,7 +1458,8 @@ pub fn normalize_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
     w / norm
 }
 
-/// Why a batch needs two rows: what [`check_rows_vary`] and [`Trainer::step`] say.
+/// Why a batch needs two rows: what `batch_size`'s check, [`check_rows_vary`] and
+/// [`Trainer::step`] say.
 const ONE_ROW: &str = "must hold at least 2 rows: the loss divides by a batch's variance, which one row does not have";
 
 /// Checks that `data` gives batches with a variance: at least 2 rows, not all the same row.
