@@ -30,7 +30,7 @@ struct Args {
     /// Active latents (required for saerch files not named {domain}_{k}_{d_sae}_{k_aux}.pth).
     #[arg(long)]
     k: Option<usize>,
-    /// Embeddings to reconstruct (2-D float32/float16 .npy).
+    /// Embeddings to reconstruct (2-D float32/float16/float64 .npy).
     #[arg(long)]
     input: Option<PathBuf>,
     /// Where to write the reconstructions of --input (float32 .npy).

@@ -29,7 +29,7 @@ struct Args {
     /// Metal, DX12; build with --features wgpu).
     #[arg(long, default_value = "ndarray")]
     backend: String,
-    /// Embeddings to train on: a 2-D float32/float16 .npy file. Without it: synthetic data.
+    /// Embeddings to train on: a 2-D float32/float16/float64 .npy file. Without it: synthetic data.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Active latents per row [default: 32, or 8 on synthetic data].
@@ -69,12 +69,12 @@ struct Args {
     /// Save checkpoints (model + trainer state) under this folder, as step-NNNNNNNNNN.
     #[arg(long = "checkpoint-dir")]
     checkpoint_dir: Option<PathBuf>,
-    /// Save a checkpoint every this many steps (and at the end).
-    #[arg(long = "save-every", default_value_t = 500)]
+    /// Save a checkpoint every this many steps (and at the end); at least 1.
+    #[arg(long = "save-every", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     save_every: u64,
-    /// Keep only the newest this many checkpoints.
-    #[arg(long = "keep-last", default_value_t = 3)]
-    keep_last: usize,
+    /// Keep only the newest this many checkpoints; at least 1.
+    #[arg(long = "keep-last", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_last: u64,
     /// Resume from this checkpoint folder (a step-NNNNNNNNNN folder, or a --checkpoint-dir whose
     /// newest checkpoint is taken); the training configuration then comes from the checkpoint,
     /// except --epochs and --max-steps when given: totals counted from the run's start, to
@@ -170,7 +170,8 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     };
     if let Some(dir) = &args.checkpoint_dir {
         trainer = trainer.with_checkpoints(
-            CheckpointPolicy::new(dir, args.save_every).with_keep_last(args.keep_last),
+            CheckpointPolicy::new(dir, args.save_every)
+                .with_keep_last(usize::try_from(args.keep_last).unwrap_or(usize::MAX)),
         );
     }
     let config = trainer.config().clone();

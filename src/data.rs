@@ -42,7 +42,11 @@ impl Embeddings {
             });
         }
         if rows == 0 || d_in == 0 {
-            return Err(Error::EmptyData { source_name: name });
+            return Err(Error::EmptyData {
+                source_name: name,
+                rows,
+                cols: d_in,
+            });
         }
         check_finite(&data, d_in, &name)?;
         Ok(Self {
@@ -53,11 +57,14 @@ impl Embeddings {
         })
     }
 
-    /// Reads a 2-D `.npy` file of `float32` or `float16` in C order (either byte order).
+    /// Reads a 2-D `.npy` file of `float32`, `float16` or `float64` in C order (either byte
+    /// order). `float64` values are rounded to the nearest `float32`, as NumPy's
+    /// `astype(np.float32)` does.
     ///
     /// # Errors
     /// [`Error::Io`] when the file cannot be opened; [`Error::Format`] when it is not a valid
-    /// `.npy`, is truncated, is not 2-D, is Fortran-ordered or holds another dtype; the errors of
+    /// `.npy`, is truncated, is not 2-D, is Fortran-ordered, holds another dtype or holds a
+    /// `float64` value beyond `float32`'s range; the errors of
     /// [`Embeddings::from_vec`] for empty or non-finite data.
     pub fn from_npy(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -100,9 +107,10 @@ impl Embeddings {
         let width = match (ty.type_char(), ty.size_field()) {
             (npyz::TypeChar::Float, 4) => 4,
             (npyz::TypeChar::Float, 2) => 2,
+            (npyz::TypeChar::Float, 8) => 8,
             _ => {
                 return Err(format(format!(
-                    "unsupported dtype {ty}: expected float32 or float16"
+                    "unsupported dtype {ty}: expected float32, float16 or float64"
                 )));
             }
         };
@@ -115,14 +123,16 @@ impl Embeddings {
             )));
         };
         let read_err = |e: std::io::Error| format(format!("cannot read data: {e}"));
-        let data: Vec<f32> = if width == 4 {
-            npy.into_vec::<f32>().map_err(read_err)?
-        } else {
-            npy.into_vec::<half::f16>()
+        let data: Vec<f32> = match width {
+            4 => npy.into_vec::<f32>().map_err(read_err)?,
+            2 => npy
+                .into_vec::<half::f16>()
                 .map_err(read_err)?
                 .into_iter()
                 .map(f32::from)
-                .collect()
+                .collect(),
+            _ => narrow_f64(&npy.into_vec::<f64>().map_err(read_err)?, d_in as usize)
+                .map_err(format)?,
         };
         if data.len() as u64 != count {
             return Err(format(format!(
@@ -255,6 +265,26 @@ impl Embeddings {
     pub fn normalize(&mut self, normalizer: &Normalizer) {
         normalizer.apply_rows(&mut self.data, self.d_in);
     }
+}
+
+/// Rounds `float64` values to `float32`, refusing finite values that only `float64` can hold
+/// (NaN and infinities pass through, for `check_finite` to name).
+fn narrow_f64(values: &[f64], d_in: usize) -> std::result::Result<Vec<f32>, String> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let narrow = v as f32;
+            if v.is_finite() && !narrow.is_finite() {
+                Err(format!(
+                    "row {} holds {v:e}, beyond float32's range (about 3.4e38)",
+                    i / d_in.max(1)
+                ))
+            } else {
+                Ok(narrow)
+            }
+        })
+        .collect()
 }
 
 /// [`Error::NonFinite`] naming the first row of `data` (rows `d_in` wide) that holds NaN or an

@@ -48,11 +48,15 @@ pub enum Error {
         /// File name, or `input` for in-memory data.
         source_name: String,
     },
-    /// Input data has no rows.
-    #[error("{source_name} holds no rows")]
+    /// Input data holds no values: no rows, or rows of width 0.
+    #[error("{source_name} holds no data: its shape is [{rows}, {cols}]")]
     EmptyData {
         /// File name, or `input` for in-memory data.
         source_name: String,
+        /// Its number of rows.
+        rows: usize,
+        /// Its width.
+        cols: usize,
     },
     /// Input width differs from what the model expects.
     #[error("{source_name} has width {actual}, but the model expects d_in = {expected}")]

@@ -394,7 +394,7 @@ pub struct CheckpointPolicy {
 }
 
 impl CheckpointPolicy {
-    /// Saves into `dir` every `every_steps` steps, keeping the last 3.
+    /// Saves into `dir` every `every_steps` steps (0 counts as 1), keeping the last 3.
     pub fn new(dir: impl Into<PathBuf>, every_steps: u64) -> Self {
         Self {
             dir: dir.into(),
@@ -403,7 +403,7 @@ impl CheckpointPolicy {
         }
     }
 
-    /// Keeps the newest `keep_last` checkpoints (at least 1).
+    /// Keeps the newest `keep_last` checkpoints (0 counts as 1).
     #[must_use]
     pub fn with_keep_last(mut self, keep_last: usize) -> Self {
         self.keep_last = keep_last.max(1);

@@ -36,7 +36,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 #[test]
-fn reads_f32_and_f16_npy() {
+fn reads_f32_f16_and_f64_npy() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(
         &dir,
@@ -62,6 +62,19 @@ fn reads_f32_and_f16_npy() {
         Embeddings::from_npy(&p).unwrap().as_slice(),
         &[1.0, -2.5, 0.125, 8.0]
     );
+    // float64, either byte order, rounded to the nearest float32.
+    let doubles = [0.1f64, -3.0, 1e-3, 2.5e10];
+    let rounded: Vec<f32> = doubles.iter().map(|&v| v as f32).collect();
+    let le: Vec<u8> = doubles.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let be: Vec<u8> = doubles.iter().flat_map(|v| v.to_be_bytes()).collect();
+    for (name, descr, bytes) in [("d.npy", "<f8", le), ("dbe.npy", ">f8", be)] {
+        let p = write(&dir, name, &npy_bytes(descr, "(2, 2)", false, &bytes));
+        assert_eq!(
+            Embeddings::from_npy(&p).unwrap().as_slice(),
+            &rounded[..],
+            "{name}"
+        );
+    }
     // Round trip through our writer.
     let out = dir.path().join("out.npy");
     e.write_npy(&out).unwrap();
@@ -104,9 +117,22 @@ fn other_dtypes_orders_and_ranks_are_format_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
-            "f8.npy",
-            npy_bytes("<f8", "(1, 2)", false, &[0; 16]),
+            "c8.npy",
+            npy_bytes("<c8", "(1, 2)", false, &[0; 16]),
             "dtype",
+        ),
+        (
+            "f8_too_large.npy",
+            npy_bytes(
+                "<f8",
+                "(2, 2)",
+                false,
+                &[1.0f64, 2.0, 3.0, -1e300]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            ),
+            "row 1 holds -1e300, beyond float32's range",
         ),
         (
             "i4.npy",
@@ -172,10 +198,39 @@ fn nan_row_is_reported_by_index() {
 fn empty_data_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(&dir, "empty.npy", &npy_bytes("<f4", "(0, 3)", false, &[]));
-    assert!(matches!(
-        Embeddings::from_npy(&p).unwrap_err(),
-        Error::EmptyData { .. }
-    ));
+    let err = Embeddings::from_npy(&p).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::EmptyData {
+                rows: 0,
+                cols: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .ends_with("empty.npy holds no data: its shape is [0, 3]")
+    );
+    let p = write(&dir, "narrow.npy", &npy_bytes("<f4", "(5, 0)", false, &[]));
+    let err = Embeddings::from_npy(&p).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::EmptyData {
+                rows: 5,
+                cols: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .ends_with("narrow.npy holds no data: its shape is [5, 0]")
+    );
     assert!(matches!(
         Embeddings::from_vec(vec![], 0, 3).unwrap_err(),
         Error::EmptyData { .. }
