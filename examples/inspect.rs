@@ -162,27 +162,40 @@ fn reconstruct<B: burn::tensor::backend::Backend>(
         let want = Embeddings::from_npy(expect)?;
         want.check_width(recon.d_in())?;
         if want.rows() != recon.rows() {
-            return Err(Error::ShapeMismatch {
-                len: want.as_slice().len(),
-                rows: recon.rows(),
-                cols: recon.d_in(),
+            return Err(Error::Format {
+                path: expect.clone(),
+                reason: format!(
+                    "holds {} rows, but --input holds {}",
+                    want.rows(),
+                    recon.rows()
+                ),
             });
         }
-        let worst = recon
+        let (at, worst) = recon
             .as_slice()
             .iter()
             .zip(want.as_slice())
             .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+            .enumerate()
+            .fold(
+                (0, 0.0f32),
+                |best, (i, d)| if d > best.1 { (i, d) } else { best },
+            );
+        let (row, col) = (at / recon.d_in(), at % recon.d_in());
         println!(
-            "max |reconstruction - {}| = {worst:e} (tolerance {:e})",
+            "max |reconstruction - {}| = {worst:e} (tolerance {:e}), at row {row}, column {col}",
             expect.display(),
             args.tolerance
         );
         if worst > args.tolerance {
             return Err(Error::Format {
                 path: expect.clone(),
-                reason: format!("reconstructions differ by {worst:e} > {:e}", args.tolerance),
+                reason: format!(
+                    "reconstructions differ by {worst:e} > {:e}, the most at row {row}, column {col} ({} against {})",
+                    args.tolerance,
+                    recon.row(row)[col],
+                    want.row(row)[col]
+                ),
             });
         }
     }
