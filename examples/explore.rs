@@ -81,6 +81,8 @@ fn read_texts(path: &Path) -> Result<Vec<Doc>> {
         source,
     })?;
     let mut docs = Vec::new();
+    // Lines with none of the fields read (line number, the keys they hold).
+    let mut unlabeled: Vec<(usize, Vec<String>)> = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|source| Error::Io {
             action: "read",
@@ -94,6 +96,13 @@ fn read_texts(path: &Path) -> Result<Vec<Doc>> {
             path: path.to_path_buf(),
             reason: format!("line {}: {e}", i + 1),
         })?;
+        if FIELDS.iter().all(|k| v.get(k).is_none()) {
+            let keys = v
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            unlabeled.push((i + 1, keys));
+        }
         let get = |k: &str| {
             v.get(k)
                 .and_then(serde_json::Value::as_str)
@@ -115,8 +124,27 @@ fn read_texts(path: &Path) -> Result<Vec<Doc>> {
             title,
         });
     }
+    if let Some((line, keys)) = unlabeled.first() {
+        let example = format!("line {line} holds {keys:?}");
+        if unlabeled.len() == docs.len() {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                reason: format!("no line holds any of the fields {FIELDS:?} ({example})"),
+            });
+        }
+        eprintln!(
+            "warning: {}: {} of {} lines hold none of the fields {FIELDS:?} ({example}); \
+             their rows get empty texts",
+            path.display(),
+            unlabeled.len(),
+            docs.len()
+        );
+    }
     Ok(docs)
 }
+
+/// The fields of a texts line that give a document its title and text.
+const FIELDS: [&str; 3] = ["title", "text", "abstract"];
 
 /// Synthetic texts: each planted direction gets three made-up topic words.
 fn synthetic_texts(active: &[u32], per_row: usize) -> Vec<Doc> {
