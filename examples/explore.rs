@@ -66,6 +66,8 @@ struct Args {
 
 #[path = "common/backend.rs"]
 mod backend;
+#[path = "common/memory.rs"]
+mod memory;
 
 backend::backend_main!(Args, run);
 
@@ -331,6 +333,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
                 .with_epochs(epochs)
                 .with_optimizer(AdamConfig::new().with_lr(lr))
                 .with_seed(args.seed);
+        memory::check_training_memory(&args.backend, data.d_in(), d_sae, config.batch_size)?;
         let bar = ProgressBar::new(config.total_steps(data.rows()));
         bar.set_style(
             ProgressStyle::with_template("training {bar:40} {pos}/{len} {msg}")

@@ -88,6 +88,8 @@ struct Args {
 
 #[path = "common/backend.rs"]
 mod backend;
+#[path = "common/memory.rs"]
+mod memory;
 
 backend::backend_main!(Args, run);
 
@@ -142,31 +144,31 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         .with_dead_threshold_samples(args.dead_threshold)
         .with_normalization(normalization)
         .with_seed(args.seed);
-    let mut trainer = match &args.resume {
-        Some(path) => {
-            let dir = match checkpoint::latest(path) {
-                Ok(Some(newest)) => newest,
-                _ => path.clone(),
-            };
-            eprintln!("resuming from {}", dir.display());
-            let mut trainer = Trainer::<B>::resume(&dir, &device)?;
-            if args.epochs.is_some() || args.max_steps.is_some() {
-                trainer = trainer.with_stop(epochs, args.max_steps)?;
-            }
-            let d_in = trainer.config().model.d_in;
-            if is_synthetic && d_in != data.d_in() {
-                return Err(Error::InvalidConfig {
-                    field: "data",
-                    value: format!("synthetic, width {}", data.d_in()),
-                    reason: format!(
-                        "cannot resume a model with d_in = {d_in}: pass the data it was trained \
-                         on with --data"
-                    ),
-                });
-            }
-            trainer
+    let mut trainer = if let Some(path) = &args.resume {
+        let dir = match checkpoint::latest(path) {
+            Ok(Some(newest)) => newest,
+            _ => path.clone(),
+        };
+        eprintln!("resuming from {}", dir.display());
+        let mut trainer = Trainer::<B>::resume(&dir, &device)?;
+        if args.epochs.is_some() || args.max_steps.is_some() {
+            trainer = trainer.with_stop(epochs, args.max_steps)?;
         }
-        None => Trainer::<B>::new(config, &data, &device)?,
+        let d_in = trainer.config().model.d_in;
+        if is_synthetic && d_in != data.d_in() {
+            return Err(Error::InvalidConfig {
+                field: "data",
+                value: format!("synthetic, width {}", data.d_in()),
+                reason: format!(
+                    "cannot resume a model with d_in = {d_in}: pass the data it was trained \
+                     on with --data"
+                ),
+            });
+        }
+        trainer
+    } else {
+        memory::check_training_memory(&args.backend, data.d_in(), d_sae, args.batch)?;
+        Trainer::<B>::new(config, &data, &device)?
     };
     if let Some(dir) = &args.checkpoint_dir {
         trainer = trainer.with_checkpoints(
