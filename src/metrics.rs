@@ -222,7 +222,8 @@ impl MetricsAccumulator {
 
 /// Runs `model` over every row of `data` (after `normalizer`) in batches of `batch_size` and
 /// returns the metrics, measured in the normalised space the model works in. `progress` is
-/// called with the rows done so far after each batch.
+/// called with the rows done so far after each batch. On a GPU, batches are made smaller where
+/// their `[batch_size, d_sae]` pre-activations would not fit in the device's largest buffer.
 ///
 /// # Errors
 /// [`crate::Error::WidthMismatch`] when the data's width is not the model's `d_in`;
@@ -241,6 +242,8 @@ pub fn evaluate<B: Backend>(
     let mut acc = MetricsAccumulator::new(model.d_in(), model.d_sae(), model.k());
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
     let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
+    // On a GPU, chunks whose pre-activations would not fit in one buffer are made smaller.
+    let batch_size = batch_size.min(crate::sae::device_rows_cap::<B>(device, model.d_sae()));
     let mut pre = Vec::new();
     // On a GPU, a chunk's outputs are copied back while the host uploads the next chunk
     // (`crate::gpu::read`), and added up after it: the chunk's rows, its copies, its end.
@@ -321,6 +324,46 @@ mod tests {
             row(32, 3072, 0.5),
         ] {
             assert_eq!(cell_widths(&m.to_string()), header, "{m}");
+        }
+    }
+}
+
+#[cfg(all(test, feature = "test-wgpu"))]
+mod wgpu_tests {
+    use crate::analysis::encode_corpus;
+    use crate::{Embeddings, Normalizer, TopKSaeConfig};
+
+    type B = crate::backend::Wgpu;
+
+    /// Chunks whose `[rows, d_sae]` pre-activations would not fit in the device's largest buffer
+    /// are made smaller (burn-wgpu panics on such a buffer): asked for one chunk one row larger
+    /// than fits, evaluation and encoding give what batches of 256 give.
+    #[test]
+    fn chunks_past_the_largest_buffer_are_made_smaller() {
+        let device = Default::default();
+        let d_sae = 1 << 15;
+        let max = crate::gpu::max_buffer_bytes::<B>(&device).expect("a wgpu device");
+        let fits = crate::sae::device_rows_cap::<B>(&device, d_sae);
+        assert_eq!(fits as u64, max / (4 * d_sae as u64));
+        let rows = fits + 1;
+        let d_in = 3;
+        let values: Vec<f32> = (0..rows * d_in)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let data = Embeddings::from_vec(values, rows, d_in).unwrap();
+        let model = TopKSaeConfig::new(d_in, d_sae, 4)
+            .with_seed(1)
+            .init::<B>(&device);
+        let identity = Normalizer::identity();
+        let whole = super::evaluate(&model, &data, &identity, rows, &device, |_| {}).unwrap();
+        let small = super::evaluate(&model, &data, &identity, 256, &device, |_| {}).unwrap();
+        approx::assert_relative_eq!(whole.nmse, small.nmse, max_relative = 1e-5);
+        approx::assert_relative_eq!(whole.l0, small.l0, max_relative = 1e-9);
+        let whole = encode_corpus(&model, &data, &identity, rows, &device, |_| {}).unwrap();
+        let small = encode_corpus(&model, &data, &identity, 256, &device, |_| {}).unwrap();
+        assert_eq!(whole.indices, small.indices);
+        for (a, b) in whole.values.iter().zip(&small.values) {
+            approx::assert_relative_eq!(a, b, max_relative = 1e-5);
         }
     }
 }

@@ -89,9 +89,11 @@ impl TopKSaeConfig {
     /// unit norm, encoder the decoder's transpose, `b_enc = 0`.
     ///
     /// # Errors
-    /// The errors of [`TopKSaeConfig::validate`].
+    /// The errors of [`TopKSaeConfig::validate`]; [`Error::InvalidConfig`] naming `d_sae` on a
+    /// GPU whose largest buffer cannot hold the `[d_in, d_sae]` weights.
     pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<TopKSae<B>> {
         self.validate()?;
+        self.check_fits::<B>(device)?;
         Ok(self.build(vec![0.0; self.d_in], device))
     }
 
@@ -110,7 +112,7 @@ impl TopKSaeConfig {
     /// `b_dec_init_rows` rows of `data` by `b_dec_init`.
     ///
     /// # Errors
-    /// The errors of [`TopKSaeConfig::validate`]; [`Error::WidthMismatch`] when the data's width
+    /// The errors of [`TopKSaeConfig::try_init`]; [`Error::WidthMismatch`] when the data's width
     /// is not `d_in`.
     pub fn try_init_from_data<B: Backend>(
         &self,
@@ -119,6 +121,7 @@ impl TopKSaeConfig {
     ) -> Result<TopKSae<B>> {
         self.validate()?;
         data.check_width(self.d_in)?;
+        self.check_fits::<B>(device)?;
         let rows = data.rows().min(self.b_dec_init_rows);
         let head = &data.as_slice()[..rows * self.d_in];
         let b_dec = match self.b_dec_init {
@@ -128,6 +131,17 @@ impl TopKSaeConfig {
             DecoderBiasInit::Zeros => vec![0.0; self.d_in],
         };
         Ok(self.build(b_dec, device))
+    }
+
+    /// Whether the weights fit in one buffer of `device` ([`check_fits_device`]).
+    fn check_fits<B: Backend>(&self, device: &B::Device) -> Result<()> {
+        check_fits_device::<B>(
+            device,
+            "d_sae",
+            self.d_sae,
+            "the encoder's weights",
+            [self.d_in, self.d_sae],
+        )
     }
 
     fn build<B: Backend>(&self, b_dec: Vec<f32>, device: &B::Device) -> TopKSae<B> {
@@ -322,6 +336,53 @@ impl<B: Backend> PreActivations<B> {
             Self::Host(pre, device) => select(pre, d_sae, k, allowed, device),
         }
     }
+}
+
+/// [`Error::InvalidConfig`] naming `field` (holding `value`) when an `f32` tensor of shape
+/// `dims`, `what`, would not fit in the largest buffer `device` allocates. burn-wgpu's limit is
+/// the device's largest storage binding (at most 4 GiB), and a larger tensor panics inside
+/// cubecl; other backends have no such limit and always pass.
+#[cfg_attr(not(feature = "wgpu"), allow(clippy::unnecessary_wraps))]
+pub(crate) fn check_fits_device<B: Backend>(
+    device: &B::Device,
+    field: &'static str,
+    value: usize,
+    what: &str,
+    dims: [usize; 2],
+) -> Result<()> {
+    #[cfg(feature = "wgpu")]
+    if let Some(max) = crate::gpu::max_buffer_bytes::<B>(device) {
+        let bytes = (dims[0] as u64)
+            .saturating_mul(dims[1] as u64)
+            .saturating_mul(4);
+        if bytes > max {
+            return Err(Error::invalid(
+                field,
+                value,
+                format!(
+                    "is too large for this GPU: {what} {dims:?} would take {bytes} bytes, more \
+                     than the largest buffer it allocates ({max} bytes)"
+                ),
+            ));
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    let _ = (device, field, value, what, dims);
+    Ok(())
+}
+
+/// The most rows of an `f32` tensor `[rows, cols]` that fit in one buffer of `device` (at least
+/// 1); `usize::MAX` on backends without such a limit.
+pub(crate) fn device_rows_cap<B: Backend>(device: &B::Device, cols: usize) -> usize {
+    #[cfg(feature = "wgpu")]
+    if let Some(max) = crate::gpu::max_buffer_bytes::<B>(device) {
+        let row_bytes = (cols as u64).saturating_mul(4).max(1);
+        return usize::try_from(max / row_bytes)
+            .unwrap_or(usize::MAX)
+            .max(1);
+    }
+    let _ = (device, cols);
+    usize::MAX
 }
 
 /// Selects the top `k` of each row of `pre` (host copy, `[rows, d_sae]`), restricted to

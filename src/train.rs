@@ -170,7 +170,7 @@ impl TrainConfig {
     pub fn total_steps(&self, rows: usize) -> u64 {
         let batch = self.batch_size.max(1);
         let mut per_epoch = rows.div_ceil(batch) as u64;
-        if rows > batch && rows % batch == 1 {
+        if folds_last_row(rows, batch) {
             per_epoch -= 1;
         }
         let steps = per_epoch.saturating_mul(self.epochs as u64);
@@ -182,6 +182,21 @@ impl TrainConfig {
     fn largest_batch(&self) -> usize {
         self.batch_size.saturating_add(1)
     }
+
+    /// The largest batch a run over `rows` rows takes.
+    fn largest_batch_of(&self, rows: usize) -> usize {
+        if folds_last_row(rows, self.batch_size) {
+            self.largest_batch()
+        } else {
+            self.batch_size.min(rows)
+        }
+    }
+}
+
+/// Whether an epoch of `rows` rows in batches of `batch` ends on a single row, which then joins
+/// the batch before it.
+fn folds_last_row(rows: usize, batch: usize) -> bool {
+    rows > batch && rows % batch == 1
 }
 
 /// What the trainer reports after each step.
@@ -838,8 +853,9 @@ impl<B: Backend> Trainer<B> {
     /// # Errors
     /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`]
     /// naming `data` when it holds fewer than 2 rows or only copies of one row (the loss
-    /// divides by a batch's variance); [`Error::Diverged`] naming the step whose loss or
-    /// gradient was NaN or infinite.
+    /// divides by a batch's variance), and naming `batch_size` on a GPU whose largest buffer
+    /// cannot hold a batch's `[rows, d_sae]` pre-activations; [`Error::Diverged`] naming the step
+    /// whose loss or gradient was NaN or infinite.
     pub fn fit(
         mut self,
         data: &Embeddings,
@@ -848,6 +864,7 @@ impl<B: Backend> Trainer<B> {
         data.check_width(self.config.model.d_in)?;
         check_rows_vary(data)?;
         let n = data.rows();
+        self.check_batch_fits(self.config.largest_batch_of(n))?;
         if !self.order.is_empty() && self.order.len() != n {
             return Err(Error::invalid(
                 "data",
@@ -997,6 +1014,21 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
+    /// Whether batches of up to `rows` rows fit the device's buffers on the tensor engine
+    /// ([`crate::sae::check_fits_device`]).
+    fn check_batch_fits(&self, rows: usize) -> Result<()> {
+        if matches!(self.engine, Engine::Host(_)) {
+            return Ok(());
+        }
+        crate::sae::check_fits_device::<B>(
+            &self.device,
+            "batch_size",
+            self.config.batch_size,
+            "a batch's pre-activations",
+            [rows, self.config.model.d_sae],
+        )
+    }
+
     /// The normalised training rows on the device, for the tensor engine on a GPU backend: each
     /// step then gathers its batch there instead of uploading it. One upload in place of one per
     /// step, which on the H200 machine of `docs/benchmarks.md` cost more than the step's
@@ -1040,7 +1072,8 @@ impl<B: Backend> Trainer<B> {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming `x` when it holds fewer than 2 rows (the loss divides by
-    /// the batch's variance); [`Error::Diverged`] when the loss or the gradient norm is NaN or
+    /// the batch's variance), or on a GPU whose largest buffer cannot hold its `[batch, d_sae]`
+    /// pre-activations; [`Error::Diverged`] when the loss or the gradient norm is NaN or
     /// infinite (a batch of copies of one row gives that too). Either way the model and the
     /// trainer's state are unchanged.
     ///
@@ -1060,6 +1093,13 @@ impl<B: Backend> Trainer<B> {
         let Engine::Tensor(adam) = &self.engine else {
             return self.step_host(&to_host(x));
         };
+        crate::sae::check_fits_device::<B>(
+            &self.device,
+            "x",
+            batch,
+            "the batch's pre-activations",
+            [batch, self.config.model.d_sae],
+        )?;
         let candidates = self.dead_candidates(batch);
         let pending = self.submit(
             &self.model,

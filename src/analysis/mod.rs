@@ -111,7 +111,8 @@ pub struct CorpusCodes {
 }
 
 /// Encodes every row of `data` (after `normalizer`) in batches, calling `progress` with the rows
-/// done so far.
+/// done so far. On a GPU, batches are made smaller where their `[batch_size, d_sae]`
+/// pre-activations would not fit in the device's largest buffer.
 ///
 /// # Errors
 /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`] when
@@ -131,6 +132,8 @@ pub fn encode_corpus<B: Backend>(
     let mut values = Vec::with_capacity(data.rows() * k);
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
     let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
+    // On a GPU, chunks whose pre-activations would not fit in one buffer are made smaller.
+    let batch_size = batch_size.min(crate::sae::device_rows_cap::<B>(device, model.d_sae()));
     let mut pre = Vec::new();
     // On a GPU, chunk `i`'s codes are copied back while the host uploads chunk `i + 1`; they are
     // collected before the next copy is issued (`crate::gpu::read` says why).

@@ -142,7 +142,8 @@ fn detect(path: &Path) -> Result<Format> {
 /// [`Error::Io`] for a missing path; [`Error::Format`] naming the file for an undetectable,
 /// truncated or corrupt file, a pickle that holds anything but tensors and plain containers,
 /// missing, extra or mis-shaped tensors, or an unsupported configuration; [`Error::InvalidConfig`]
-/// when `k` is unknown or out of range.
+/// when `k` is unknown or out of range, or naming `d_sae` on a GPU whose largest buffer cannot
+/// hold the `[d_in, d_sae]` weights.
 pub fn load_any<B: Backend>(
     path: impl AsRef<Path>,
     options: &LoadOptions,

@@ -176,6 +176,13 @@ impl HostParams {
                 ));
             }
         }
+        crate::sae::check_fits_device::<B>(
+            device,
+            "d_sae",
+            d_sae,
+            "the encoder's weights",
+            [d_in, d_sae],
+        )?;
         let t2 = |t: HostTensor, s: [usize; 2]| {
             Tensor::<B, 2>::from_data(TensorData::new(t.data, s), device)
         };
@@ -296,7 +303,8 @@ pub(crate) fn native_files<B: Backend>(
 /// unknown `format_version`, a corrupt safetensors file, a wrong dtype, missing or extra tensors,
 /// a shape that disagrees with the config, a NaN or infinite weight, or a stored normaliser that
 /// does not fit the model ([`Normalizer::check`]); [`Error::InvalidConfig`] for an invalid stored
-/// model config.
+/// model config, or naming `d_sae` on a GPU whose largest buffer cannot hold the `[d_in, d_sae]`
+/// weights.
 pub fn load<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<Checkpoint<B>> {
     let dir = dir.as_ref();
     let meta_path = dir.join(META_FILE);

@@ -590,3 +590,46 @@ fn malformed_npy_headers_are_rejected_without_hanging_or_panicking() {
         );
     }
 }
+
+/// burn-wgpu panics inside cubecl on a buffer larger than the device's largest storage binding
+/// (at most 4 GiB on any wgpu device), after which the process hung or ran out of memory. A
+/// model's weights and a training batch's pre-activations that would be larger are refused
+/// before anything is allocated, naming the field to lower. (Evaluation and encoding make their
+/// chunks smaller instead: `metrics::wgpu_tests`.)
+#[cfg(feature = "test-wgpu")]
+#[test]
+fn tensors_past_the_gpus_largest_buffer_are_refused() {
+    let device = Default::default();
+    let too_large = |err: Error, want: &str| match err {
+        Error::InvalidConfig { field, reason, .. } => {
+            assert_eq!(field, want, "{reason}");
+            assert!(reason.contains("too large for this GPU"), "{reason}");
+        }
+        other => panic!("expected InvalidConfig naming {want}, got {other:?}"),
+    };
+    // Weights [2, 2^29 + 1]: just over 4 GiB.
+    let err = TopKSaeConfig::new(2, (1 << 29) + 1, 1)
+        .try_init::<TestBackend>(&device)
+        .unwrap_err();
+    too_large(err, "d_sae");
+
+    // Weights [2, 2^20] fit; pre-activations [1025, 2^20] (batches of 1,024 where an epoch's
+    // last row joins the batch before it) are just over 4 GiB.
+    let rows = 1_025;
+    let data = Embeddings::from_vec(crate::random_rows(rows, 2, 0), rows, 2).unwrap();
+    let config = TrainConfig::new(TopKSaeConfig::new(2, 1 << 20, 1)).with_batch_size(1_024);
+    let trainer = Trainer::<TestBackend>::new(config.clone(), &data, &device).unwrap();
+    too_large(
+        trainer
+            .fit(&data, |_| panic!("no step may run"))
+            .map(|_| ())
+            .unwrap_err(),
+        "batch_size",
+    );
+    let mut trainer = Trainer::<TestBackend>::new(config, &data, &device).unwrap();
+    too_large(
+        trainer.step(crate::tensor(data.as_slice(), 2)).unwrap_err(),
+        "x",
+    );
+    assert_eq!(trainer.steps_done(), 0);
+}
