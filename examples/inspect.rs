@@ -142,8 +142,10 @@ fn reconstruct<B: burn::tensor::backend::Backend>(
     let device = device.clone();
     let model = &ckpt.model;
     let mut recon = Vec::with_capacity(data.rows() * data.d_in());
-    for start in (0..data.rows()).step_by(args.batch.max(1)) {
-        let end = (start + args.batch.max(1)).min(data.rows());
+    // On a GPU, batches whose pre-activations would not fit in one buffer are made smaller.
+    let batch = args.batch.max(1).min(model.max_batch_rows());
+    for start in (0..data.rows()).step_by(batch) {
+        let end = (start + batch).min(data.rows());
         let x = data.normalized_rows(start..end, &ckpt.normalizer);
         let x = burn::tensor::Tensor::<B, 2>::from_data(
             burn::tensor::TensorData::new(x, [end - start, data.d_in()]),

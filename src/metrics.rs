@@ -243,7 +243,7 @@ pub fn evaluate<B: Backend>(
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
     let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
     // On a GPU, chunks whose pre-activations would not fit in one buffer are made smaller.
-    let batch_size = batch_size.min(crate::sae::device_rows_cap::<B>(device, model.d_sae()));
+    let batch_size = batch_size.min(model.max_batch_rows());
     let mut pre = Vec::new();
     // On a GPU, a chunk's outputs are copied back while the host uploads the next chunk
     // (`crate::gpu::read`), and added up after it: the chunk's rows, its copies, its end.
@@ -328,6 +328,8 @@ mod tests {
     }
 }
 
+/// Chunk sizes on burn-wgpu: evaluation, encoding and search keep their tensors within the
+/// device's largest buffer.
 #[cfg(all(test, feature = "test-wgpu"))]
 mod wgpu_tests {
     use crate::analysis::encode_corpus;
@@ -343,17 +345,17 @@ mod wgpu_tests {
         let device = Default::default();
         let d_sae = 1 << 15;
         let max = crate::gpu::max_buffer_bytes::<B>(&device).expect("a wgpu device");
-        let fits = crate::sae::device_rows_cap::<B>(&device, d_sae);
+        let d_in = 3;
+        let model = TopKSaeConfig::new(d_in, d_sae, 4)
+            .with_seed(1)
+            .init::<B>(&device);
+        let fits = model.max_batch_rows();
         assert_eq!(fits as u64, max / (4 * d_sae as u64));
         let rows = fits + 1;
-        let d_in = 3;
         let values: Vec<f32> = (0..rows * d_in)
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
             .collect();
         let data = Embeddings::from_vec(values, rows, d_in).unwrap();
-        let model = TopKSaeConfig::new(d_in, d_sae, 4)
-            .with_seed(1)
-            .init::<B>(&device);
         let identity = Normalizer::identity();
         let whole = super::evaluate(&model, &data, &identity, rows, &device, |_| {}).unwrap();
         let small = super::evaluate(&model, &data, &identity, 256, &device, |_| {}).unwrap();
@@ -365,5 +367,27 @@ mod wgpu_tests {
         for (a, b) in whole.values.iter().zip(&small.values) {
             approx::assert_relative_eq!(a, b, max_relative = 1e-5);
         }
+    }
+
+    /// `search` scores `[n_queries, chunk]` at a time: with more queries than a chunk of 4,096
+    /// rows' scores fit for, its chunks are made smaller, and it ranks as with chunks of 256.
+    #[test]
+    fn search_chunks_past_the_largest_buffer_are_made_smaller() {
+        use crate::analysis::{Metric, search};
+        let device = Default::default();
+        let chunk = 4_096;
+        let n_queries = crate::sae::device_rows_cap::<B>(&device, chunk) + 1;
+        let d_in = 3;
+        let pattern = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n * d_in)
+                .map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let corpus = Embeddings::from_vec(pattern(chunk, 0), chunk, d_in).unwrap();
+        let queries = pattern(n_queries, 17);
+        let whole = search::<B>(&corpus, &queries, 3, Metric::Dot, chunk, &device).unwrap();
+        let small = search::<B>(&corpus, &queries, 3, Metric::Dot, 256, &device).unwrap();
+        assert_eq!(whole.len(), n_queries);
+        assert_eq!(whole, small);
     }
 }

@@ -661,6 +661,23 @@ impl<B: Backend> TopKSae<B> {
         self.k
     }
 
+    /// The most rows [`TopKSae::forward`] and the encoders take in one call on this model's
+    /// device. On burn-wgpu a batch's `[rows, d_sae]` pre-activations must fit in one buffer of
+    /// the device (its largest storage binding: 128 MiB on lavapipe, below 4 GiB anywhere), and
+    /// a larger batch panics inside cubecl; [`crate::metrics::evaluate`] and
+    /// [`crate::analysis::encode_corpus`] keep their chunks within it. `usize::MAX` on other
+    /// backends.
+    ///
+    /// ```
+    /// # use topk_sae::TopKSaeConfig;
+    /// type B = topk_sae::backend::NdArray<f32>;
+    /// let model = TopKSaeConfig::new(16, 64, 4).init::<B>(&Default::default());
+    /// assert_eq!(model.max_batch_rows(), usize::MAX);
+    /// ```
+    pub fn max_batch_rows(&self) -> usize {
+        device_rows_cap::<B>(&self.w_enc.device(), self.d_sae())
+    }
+
     /// The same model with another `k` (top-k SAEs are often evaluated at several k).
     ///
     /// # Errors

@@ -133,7 +133,7 @@ pub fn encode_corpus<B: Backend>(
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
     let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
     // On a GPU, chunks whose pre-activations would not fit in one buffer are made smaller.
-    let batch_size = batch_size.min(crate::sae::device_rows_cap::<B>(device, model.d_sae()));
+    let batch_size = batch_size.min(model.max_batch_rows());
     let mut pre = Vec::new();
     // On a GPU, chunk `i`'s codes are copied back while the host uploads chunk `i + 1`; they are
     // collected before the next copy is issued (`crate::gpu::read` says why).

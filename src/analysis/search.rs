@@ -199,7 +199,8 @@ pub fn add_decoder_rows<B: Backend>(
 /// Ranks the corpus for each query (`queries` row-major `[n_queries, d_in]`) and returns the
 /// `top_n` best documents per query, best first. The corpus is scored in chunks of `chunk_rows`
 /// rows with one matrix product per chunk, so memory stays `O(n_queries * chunk_rows)` whatever the
-/// corpus size.
+/// corpus size. On a GPU, chunks are made smaller where their scores would not fit in the
+/// device's largest buffer.
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] when `queries` is not a multiple of `d_in` long;
@@ -226,6 +227,12 @@ pub fn search<B: Backend>(
     if chunk_rows == 0 {
         return Err(Error::invalid("chunk_rows", 0, "must be >= 1"));
     }
+    // On a GPU, a chunk's `[chunk, d_in]` rows and `[n_queries, chunk]` scores must each fit in
+    // one buffer.
+    let chunk_rows = chunk_rows.min(crate::sae::device_rows_cap::<B>(
+        device,
+        n_queries.max(d_in),
+    ));
     let mut q = queries.to_vec();
     if metric == Metric::Cosine {
         normalize_rows(&mut q, d_in);
