@@ -861,20 +861,8 @@ impl<B: Backend> Trainer<B> {
         data: &Embeddings,
         mut on_step: impl FnMut(&StepReport),
     ) -> Result<Trained<B>> {
-        data.check_width(self.config.model.d_in)?;
-        check_rows_vary(data)?;
+        self.check_fit_data(data)?;
         let n = data.rows();
-        self.check_batch_fits(self.config.largest_batch_of(n))?;
-        if !self.order.is_empty() && self.order.len() != n {
-            return Err(Error::invalid(
-                "data",
-                format!("{n} rows"),
-                format!(
-                    "must be the {} rows this run was checkpointed with",
-                    self.order.len()
-                ),
-            ));
-        }
         let total = self.config.total_steps(n);
         let d_in = data.d_in();
         let resident = self.resident_rows(data);
@@ -1014,16 +1002,39 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
+    /// The errors of [`Trainer::fit`] that `data` and the configuration give before any step.
+    fn check_fit_data(&self, data: &Embeddings) -> Result<()> {
+        data.check_width(self.config.model.d_in)?;
+        check_rows_vary(data)?;
+        let n = data.rows();
+        self.check_batch_fits(
+            "batch_size",
+            self.config.batch_size,
+            self.config.largest_batch_of(n),
+        )?;
+        if !self.order.is_empty() && self.order.len() != n {
+            return Err(Error::invalid(
+                "data",
+                format!("{n} rows"),
+                format!(
+                    "must be the {} rows this run was checkpointed with",
+                    self.order.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether batches of up to `rows` rows fit the device's buffers on the tensor engine
-    /// ([`crate::sae::check_fits_device`]).
-    fn check_batch_fits(&self, rows: usize) -> Result<()> {
+    /// ([`crate::sae::check_fits_device`]), naming `field` (holding `value`) when not.
+    fn check_batch_fits(&self, field: &'static str, value: usize, rows: usize) -> Result<()> {
         if matches!(self.engine, Engine::Host(_)) {
             return Ok(());
         }
         crate::sae::check_fits_device::<B>(
             &self.device,
-            "batch_size",
-            self.config.batch_size,
+            field,
+            value,
             "a batch's pre-activations",
             [rows, self.config.model.d_sae],
         )
@@ -1090,16 +1101,10 @@ impl<B: Backend> Trainer<B> {
             let rows = if batch == 1 { "1 row" } else { "0 rows" };
             return Err(Error::invalid("x", rows, ONE_ROW));
         }
+        self.check_batch_fits("x", batch, batch)?;
         let Engine::Tensor(adam) = &self.engine else {
             return self.step_host(&to_host(x));
         };
-        crate::sae::check_fits_device::<B>(
-            &self.device,
-            "x",
-            batch,
-            "the batch's pre-activations",
-            [batch, self.config.model.d_sae],
-        )?;
         let candidates = self.dead_candidates(batch);
         let pending = self.submit(
             &self.model,
