@@ -62,12 +62,17 @@ struct Args {
         allow_negative_numbers = true
     )]
     family_min_density: f64,
+    /// No progress bars (for logs).
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[path = "common/backend.rs"]
 mod backend;
 #[path = "common/memory.rs"]
 mod memory;
+#[path = "common/progress.rs"]
+mod progress;
 
 backend::backend_main!(Args, run);
 
@@ -334,7 +339,11 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
                 .with_optimizer(AdamConfig::new().with_lr(lr))
                 .with_seed(args.seed);
         memory::check_training_memory(&args.backend, data.d_in(), d_sae, config.batch_size)?;
-        let bar = ProgressBar::new(config.total_steps(data.rows()));
+        let bar = if args.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(config.total_steps(data.rows()))
+        };
         bar.set_style(
             ProgressStyle::with_template("training {bar:40} {pos}/{len} {msg}")
                 .expect("valid template"),
@@ -346,9 +355,17 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         bar.finish_and_clear();
         (t.model, t.normalizer)
     };
-    let metrics = evaluate(&model, &data, &normalizer, 4096, &device, |_| {})?;
+    let bar = progress::rows_bar("evaluating", data.rows(), args.quiet);
+    let metrics = evaluate(&model, &data, &normalizer, 4096, &device, |done| {
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
     println!("{}\n{metrics}", Metrics::table_header());
-    let codes = analysis::encode_corpus(&model, &data, &normalizer, 4096, &device, |_| {})?;
+    let bar = progress::rows_bar("encoding", data.rows(), args.quiet);
+    let codes = analysis::encode_corpus(&model, &data, &normalizer, 4096, &device, |done| {
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
     let stats = analysis::feature_stats(&codes, 20, 20);
     let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
     let labels = analysis::label_features(&stats, &texts, &LabelConfig::default())?;

@@ -49,6 +49,9 @@ struct Args {
     /// Rows per batch when reconstructing.
     #[arg(long, default_value_t = 4096)]
     batch: usize,
+    /// No progress bars (for logs).
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// Parses `--tolerance`: a NaN would let every comparison pass (`diff > NaN` is false).
@@ -62,6 +65,8 @@ fn tolerance(text: &str) -> std::result::Result<f32, String> {
 
 #[path = "common/backend.rs"]
 mod backend;
+#[path = "common/progress.rs"]
+mod progress;
 
 backend::backend_main!(Args, run);
 
@@ -121,7 +126,18 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         if args.output.is_some() || args.expect.is_some() {
             reconstruct(args, &ckpt, &data, &device)?;
         }
-        let metrics = evaluate(model, &data, &ckpt.normalizer, args.batch, &device, |_| {})?;
+        let bar = progress::rows_bar("evaluating", data.rows(), args.quiet);
+        let metrics = evaluate(
+            model,
+            &data,
+            &ckpt.normalizer,
+            args.batch,
+            &device,
+            |done| {
+                bar.set_position(done as u64);
+            },
+        )?;
+        bar.finish_and_clear();
         println!("metrics over {} ({} rows):", input.display(), data.rows());
         println!("{}\n{metrics}", Metrics::table_header());
     }
@@ -144,6 +160,7 @@ fn reconstruct<B: burn::tensor::backend::Backend>(
     let mut recon = Vec::with_capacity(data.rows() * data.d_in());
     // On a GPU, batches whose pre-activations would not fit in one buffer are made smaller.
     let batch = args.batch.max(1).min(model.max_batch_rows());
+    let bar = progress::rows_bar("reconstructing", data.rows(), args.quiet);
     for start in (0..data.rows()).step_by(batch) {
         let end = (start + batch).min(data.rows());
         let x = data.normalized_rows(start..end, &ckpt.normalizer);
@@ -154,7 +171,9 @@ fn reconstruct<B: burn::tensor::backend::Backend>(
         recon.extend(to_host_vec(
             ckpt.normalizer.invert(model.forward(x).reconstruction),
         ));
+        bar.set_position(end as u64);
     }
+    bar.finish_and_clear();
     let recon = Embeddings::from_vec(recon, data.rows(), data.d_in())?;
     if let Some(output) = &args.output {
         recon.write_npy(output)?;

@@ -81,6 +81,9 @@ struct Args {
     /// train a run further.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Times corpus encoding over this many passes and reports the best (0: not timed).
+    #[arg(long = "encode-passes", default_value_t = 3)]
+    encode_passes: u32,
     /// No progress bar (for logs).
     #[arg(long)]
     quiet: bool,
@@ -90,6 +93,8 @@ struct Args {
 mod backend;
 #[path = "common/memory.rs"]
 mod memory;
+#[path = "common/progress.rs"]
+mod progress;
 
 backend::backend_main!(Args, run);
 
@@ -226,18 +231,22 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     let train_seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
+    let bar = progress::rows_bar("evaluating", data.rows(), args.quiet);
     let metrics = evaluate(
         &trained.model,
         &data,
         &trained.normalizer,
         4096,
         &device,
-        |_| {},
+        |done| bar.set_position(done as u64),
     )?;
-    // Corpus encoding, timed on its own, best of three (the side-by-side script compares it with
-    // PyTorch's, measured the same way).
-    let mut encode_seconds = f64::INFINITY;
-    for _ in 0..3 {
+    bar.finish_and_clear();
+    // Corpus encoding, timed on its own, best of --encode-passes (the side-by-side script compares
+    // it with PyTorch's, measured the same way).
+    let mut encode_seconds = f64::NAN;
+    for pass in 1..=args.encode_passes {
+        let what = format!("encoding (timed, pass {pass}/{})", args.encode_passes);
+        let bar = progress::rows_bar(&what, data.rows(), args.quiet);
         let started = std::time::Instant::now();
         let codes = topk_sae::analysis::encode_corpus(
             &trained.model,
@@ -245,9 +254,10 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             &trained.normalizer,
             4096,
             &device,
-            |_| {},
+            |done| bar.set_position(done as u64),
         )?;
         encode_seconds = encode_seconds.min(started.elapsed().as_secs_f64());
+        bar.finish_and_clear();
         drop(codes);
     }
     // The first step includes kernel compilation and autotuning on GPU backends; the steps in
