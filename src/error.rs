@@ -88,6 +88,17 @@ pub enum Error {
         /// The offending value.
         value: f64,
     },
+    /// burn-wgpu would find no adapter for the device asked for, as on a machine without a GPU
+    /// driver (see `backend::wgpu_adapter`, feature `wgpu`).
+    #[error("burn-wgpu finds no {wanted} (found: {found}); {hint}")]
+    NoDevice {
+        /// What was asked for: the graphics API and the kind of device, e.g. `Vulkan adapter`.
+        wanted: String,
+        /// The adapters there are on that API, with their kinds, or `none`.
+        found: String,
+        /// What to do about it.
+        hint: String,
+    },
     /// Serialising or parsing JSON failed.
     #[error("json: {0}")]
     Json(String),

@@ -92,7 +92,7 @@ pub mod backend {
     #[cfg(feature = "ndarray")]
     pub use burn_ndarray::NdArray;
     #[cfg(feature = "wgpu")]
-    pub use burn_wgpu::Wgpu;
+    pub use burn_wgpu::{Wgpu, WgpuDevice};
 
     /// Whether one of this crate's GPU kernels runs, and if not, why.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -143,6 +143,57 @@ pub mod backend {
         /// burn's tensor operations run. Opt-in (`TOPK_SAE_DEVICE_LOSS=1`): on an H200 it made
         /// the large step slower.
         pub loss: KernelStatus,
+    }
+
+    /// The adapter (GPU, or software driver) burn-wgpu runs on for a device, from
+    /// [`wgpu_adapter`].
+    #[cfg(feature = "wgpu")]
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct WgpuAdapter {
+        /// The adapter's name as its driver gives it, e.g. `NVIDIA H200` or
+        /// `llvmpipe (LLVM 15.0.6, 256 bits)`.
+        pub name: String,
+        /// The graphics API: `Vulkan`, `Metal`, `Dx12` or `Gl`.
+        pub api: String,
+        /// A software driver on the CPU (Mesa's lavapipe, say): the results are right, and a
+        /// CPU backend computes them faster.
+        pub software: bool,
+    }
+
+    #[cfg(feature = "wgpu")]
+    impl std::fmt::Display for WgpuAdapter {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{} ({}", self.name, self.api)?;
+            if self.software {
+                write!(f, ", a software driver on the CPU")?;
+            }
+            write!(f, ")")
+        }
+    }
+
+    /// The adapter burn-wgpu will run on for `device`, found the way burn-wgpu finds it, without
+    /// starting burn-wgpu. Call it before the first tensor on a [`Wgpu`] device: where burn-wgpu
+    /// finds no adapter (a machine without a GPU driver) it panics on that first tensor, while
+    /// this returns an error that says what to install. A device made from the caller's own
+    /// wgpu setup (`WgpuDevice::Existing`) is taken as it is; the `CUBECL_WGPU_DEFAULT_DEVICE`
+    /// override of the default device is not looked at (burn-wgpu's own message covers it).
+    ///
+    /// # Errors
+    /// [`Error::NoDevice`](crate::Error::NoDevice) when there is no such adapter: for the
+    /// default device, none at all on the graphics API burn-wgpu uses (Vulkan, or Metal on
+    /// macOS); for `DiscreteGpu(n)` and the other kinds, fewer than `n + 1` of that kind.
+    ///
+    /// ```no_run
+    /// use topk_sae::backend::wgpu_adapter;
+    /// match wgpu_adapter(&Default::default()) {
+    ///     Ok(adapter) => println!("training on {adapter}"),
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// ```
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu_adapter(device: &WgpuDevice) -> crate::Result<WgpuAdapter> {
+        crate::gpu::adapter::find(device)
     }
 
     /// Which of the crate's GPU kernels run for backend `B` on `device`. On burn-wgpu (feature

@@ -20,6 +20,9 @@ pub fn run_on(name: &str, job: impl Job) -> Result<()> {
         #[cfg(feature = "wgpu")]
         "wgpu" => {
             let device = Default::default();
+            // burn-wgpu panics on finding no adapter: say so first, and what it runs on.
+            let adapter = topk_sae::backend::wgpu_adapter(&device)?;
+            eprintln!("burn-wgpu runs on {adapter}");
             let result = job.run::<topk_sae::backend::Wgpu>(&device);
             warn_failed_kernels(topk_sae::backend::gpu_kernels::<topk_sae::backend::Wgpu>(
                 &device,

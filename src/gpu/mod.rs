@@ -9,6 +9,7 @@
 //! resolved to cubecl tensors (which flushes the fusion queue), the kernel is launched, and its
 //! outputs are registered back with the fusion client (an `Init` operation), all in safe code.
 
+pub(crate) mod adapter;
 pub(crate) mod pack;
 pub(crate) mod read;
 pub(crate) mod sparse;

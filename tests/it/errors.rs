@@ -615,3 +615,58 @@ fn tensors_past_the_gpus_largest_buffer_are_refused() {
     );
     assert_eq!(trainer.steps_done(), 0);
 }
+
+/// burn-wgpu panics on its first tensor where it finds no adapter; `wgpu_adapter` says so first.
+/// The default device finds one wherever these tests run (lavapipe in CI), and a device that no
+/// machine has is refused, listing what there is.
+#[cfg(feature = "test-wgpu")]
+#[test]
+fn wgpu_adapter_finds_the_default_and_refuses_a_missing_one() {
+    use topk_sae::backend::wgpu_adapter;
+
+    let adapter = wgpu_adapter(&Default::default()).unwrap();
+    assert!(!adapter.name.is_empty(), "{adapter:?}");
+    match wgpu_adapter(&topk_sae::backend::WgpuDevice::DiscreteGpu(1_000)) {
+        Err(Error::NoDevice { wanted, found, .. }) => {
+            assert!(
+                wanted.ends_with("discrete GPU number 1000 (counting from 0)"),
+                "{wanted}"
+            );
+            assert!(found.contains(&adapter.name), "{found} lacks {adapter:?}");
+        }
+        other => panic!("expected NoDevice, got {other:?}"),
+    }
+}
+
+/// On a machine without a GPU driver (here: the Vulkan loader pointed at no driver, in a child
+/// process of this test binary so the other tests keep theirs), `wgpu_adapter` is an error that
+/// says what to install, not burn-wgpu's panic.
+#[cfg(all(feature = "test-wgpu", not(target_os = "macos")))]
+#[test]
+fn no_gpu_driver_is_an_error_not_a_panic() {
+    const CHILD: &str = "TOPK_SAE_TEST_NO_DRIVER";
+    if std::env::var_os(CHILD).is_some() {
+        match topk_sae::backend::wgpu_adapter(&Default::default()) {
+            Err(Error::NoDevice { found, hint, .. }) => {
+                assert_eq!(found, "none");
+                assert!(hint.contains("mesa-vulkan-drivers"), "{hint}");
+            }
+            other => panic!("expected NoDevice, got {other:?}"),
+        }
+        return;
+    }
+    let name = "errors::no_gpu_driver_is_an_error_not_a_panic";
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads", "1"])
+        .env(CHILD, "1")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

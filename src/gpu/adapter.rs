@@ -1,0 +1,93 @@
+//! Which adapter burn-wgpu will run on, asked of wgpu before burn-wgpu is: burn-wgpu panics (on
+//! its device thread, then on the caller's) when it finds none, as on a machine without a GPU
+//! driver, and a user should get an error that says what to install instead.
+
+use burn_wgpu::WgpuDevice;
+use burn_wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
+
+use crate::backend::WgpuAdapter;
+use crate::{Error, Result};
+
+/// The adapter cubecl 0.10 picks for `device` (`cubecl_wgpu::runtime::request_adapter`): on the
+/// graphics API burn-wgpu's default device uses (Vulkan, or Metal on macOS), the adapter wgpu
+/// prefers for high performance for the default device, the `n`-th adapter of a kind for the
+/// kinds, counting adapters of an unknown kind when there are too few of that kind.
+pub(crate) fn find(device: &WgpuDevice) -> Result<WgpuAdapter> {
+    let backend = <AutoGraphicsApi as GraphicsApi>::backend();
+    let (wanted, n) = match device {
+        WgpuDevice::DiscreteGpu(n) => ("discrete GPU", *n),
+        WgpuDevice::IntegratedGpu(n) => ("integrated GPU", *n),
+        WgpuDevice::VirtualGpu(n) => ("virtual GPU", *n),
+        WgpuDevice::Cpu => ("CPU device", 0),
+        WgpuDevice::Existing(id) => {
+            return Ok(WgpuAdapter {
+                name: format!("existing device {id}"),
+                api: "set up by the caller".to_owned(),
+                software: false,
+            });
+        }
+        // `DefaultDevice` and the deprecated `BestAvailable`.
+        _ => ("adapter", 0),
+    };
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: backend.into(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters: Vec<wgpu::AdapterInfo> =
+        cubecl::future::block_on(instance.enumerate_adapters(backend.into()))
+            .iter()
+            .map(wgpu::Adapter::get_info)
+            .collect();
+    let kind = match device {
+        WgpuDevice::DiscreteGpu(_) => Some(wgpu::DeviceType::DiscreteGpu),
+        WgpuDevice::IntegratedGpu(_) => Some(wgpu::DeviceType::IntegratedGpu),
+        WgpuDevice::VirtualGpu(_) => Some(wgpu::DeviceType::VirtualGpu),
+        WgpuDevice::Cpu => Some(wgpu::DeviceType::Cpu),
+        _ => None,
+    };
+    let found = match kind {
+        // The default device: wgpu's high-performance choice, which exists when any adapter does.
+        None => cubecl::future::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+        }))
+        .ok()
+        .map(|adapter| adapter.get_info()),
+        Some(kind) => {
+            let of = |t: wgpu::DeviceType| adapters.iter().filter(move |a| a.device_type == t);
+            of(kind)
+                .nth(n)
+                .or_else(|| of(wgpu::DeviceType::Other).nth(n))
+                .cloned()
+        }
+    };
+    match found {
+        Some(info) => Ok(WgpuAdapter {
+            name: info.name,
+            api: format!("{:?}", info.backend),
+            software: info.device_type == wgpu::DeviceType::Cpu,
+        }),
+        None => Err(Error::NoDevice {
+            wanted: if n == 0 {
+                format!("{backend:?} {wanted}")
+            } else {
+                format!("{backend:?} {wanted} number {n} (counting from 0)")
+            },
+            found: if adapters.is_empty() {
+                "none".to_owned()
+            } else {
+                adapters
+                    .iter()
+                    .map(|a| format!("{} ({:?})", a.name, a.device_type))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            hint: format!(
+                "install a GPU driver with {backend:?} support (on Linux without a GPU, Mesa's \
+                 software driver: the `mesa-vulkan-drivers` package on Debian and Ubuntu), or \
+                 use a CPU backend"
+            ),
+        }),
+    }
+}
