@@ -13,12 +13,14 @@ use crate::{Error, Result};
 /// prefers for high performance for the default device, the `n`-th adapter of a kind for the
 /// kinds, counting adapters of an unknown kind when there are too few of that kind.
 pub(crate) fn find(device: &WgpuDevice) -> Result<WgpuAdapter> {
+    use wgpu::DeviceType;
     let backend = <AutoGraphicsApi as GraphicsApi>::backend();
-    let (wanted, n) = match device {
-        WgpuDevice::DiscreteGpu(n) => ("discrete GPU", *n),
-        WgpuDevice::IntegratedGpu(n) => ("integrated GPU", *n),
-        WgpuDevice::VirtualGpu(n) => ("virtual GPU", *n),
-        WgpuDevice::Cpu => ("CPU device", 0),
+    // The kind of adapter asked for (none: the default device), what to call it, and which.
+    let (kind, wanted, n) = match device {
+        WgpuDevice::DiscreteGpu(n) => (Some(DeviceType::DiscreteGpu), "discrete GPU", *n),
+        WgpuDevice::IntegratedGpu(n) => (Some(DeviceType::IntegratedGpu), "integrated GPU", *n),
+        WgpuDevice::VirtualGpu(n) => (Some(DeviceType::VirtualGpu), "virtual GPU", *n),
+        WgpuDevice::Cpu => (Some(DeviceType::Cpu), "CPU device", 0),
         WgpuDevice::Existing(id) => {
             return Ok(WgpuAdapter {
                 name: format!("existing device {id}"),
@@ -27,23 +29,17 @@ pub(crate) fn find(device: &WgpuDevice) -> Result<WgpuAdapter> {
             });
         }
         // `DefaultDevice` and the deprecated `BestAvailable`.
-        _ => ("adapter", 0),
+        _ => (None, "adapter", 0),
     };
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: backend.into(),
         ..wgpu::InstanceDescriptor::new_without_display_handle()
     });
-    let adapters: Vec<wgpu::AdapterInfo> =
+    let adapters = || -> Vec<wgpu::AdapterInfo> {
         cubecl::future::block_on(instance.enumerate_adapters(backend.into()))
             .iter()
             .map(wgpu::Adapter::get_info)
-            .collect();
-    let kind = match device {
-        WgpuDevice::DiscreteGpu(_) => Some(wgpu::DeviceType::DiscreteGpu),
-        WgpuDevice::IntegratedGpu(_) => Some(wgpu::DeviceType::IntegratedGpu),
-        WgpuDevice::VirtualGpu(_) => Some(wgpu::DeviceType::VirtualGpu),
-        WgpuDevice::Cpu => Some(wgpu::DeviceType::Cpu),
-        _ => None,
+            .collect()
     };
     let found = match kind {
         // The default device: wgpu's high-performance choice, which exists when any adapter does.
@@ -55,30 +51,27 @@ pub(crate) fn find(device: &WgpuDevice) -> Result<WgpuAdapter> {
         .ok()
         .map(|adapter| adapter.get_info()),
         Some(kind) => {
-            let of = |t: wgpu::DeviceType| adapters.iter().filter(move |a| a.device_type == t);
+            let all = adapters();
+            let of = |t: DeviceType| all.iter().filter(move |a| a.device_type == t);
             of(kind)
                 .nth(n)
-                .or_else(|| of(wgpu::DeviceType::Other).nth(n))
+                .or_else(|| of(DeviceType::Other).nth(n))
                 .cloned()
         }
     };
-    match found {
-        Some(info) => Ok(WgpuAdapter {
-            name: info.name,
-            api: format!("{:?}", info.backend),
-            software: info.device_type == wgpu::DeviceType::Cpu,
-        }),
-        None => Err(Error::NoDevice {
+    let Some(info) = found else {
+        // Only here, on the way to an error, are the adapters listed for the default device.
+        let all = adapters();
+        return Err(Error::NoDevice {
             wanted: if n == 0 {
                 format!("{backend:?} {wanted}")
             } else {
                 format!("{backend:?} {wanted} number {n} (counting from 0)")
             },
-            found: if adapters.is_empty() {
+            found: if all.is_empty() {
                 "none".to_owned()
             } else {
-                adapters
-                    .iter()
+                all.iter()
                     .map(|a| format!("{} ({:?})", a.name, a.device_type))
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -88,6 +81,11 @@ pub(crate) fn find(device: &WgpuDevice) -> Result<WgpuAdapter> {
                  software driver: the `mesa-vulkan-drivers` package on Debian and Ubuntu), or \
                  use a CPU backend"
             ),
-        }),
-    }
+        });
+    };
+    Ok(WgpuAdapter {
+        name: info.name,
+        api: format!("{:?}", info.backend),
+        software: info.device_type == DeviceType::Cpu,
+    })
 }
