@@ -3,7 +3,8 @@
 //!
 //! One cube (workgroup) per row. The kernel maps each value to a 32-bit key that orders like the
 //! value (NaN as `-inf`, `-0.0` below `+0.0`: the host top-k's order). Each unit owns a
-//! contiguous chunk of the row. First a filter: the `k`-th largest of the units' chunk maxima
+//! contiguous chunk of the row (256 units, fewer on rows short enough that units would idle:
+//! see [`units_for`]). First a filter: the `k`-th largest of the units' chunk maxima
 //! is a lower bound of the row's `k`-th largest key. Where fewer than `k` keys lie above it, it
 //! is the `k`-th largest key (ties, or a mask that allows few columns); where a few more than
 //! `k` do (distinct values), those are the candidates. Otherwise (the top keys gathered in a
@@ -38,6 +39,9 @@ use crate::topk::topk_rows;
 
 /// Units per cube: each owns a contiguous chunk of the row.
 const UNITS: u32 = 256;
+/// Columns a unit owns at least where the row is short: fewer units rather than idle ones that
+/// still take part in every barrier and every walk of the units' counts (see [`units_for`]).
+const COLS_PER_UNIT: u32 = 8;
 /// Largest `k` the kernel takes (its candidates live in shared memory); larger falls back.
 const MAX_K: usize = 1024;
 /// Rows per launch: one cube per row, and a dispatch dimension holds at most 65,535.
@@ -391,11 +395,18 @@ mod kernel {
     }
 }
 
-/// Units per cube: the most, up to [`UNITS`] and a power of two, whose shared memory fits the
-/// device (see [`shared_words`]); at least 16 (one per digit). `None` when not even 16 fit.
-fn units_for(k_cap: u32, max_units: u32, max_shared_bytes: usize) -> Option<u32> {
-    let bytes = |units: u32| 4 * shared_words(units, k_cap);
-    let mut units = UNITS.min(max_units.max(1)).next_power_of_two();
+/// Units per cube for rows of `cols` columns and this `k`: a power of two, enough for
+/// [`COLS_PER_UNIT`] columns each and for 4 `k` chunk maxima (the filter's bound needs many
+/// more chunks than `k`), at least 16 (one per digit), at most [`UNITS`], the device's limit and
+/// what its shared memory fits (see [`shared_words`]). `None` when not even 16 fit.
+fn units_for(cols: u32, k: u32, max_units: u32, max_shared_bytes: usize) -> Option<u32> {
+    let bytes = |units: u32| 4 * shared_words(units, k_cap(k as usize));
+    let wanted = cols
+        .div_ceil(COLS_PER_UNIT)
+        .max(k.saturating_mul(4))
+        .next_power_of_two()
+        .max(16);
+    let mut units = UNITS.min(wanted).min(max_units.max(1)).next_power_of_two();
     if units > max_units {
         units /= 2;
     }
@@ -550,7 +561,8 @@ pub(crate) fn masked_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool {
     let client = <WgpuRuntime as cubecl::Runtime>::client(&device);
     let hardware = &client.properties().hardware;
     units_for(
-        k_cap(k),
+        cols as u32,
+        k as u32,
         hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
         hardware.max_shared_memory_size,
     )
@@ -644,7 +656,8 @@ fn launch_masked<B: Backend>(
     let k_cap = k_cap(k);
     let hardware = &cube_client.properties().hardware;
     let units = units_for(
-        k_cap,
+        cols as u32,
+        k as u32,
         hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
         hardware.max_shared_memory_size,
     )?;
@@ -679,13 +692,26 @@ mod tests {
     fn units_fit_the_shared_memory() {
         // 256 units: 2 x 2,048 words of histograms (later the candidates), plus 3 words a unit
         // and 19: 19.1 KiB.
-        assert_eq!(units_for(32, 1024, 48 * 1024), Some(256));
-        assert_eq!(units_for(32, 1024, 20 * 1024), Some(256));
-        assert_eq!(units_for(32, 1024, 16 * 1024), Some(128));
+        assert_eq!(units_for(3072, 32, 1024, 48 * 1024), Some(256));
+        assert_eq!(units_for(3072, 32, 1024, 20 * 1024), Some(256));
+        assert_eq!(units_for(3072, 32, 1024, 16 * 1024), Some(128));
         // k 1,024 needs 2 x 1,024 candidate words whatever the units.
-        assert_eq!(units_for(1024, 1024, 16 * 1024), Some(128));
-        assert_eq!(units_for(32, 100, 48 * 1024), Some(64));
-        assert_eq!(units_for(1024, 1024, 8 * 1024), None);
+        assert_eq!(units_for(12_288, 1024, 1024, 16 * 1024), Some(128));
+        assert_eq!(units_for(3072, 32, 100, 48 * 1024), Some(64));
+        assert_eq!(units_for(3072, 1024, 1024, 8 * 1024), None);
+    }
+
+    #[test]
+    fn short_rows_get_fewer_units() {
+        // 8 columns a unit and 4 k, a power of two, 16 at the least.
+        assert_eq!(units_for(2048, 32, 1024, 48 * 1024), Some(256));
+        assert_eq!(units_for(1000, 8, 1024, 48 * 1024), Some(128));
+        assert_eq!(units_for(600, 5, 1024, 48 * 1024), Some(128));
+        assert_eq!(units_for(512, 8, 1024, 48 * 1024), Some(64));
+        assert_eq!(units_for(512, 32, 1024, 48 * 1024), Some(128));
+        assert_eq!(units_for(256, 64, 1024, 48 * 1024), Some(256));
+        assert_eq!(units_for(64, 4, 1024, 48 * 1024), Some(16));
+        assert_eq!(units_for(1, 1, 1024, 48 * 1024), Some(16));
     }
 
     #[test]
@@ -779,8 +805,19 @@ mod wgpu_tests {
         // the filter's 1,024, and 3,072 beyond it.
         check(&noise(2 * 600, 5), 600, 300, None, false);
         check(&noise(2 * 3072, 5), 3072, 300, None, false);
-        // Rows shorter than the units: chunks of one column, some units idle.
+        // Short rows get fewer units (see `units_for`): 100 columns, k 7, 32 units of 4 columns,
+        // the last 7 idle; 70 columns, k 3, the fewest units (16) of 5 columns, 2 idle.
         check(&noise(5 * 100, 6), 100, 7, None, true);
+        check(&noise(6 * 70, 8), 70, 3, None, false);
+        // A short row's top 100 in 13 of its 64 chunks (512 columns, k 16): the bound is low, the
+        // filter leaves too many (above 64), the radix select runs.
+        let mut clustered = noise(3 * 512, 9);
+        for row in clustered.chunks_mut(512) {
+            for (j, v) in row[..100].iter_mut().enumerate() {
+                *v = 3.0 + j as f32;
+            }
+        }
+        check(&clustered, 512, 16, None, false);
     }
 
     /// Where fewer than `k` columns are allowed (the AuxK top-k over few dead latents), the
