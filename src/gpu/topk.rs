@@ -416,6 +416,16 @@ fn units_for(cols: u32, k: u32, max_units: u32, max_shared_bytes: usize) -> Opti
     (units >= 16).then_some(units)
 }
 
+/// [`units_for`] on the device with these properties (`cols` and `k` within what [`takes`] takes).
+fn units_on(hardware: &cubecl::ir::HardwareProperties, cols: usize, k: usize) -> Option<u32> {
+    units_for(
+        cols as u32,
+        k as u32,
+        hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
+        hardware.max_shared_memory_size,
+    )
+}
+
 /// Candidates the kernel's shared memory holds: the 16-bin histograms' words, halved (keys and
 /// columns), and at least `k_cap`.
 fn cand_cap(units: u32, k_cap: u32) -> u32 {
@@ -559,14 +569,7 @@ pub(crate) fn masked_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool {
         return false;
     };
     let client = <WgpuRuntime as cubecl::Runtime>::client(&device);
-    let hardware = &client.properties().hardware;
-    units_for(
-        cols as u32,
-        k as u32,
-        hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
-        hardware.max_shared_memory_size,
-    )
-    .is_some()
+    units_on(&client.properties().hardware, cols, k).is_some()
 }
 
 /// The top `k` of each row of `pre` among the columns a device mask allows (non-zero), where
@@ -654,13 +657,7 @@ fn launch_masked<B: Backend>(
     let mask = int_input(mask)?;
     let cube_client = pre.client.clone();
     let k_cap = k_cap(k);
-    let hardware = &cube_client.properties().hardware;
-    let units = units_for(
-        cols as u32,
-        k as u32,
-        hardware.max_cube_dim.0.min(hardware.max_units_per_cube),
-        hardware.max_shared_memory_size,
-    )?;
+    let units = units_on(&cube_client.properties().hardware, cols, k)?;
     let indices = empty(&pre, Shape::new([rows, k]), DType::I32);
     let values = empty(&pre, Shape::new([rows, k]), DType::F32);
     kernel::topk_kernel::launch::<WgpuRuntime>(
