@@ -62,8 +62,8 @@ impl Embeddings {
     /// `astype(np.float32)` does.
     ///
     /// # Errors
-    /// [`Error::Io`] when the file cannot be opened; [`Error::Format`] when it is not a valid
-    /// `.npy`, is truncated, is not 2-D, is Fortran-ordered, holds another dtype or holds a
+    /// [`Error::Io`] when the file cannot be opened; [`Error::Format`] when it is a folder, is not
+    /// a valid `.npy`, is truncated, is not 2-D, is Fortran-ordered, holds another dtype or holds a
     /// `float64` value beyond `float32`'s range; the errors of
     /// [`Embeddings::from_vec`] for empty or non-finite data.
     pub fn from_npy(path: impl AsRef<Path>) -> Result<Self> {
@@ -72,6 +72,11 @@ impl Embeddings {
             path: path.to_path_buf(),
             reason,
         };
+        if path.is_dir() {
+            return Err(format(
+                "is a folder; give a .npy file (a 2-D float array saved with numpy.save)".into(),
+            ));
+        }
         let file = File::open(path).map_err(|source| Error::Io {
             action: "open",
             path: path.to_path_buf(),
@@ -264,6 +269,85 @@ impl Embeddings {
     /// Applies a fitted normalisation to every row in place.
     pub fn normalize(&mut self, normalizer: &Normalizer) {
         normalizer.apply_rows(&mut self.data, self.d_in);
+    }
+
+    /// A copy of the given rows, in that order, as new `Embeddings` (named after these ones):
+    /// a held-out split, a sample, the rows of a few documents to encode.
+    ///
+    /// ```
+    /// # fn main() -> topk_sae::Result<()> {
+    /// let data = topk_sae::Embeddings::from_vec((0..12).map(|v| v as f32).collect(), 4, 3)?;
+    /// let picked = data.select_rows(&[3, 0])?;
+    /// assert_eq!(picked.as_slice(), &[9.0, 10.0, 11.0, 0.0, 1.0, 2.0]);
+    /// assert_eq!(data.select_rows(&[4]).unwrap_err().to_string(),
+    ///     "invalid config: row (4) must be < rows (4) of input");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `row` when an index is `>= rows`; [`Error::EmptyData`]
+    /// when `rows` is empty.
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= self.rows) {
+            return Err(Error::invalid(
+                "row",
+                bad,
+                format!("must be < rows ({}) of {}", self.rows, self.name),
+            ));
+        }
+        let mut data = Vec::with_capacity(rows.len() * self.d_in);
+        for &r in rows {
+            data.extend_from_slice(self.row(r));
+        }
+        Self::named(data, rows.len(), self.d_in, self.name.clone())
+    }
+
+    /// A copy of the contiguous rows `range` as new `Embeddings` (named after these ones).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `range` when it is empty or ends past `rows`.
+    pub fn slice_rows(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        if range.start >= range.end || range.end > self.rows {
+            return Err(Error::invalid(
+                "range",
+                format!("{range:?}"),
+                format!(
+                    "must be a non-empty range within 0..{} of {}",
+                    self.rows, self.name
+                ),
+            ));
+        }
+        let data = self.data[range.start * self.d_in..range.end * self.d_in].to_vec();
+        Self::named(data, range.len(), self.d_in, self.name.clone())
+    }
+
+    /// A 64-bit digest of the shape and of up to 256 rows spread over the matrix (FNV-1a over
+    /// their bits): equal for the same rows, and different, but for a 2^-64 chance, where one
+    /// of those rows differs. A checkpoint records it so that a resume on other rows of the same
+    /// shape is refused.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        const PRIME: u64 = 0x0100_0000_01b3;
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |word: u64| {
+            for byte in word.to_le_bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+            }
+        };
+        eat(self.rows as u64);
+        eat(self.d_in as u64);
+        let picks = self.rows.min(256);
+        for i in 0..picks {
+            // Evenly spread, the first and the last row included.
+            let r = if picks == 1 {
+                0
+            } else {
+                i * (self.rows - 1) / (picks - 1)
+            };
+            for v in self.row(r) {
+                eat(u64::from(v.to_bits()));
+            }
+        }
+        hash
     }
 }
 

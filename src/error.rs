@@ -99,6 +99,15 @@ pub enum Error {
         /// What to do about it.
         hint: String,
     },
+    /// An output path is taken by something this crate did not write (a file where a folder
+    /// goes, or a folder holding other files); nothing was written or deleted.
+    #[error("{path}: {reason}")]
+    OutputInUse {
+        /// The output path.
+        path: PathBuf,
+        /// What is there, and what to do instead.
+        reason: String,
+    },
     /// Serialising or parsing JSON failed.
     #[error("json: {0}")]
     Json(String),

@@ -29,7 +29,7 @@
 //!     .with_optimizer(AdamConfig::new().with_lr(1e-3));
 //! let trained = train::<B>(config, &data, &device, |_report| {})?;
 //!
-//! let metrics = evaluate(&trained.model, &data, &trained.normalizer, 1024, &device, |_| {})?;
+//! let metrics = evaluate(&trained.model, &data, &trained.normalizer, 1024, &device)?;
 //! assert!(metrics.nmse < 1.0 && metrics.l0 <= 4.0);
 //! println!("{}\n{metrics}", Metrics::table_header());
 //! # Ok(()) }
@@ -46,6 +46,18 @@
 //!
 //! Top-k selection runs on the host by partial selection (O(d_sae) per row, ties keep the lower
 //! latent index); see `docs/architecture.md` for the equations and data flow.
+//!
+//! ## Errors and panics
+//! One policy for wrong input, wrong widths included:
+//! - Functions that take data a user brings (files, [`Embeddings`], host slices, configs,
+//!   folders to write: [`evaluate`], [`analysis::encode_corpus`], [`analysis::steer`],
+//!   [`analysis::search`], [`train()`], [`checkpoint::save`], ...) return an [`Error`] naming
+//!   the field, file, row or width at fault. They never panic on such input.
+//! - The tensor methods of [`TopKSae`] ([`TopKSae::forward`], [`TopKSae::encode_topk`], ...) and
+//!   [`Trainer::step`] treat a tensor's shape as part of the call, as burn's own operations do:
+//!   a wrong width panics with a message naming `d_in` (each says so under `# Panics`).
+//!   [`TopKSae::check_width`] turns that into an [`Error::WidthMismatch`] first, for tensors
+//!   that come from elsewhere.
 //!
 //! ## Features
 //! - `ndarray` (default): the CPU backend, re-exported as [`backend::NdArray`].
@@ -80,8 +92,8 @@ pub(crate) type TestBackend = backend::Wgpu;
 pub use data::{Embeddings, NormalizationKind, Normalizer};
 pub use error::{Error, Result};
 pub use loss::{LossParts, SaeLoss, SaeLossConfig, nmse};
-pub use metrics::{Metrics, MetricsAccumulator, evaluate};
-pub use sae::{DecoderBiasInit, SaeOutput, TopKLatents, TopKSae, TopKSaeConfig};
+pub use metrics::{Metrics, MetricsAccumulator, evaluate, evaluate_with_progress};
+pub use sae::{DecoderBiasInit, HostCodes, SaeOutput, TopKLatents, TopKSae, TopKSaeConfig};
 pub use train::{AdamConfig, StepReport, TrainConfig, Trained, Trainer, train};
 
 /// Backends re-exported for convenience, each behind its feature, and which of the crate's own

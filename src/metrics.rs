@@ -221,15 +221,29 @@ impl MetricsAccumulator {
 }
 
 /// Runs `model` over every row of `data` (after `normalizer`) in batches of `batch_size` and
-/// returns the metrics, measured in the normalised space the model works in. `progress` is
-/// called with the rows done so far after each batch. On a GPU, batches are made smaller where
-/// their `[batch_size, d_sae]` pre-activations would not fit in the device's largest buffer.
+/// returns the metrics, measured in the normalised space the model works in. On a GPU, batches
+/// are made smaller where their `[batch_size, d_sae]` pre-activations would not fit in the
+/// device's largest buffer. [`evaluate_with_progress`] reports the rows done.
 ///
 /// # Errors
 /// [`crate::Error::WidthMismatch`] when the data's width is not the model's `d_in`;
 /// [`crate::Error::InvalidConfig`] when `batch_size` is 0 or `normalizer` does not fit the model
 /// ([`Normalizer::check`]).
 pub fn evaluate<B: Backend>(
+    model: &TopKSae<B>,
+    data: &Embeddings,
+    normalizer: &Normalizer,
+    batch_size: usize,
+    device: &B::Device,
+) -> crate::Result<Metrics> {
+    evaluate_with_progress(model, data, normalizer, batch_size, device, |_| {})
+}
+
+/// [`evaluate`], calling `progress` with the rows done so far after each batch.
+///
+/// # Errors
+/// The errors of [`evaluate`].
+pub fn evaluate_with_progress<B: Backend>(
     model: &TopKSae<B>,
     data: &Embeddings,
     normalizer: &Normalizer,
@@ -357,12 +371,12 @@ mod wgpu_tests {
             .collect();
         let data = Embeddings::from_vec(values, rows, d_in).unwrap();
         let identity = Normalizer::identity();
-        let whole = super::evaluate(&model, &data, &identity, rows, &device, |_| {}).unwrap();
-        let small = super::evaluate(&model, &data, &identity, 256, &device, |_| {}).unwrap();
+        let whole = super::evaluate(&model, &data, &identity, rows, &device).unwrap();
+        let small = super::evaluate(&model, &data, &identity, 256, &device).unwrap();
         approx::assert_relative_eq!(whole.nmse, small.nmse, max_relative = 1e-5);
         approx::assert_relative_eq!(whole.l0, small.l0, max_relative = 1e-9);
-        let whole = encode_corpus(&model, &data, &identity, rows, &device, |_| {}).unwrap();
-        let small = encode_corpus(&model, &data, &identity, 256, &device, |_| {}).unwrap();
+        let whole = encode_corpus(&model, &data, &identity, rows, &device).unwrap();
+        let small = encode_corpus(&model, &data, &identity, 256, &device).unwrap();
         assert_eq!(whole.indices, small.indices);
         for (a, b) in whole.values.iter().zip(&small.values) {
             approx::assert_relative_eq!(a, b, max_relative = 1e-5);

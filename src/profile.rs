@@ -310,7 +310,7 @@ mod tests {
             let model = trainer.model();
             let norm = Normalizer::identity();
             let started = Instant::now();
-            encode_corpus(&model, &data, &norm, 4096, &device, |_| {}).expect("encode");
+            encode_corpus(&model, &data, &norm, 4096, &device).expect("encode");
             println!(
                 "  encode {rows} rows: {:.3} s unprofiled",
                 started.elapsed().as_secs_f64()
@@ -318,7 +318,7 @@ mod tests {
             reset();
             ON.store(true, Ordering::Relaxed);
             restart::<B>(&device);
-            encode_corpus(&model, &data, &norm, 4096, &device, |_| {}).expect("encode");
+            encode_corpus(&model, &data, &norm, 4096, &device).expect("encode");
             ON.store(false, Ordering::Relaxed);
             print(&format!("  encode phases, {rows} rows"), 1);
         }

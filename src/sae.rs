@@ -414,6 +414,79 @@ pub fn to_host_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32>
     to_host(tensor)
 }
 
+/// Copies an int tensor (top-k indices, say) to the host as row-major `i64` values, on every
+/// backend (burn-ndarray stores `i64`, the GPU backends `i32`; both read back the same).
+///
+/// # Shapes
+/// - `tensor`: any shape → its element count
+pub fn int_to_host_vec<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>) -> Vec<i64> {
+    int_to_host(tensor)
+}
+
+/// Host copies of top-k indices and values (row-major `[batch, k]`), indices as `u32`.
+fn codes_to_host<B: Backend>(indices: &Tensor<B, 2, Int>, values: &Tensor<B, 2>) -> HostCodes {
+    let [rows, k] = indices.dims();
+    HostCodes {
+        rows,
+        k,
+        // Indices come from a top-k over `d_sae` latents: non-negative and below `d_sae`.
+        indices: int_to_host(indices.clone())
+            .into_iter()
+            .map(|j| j as u32)
+            .collect(),
+        values: to_host(values.clone()),
+    }
+}
+
+/// The top-k latents of a batch on the host, from [`TopKLatents::to_host`] or
+/// [`SaeOutput::codes_to_host`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HostCodes {
+    /// Rows of the batch.
+    pub rows: usize,
+    /// Latents per row.
+    pub k: usize,
+    /// Row-major `[rows, k]` latent indices, each row descending by pre-activation.
+    pub indices: Vec<u32>,
+    /// Row-major `[rows, k]` post-ReLU values.
+    pub values: Vec<f32>,
+}
+
+impl HostCodes {
+    /// Row `i`'s `(latent, value)` pairs.
+    ///
+    /// # Panics
+    /// If `i >= rows`.
+    pub fn row(&self, i: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let r = i * self.k..(i + 1) * self.k;
+        self.indices[r.clone()]
+            .iter()
+            .map(|&j| j as usize)
+            .zip(self.values[r].iter().copied())
+    }
+}
+
+impl<B: Backend> TopKLatents<B> {
+    /// Copies the indices and values to the host, on every backend.
+    ///
+    /// # Shapes
+    /// - `indices`, `values`: `[batch, k]` → [`HostCodes`] of `batch` rows
+    pub fn to_host(&self) -> HostCodes {
+        codes_to_host(&self.indices, &self.values)
+    }
+}
+
+impl<B: Backend> SaeOutput<B> {
+    /// Copies the active latents' indices and values to the host, on every backend.
+    ///
+    /// # Shapes
+    /// - `indices`, `values`: `[batch, k]` → [`HostCodes`] of `batch` rows
+    pub fn codes_to_host(&self) -> HostCodes {
+        codes_to_host(&self.indices, &self.values)
+    }
+}
+
 /// Copies an int tensor to the host as row-major `i64` values.
 pub(crate) fn int_to_host<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>) -> Vec<i64> {
     tensor
@@ -692,6 +765,28 @@ impl<B: Backend> TopKSae<B> {
         }
         self.k = k;
         Ok(self)
+    }
+
+    /// Checks that `x` is `[batch, d_in]`, for callers that take tensors from elsewhere and
+    /// want an error rather than the panic of [`TopKSae::forward`] and the other tensor
+    /// methods (the crate's error policy: `lib.rs`, "Errors and panics").
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, d_in]`
+    ///
+    /// # Errors
+    /// [`Error::WidthMismatch`] naming both widths, with `tensor` as the data's name.
+    pub fn check_width(&self, x: &Tensor<B, 2>) -> Result<()> {
+        let [_, width] = x.dims();
+        if width == self.d_in() {
+            Ok(())
+        } else {
+            Err(Error::WidthMismatch {
+                expected: self.d_in(),
+                actual: width,
+                source_name: "tensor".into(),
+            })
+        }
     }
 
     fn check_input(&self, x: &Tensor<B, 2>) {

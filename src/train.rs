@@ -20,7 +20,7 @@ use crate::checkpoint::io::{
     OutTensor, format_err, read_json, read_safetensors, safetensors_bytes, to_json,
     write_dir_atomically,
 };
-use crate::checkpoint::{self, CheckpointPolicy};
+use crate::checkpoint::{self, CheckpointPolicy, NATIVE, TRAINER_JSON, TRAINER_TENSORS};
 use crate::data::{Embeddings, NormalizationKind, Normalizer};
 use crate::error::{Error, Result};
 use crate::host::HostState;
@@ -183,8 +183,9 @@ impl TrainConfig {
         self.batch_size.saturating_add(1)
     }
 
-    /// The largest batch a run over `rows` rows takes.
-    fn largest_batch_of(&self, rows: usize) -> usize {
+    /// The largest batch a run over `rows` rows takes: `batch_size` capped at `rows` (one more
+    /// where an epoch's last row joins the batch before it). What memory estimates should use.
+    pub fn largest_batch_of(&self, rows: usize) -> usize {
         if folds_last_row(rows, self.batch_size) {
             self.largest_batch()
         } else {
@@ -391,6 +392,8 @@ pub struct Trainer<B: Backend> {
     shuffles: u64,
     rng: ChaCha8Rng,
     checkpoints: Option<CheckpointPolicy>,
+    /// [`Embeddings::fingerprint`] of the rows this run trains on, once known.
+    data_fingerprint: Option<u64>,
     device: B::Device,
 }
 
@@ -404,20 +407,77 @@ struct TrainerState {
     position: usize,
     shuffles: u64,
     rows: usize,
+    /// How often the run saved checkpoints, when it had a [`CheckpointPolicy`]: a resume keeps
+    /// it (absent in checkpoints of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checkpoints: Option<SavedPolicy>,
+    /// [`Embeddings::fingerprint`] of the training rows (absent in checkpoints of earlier
+    /// versions): a resume on other rows is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_fingerprint: Option<u64>,
 }
 
-const TRAINER_JSON: &str = "trainer.json";
-const TRAINER_TENSORS: &str = "trainer.safetensors";
+/// A [`CheckpointPolicy`] as `trainer.json` records it: the folder is where the checkpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SavedPolicy {
+    every_steps: u64,
+    keep_last: usize,
+}
 
-/// A trained model with what is needed to use it.
+/// A trained model with what is needed to use it, and to save it: [`Trained::save`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Trained<B: Backend> {
     /// The model.
     pub model: TopKSae<B>,
     /// The normalisation to apply to every input before the model.
     pub normalizer: Normalizer,
-    /// Steps run.
+    /// The configuration it was trained with.
+    pub config: TrainConfig,
+    /// Steps done in all, from the start of the run (a resumed run's earlier steps included).
     pub steps: u64,
+    /// Steps this call ran: fewer than `steps` for a resumed run.
+    pub steps_run: u64,
+    /// Training rows seen in all.
+    pub samples_seen: u64,
+}
+
+impl<B: Backend> Trained<B> {
+    /// Saves the model with its normaliser, configuration, step and samples seen as a native
+    /// checkpoint (loadable with [`checkpoint::load`] and [`checkpoint::load_any`]), with the
+    /// rules of [`checkpoint::save`]: `dir` is new, empty, or a checkpoint this crate wrote.
+    /// It holds no optimiser state: to train further after a crash, use a
+    /// [`CheckpointPolicy`].
+    ///
+    /// ```
+    /// # use topk_sae::prelude::*;
+    /// # fn main() -> topk_sae::Result<()> {
+    /// # type B = topk_sae::backend::NdArray<f32>;
+    /// # let data = topk_sae::data::synthetic(&topk_sae::data::SyntheticConfig::new()
+    /// #     .with_rows(300).with_d_in(8).with_n_directions(10))?.embeddings;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let device = Default::default();
+    /// let config = TrainConfig::new(TopKSaeConfig::new(8, 16, 2)).with_batch_size(100);
+    /// let trained = train::<B>(config, &data, &device, |_| {})?;
+    /// trained.save(dir.path().join("sae"))?;
+    /// let loaded = checkpoint::load::<B>(dir.path().join("sae"), &device)?;
+    /// assert_eq!((loaded.meta.step, loaded.meta.samples_seen), (3, 300));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The errors of [`checkpoint::save`].
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        checkpoint::save(
+            dir,
+            &self.model,
+            &self.normalizer,
+            Some(&self.config),
+            self.steps,
+            self.samples_seen,
+        )
+    }
 }
 
 impl<B: Backend> Trainer<B> {
@@ -435,7 +495,9 @@ impl<B: Backend> Trainer<B> {
         normalizer.apply_rows(&mut head, data.d_in());
         let head = Embeddings::from_vec(head, head_rows, data.d_in())?;
         let model = config.model.try_init_from_data::<B>(&head, device)?;
-        Self::from_model(config, model, normalizer, device)
+        let mut trainer = Self::from_model(config, model, normalizer, device)?;
+        trainer.data_fingerprint = Some(data.fingerprint());
+        Ok(trainer)
     }
 
     /// Starts training an existing model (fresh optimiser state and dead-latent counters).
@@ -500,16 +562,31 @@ impl<B: Backend> Trainer<B> {
             position: 0,
             shuffles: 0,
             checkpoints: None,
+            data_fingerprint: None,
             device: device.clone(),
             config,
         })
     }
 
     /// Saves a checkpoint every `policy.every_steps` steps and at the end of [`Trainer::fit`].
+    /// A trainer from [`Trainer::resume`] already keeps the policy of the run it resumes; this
+    /// replaces it.
     #[must_use]
     pub fn with_checkpoints(mut self, policy: CheckpointPolicy) -> Self {
         self.checkpoints = Some(policy);
         self
+    }
+
+    /// Saves no checkpoints (a resumed run's policy included).
+    #[must_use]
+    pub fn without_checkpoints(mut self) -> Self {
+        self.checkpoints = None;
+        self
+    }
+
+    /// Where and how often checkpoints are saved, if they are.
+    pub fn checkpoints(&self) -> Option<&CheckpointPolicy> {
+        self.checkpoints.as_ref()
     }
 
     /// Changes when training stops: after `epochs` passes over the data, or `max_steps` steps,
@@ -554,10 +631,12 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Saves the model, its configuration and the full trainer state (Adam moments, dead-latent
-    /// counters, shuffle position) into the directory `dir`, atomically.
+    /// counters, shuffle position, the checkpoint policy) into the directory `dir`, atomically,
+    /// with the rules of [`checkpoint::save`]: `dir` is new, empty, or a checkpoint this crate
+    /// wrote.
     ///
     /// # Errors
-    /// [`Error::Io`] when the directory cannot be written.
+    /// The errors of [`checkpoint::save`].
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
         let model = self.model();
         let mut files = checkpoint::native_files(
@@ -576,6 +655,11 @@ impl<B: Backend> Trainer<B> {
             position: self.position,
             shuffles: self.shuffles,
             rows: self.order.len(),
+            checkpoints: self.checkpoints.as_ref().map(|p| SavedPolicy {
+                every_steps: p.every_steps,
+                keep_last: p.keep_last,
+            }),
+            data_fingerprint: self.data_fingerprint,
         };
         let host: Vec<NamedMoment> = moments;
         let counters_shape = [self.since_fired.len()];
@@ -589,12 +673,17 @@ impl<B: Backend> Trainer<B> {
         ));
         files.push((TRAINER_TENSORS, safetensors_bytes(&tensors)));
         files.push((TRAINER_JSON, to_json(&state)));
-        write_dir_atomically(dir.as_ref(), &files)
+        write_dir_atomically(dir.as_ref(), &files, &NATIVE)
     }
 
     /// Restores a trainer from a checkpoint written by [`Trainer::save_checkpoint`]. Continuing
     /// with [`Trainer::fit`] on the same data gives the same weights, bit for bit, as a run that
     /// was never interrupted (same backend).
+    ///
+    /// When `dir` is a `step-NNNNNNNNNN` folder a [`CheckpointPolicy`] saved, the resumed run
+    /// keeps saving as that run did: into the folder holding `dir`, as often, keeping as many
+    /// ([`Trainer::with_checkpoints`] and [`Trainer::without_checkpoints`] change that). Its
+    /// data must be the rows the run was checkpointed with ([`Trainer::check_data`]).
     ///
     /// # Errors
     /// The errors of [`checkpoint::load`]; [`Error::Format`] when the directory holds no trainer
@@ -683,6 +772,19 @@ impl<B: Backend> Trainer<B> {
             }
         }
         trainer.shuffles = state.shuffles;
+        trainer.data_fingerprint = state.data_fingerprint;
+        let is_step_folder = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy() == format!("step-{:010}", state.step));
+        if let (Some(saved), true) = (state.checkpoints, is_step_folder) {
+            let root = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            trainer.checkpoints = Some(
+                CheckpointPolicy::new(root, saved.every_steps).with_keep_last(saved.keep_last),
+            );
+        }
         Ok(trainer)
     }
 
@@ -861,7 +963,12 @@ impl<B: Backend> Trainer<B> {
         data: &Embeddings,
         mut on_step: impl FnMut(&StepReport),
     ) -> Result<Trained<B>> {
-        self.check_fit_data(data)?;
+        self.check_data(data)?;
+        if let Some(policy) = &self.checkpoints {
+            policy.check(self.step)?;
+        }
+        self.data_fingerprint = Some(data.fingerprint());
+        let first_step = self.step;
         let n = data.rows();
         let total = self.config.total_steps(n);
         let d_in = data.d_in();
@@ -961,6 +1068,9 @@ impl<B: Backend> Trainer<B> {
             model: self.model(),
             normalizer: self.normalizer,
             steps: self.step,
+            steps_run: self.step - first_step,
+            samples_seen: self.samples_seen,
+            config: self.config,
         })
     }
 
@@ -1002,8 +1112,16 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
-    /// The errors of [`Trainer::fit`] that `data` and the configuration give before any step.
-    fn check_fit_data(&self, data: &Embeddings) -> Result<()> {
+    /// Checks `data` as [`Trainer::fit`] does before its first step, so that a caller can
+    /// refuse wrong data before anything else (a resumed run's data in particular).
+    ///
+    /// # Errors
+    /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`] naming
+    /// `data` when it holds fewer than 2 rows or only copies of one row, or, for a resumed run,
+    /// when it is not the data the run was checkpointed with (another row count, or other
+    /// rows); naming `batch_size` on a GPU whose largest buffer cannot hold a batch's
+    /// `[rows, d_sae]` pre-activations.
+    pub fn check_data(&self, data: &Embeddings) -> Result<()> {
         data.check_width(self.config.model.d_in)?;
         check_rows_vary(data)?;
         let n = data.rows();
@@ -1019,6 +1137,19 @@ impl<B: Backend> Trainer<B> {
                 format!(
                     "must be the {} rows this run was checkpointed with",
                     self.order.len()
+                ),
+            ));
+        }
+        if !self.order.is_empty()
+            && let Some(saved) = self.data_fingerprint
+            && saved != data.fingerprint()
+        {
+            return Err(Error::invalid(
+                "data",
+                data.name(),
+                format!(
+                    "must be the rows this run was checkpointed with: it has the same {n} rows \
+                     and width, but other values"
                 ),
             ));
         }

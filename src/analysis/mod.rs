@@ -27,7 +27,7 @@
 //!
 //! // Encode the corpus once: every later question is answered from these codes.
 //! let (model, normalizer) = (&trained.model, &trained.normalizer);
-//! let codes = analysis::encode_corpus(model, data, normalizer, 1024, &device, |_| {})?;
+//! let codes = analysis::encode_corpus(model, data, normalizer, 1024, &device)?;
 //! assert_eq!((codes.rows, codes.k), (4_000, 4));
 //!
 //! // Which documents light a feature up: statistics with each latent's 20 strongest documents.
@@ -62,15 +62,14 @@
 //!     println!("parent {} -> children {:?}", family.parent, family.children);
 //! }
 //!
-//! // Steered search: encode a query, turn a feature up, decode, rank the corpus. Query and
-//! // corpus both in the model's input space (normalised like the training data).
-//! let mut corpus = data.clone();
-//! corpus.normalize(normalizer);
-//! let query = corpus.row(0);
+//! // Steered search: encode a raw query, turn a feature up, decode, rank the raw corpus. The
+//! // model's normaliser takes both into the space it was trained in; no copy of the corpus.
+//! let query = data.row(0);
 //! let boost = FeatureEdit::Add { latent: busiest.latent, value: 0.5 };
-//! let steered = analysis::steer(model, query, &[boost], &device)?;
+//! let steered = analysis::steer_raw(model, normalizer, query, &[boost], &device)?;
 //! let (query, top) = (&steered.embedding, 5);
-//! let hits = analysis::search::<B>(&corpus, query, top, Metric::Cosine, 4096, &device)?;
+//! let hits =
+//!     analysis::search_normalized::<B>(data, normalizer, query, top, Metric::Cosine, 4096, &device)?;
 //! assert_eq!(hits[0].len(), top);
 //! # Ok(()) }
 //! ```
@@ -87,7 +86,8 @@ use npyz::WriterBuilder;
 pub use families::{Cooccurrence, Family, FamilyConfig, cooccurrence, families};
 pub use labels::{FeatureLabel, LabelConfig, label_features, tokenize};
 pub use search::{
-    FeatureEdit, Metric, Ranked, Steered, add_decoder_rows, match_features, search, steer,
+    FeatureEdit, Metric, Ranked, Steered, add_decoder_rows, match_features, search,
+    search_normalized, steer, steer_raw,
 };
 
 use crate::data::{Embeddings, Normalizer, upload_rows};
@@ -110,14 +110,28 @@ pub struct CorpusCodes {
     pub values: Vec<f32>,
 }
 
-/// Encodes every row of `data` (after `normalizer`) in batches, calling `progress` with the rows
-/// done so far. On a GPU, batches are made smaller where their `[batch_size, d_sae]`
-/// pre-activations would not fit in the device's largest buffer.
+/// Encodes every row of `data` (after `normalizer`) in batches of `batch_size` rows. On a GPU,
+/// batches are made smaller where their `[batch_size, d_sae]` pre-activations would not fit in
+/// the device's largest buffer. [`encode_corpus_with_progress`] reports the rows done.
 ///
 /// # Errors
 /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`] when
 /// `batch_size` is 0 or `normalizer` does not fit the model ([`Normalizer::check`]).
 pub fn encode_corpus<B: Backend>(
+    model: &TopKSae<B>,
+    data: &Embeddings,
+    normalizer: &Normalizer,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<CorpusCodes> {
+    encode_corpus_with_progress(model, data, normalizer, batch_size, device, |_| {})
+}
+
+/// [`encode_corpus`], calling `progress` with the rows done so far after each batch.
+///
+/// # Errors
+/// The errors of [`encode_corpus`].
+pub fn encode_corpus_with_progress<B: Backend>(
     model: &TopKSae<B>,
     data: &Embeddings,
     normalizer: &Normalizer,

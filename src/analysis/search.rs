@@ -3,7 +3,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::data::Embeddings;
+use crate::data::{Embeddings, Normalizer};
 use crate::error::{Error, Result};
 use crate::sae::{TopKSae, int_to_host, to_host};
 
@@ -156,6 +156,30 @@ pub fn steer<B: Backend>(
     })
 }
 
+/// [`steer`] for a query as the embedding model gave it: `normalizer` (the one the model was
+/// trained with: [`crate::Trained::normalizer`], [`crate::checkpoint::Checkpoint::normalizer`])
+/// is applied to it first. The steered embedding is in the model's normalised space, ready for
+/// [`search_normalized`] on the raw corpus.
+///
+/// # Errors
+/// The errors of [`steer`]; [`Error::InvalidConfig`] when `normalizer` does not fit the model
+/// ([`Normalizer::check`]).
+pub fn steer_raw<B: Backend>(
+    model: &TopKSae<B>,
+    normalizer: &Normalizer,
+    query: &[f32],
+    edits: &[FeatureEdit],
+    device: &B::Device,
+) -> Result<Steered> {
+    normalizer.check(model.d_in())?;
+    let mut query = query.to_vec();
+    // A query of the wrong width is left as it is, for `steer` to name.
+    if query.len() == model.d_in() {
+        normalizer.apply_rows(&mut query, model.d_in());
+    }
+    steer(model, &query, edits, device)
+}
+
 /// The paper's variant: `query + sum_i weight_i * w_dec[latent_i]`.
 ///
 /// # Errors
@@ -214,6 +238,47 @@ pub fn search<B: Backend>(
     chunk_rows: usize,
     device: &B::Device,
 ) -> Result<Vec<Vec<Ranked>>> {
+    search_impl::<B>(corpus, None, queries, top_n, metric, chunk_rows, device)
+}
+
+/// [`search`] in the model's normalised space without a normalised copy of the corpus: each
+/// chunk of the raw `corpus` goes through `normalizer` as it is scored. `queries` are in that
+/// space already: a [`Steered::embedding`], or raw queries through
+/// [`Normalizer::apply_rows`].
+///
+/// # Errors
+/// The errors of [`search`]; [`Error::InvalidConfig`] when `normalizer` does not fit the
+/// corpus's width ([`Normalizer::check`]).
+pub fn search_normalized<B: Backend>(
+    corpus: &Embeddings,
+    normalizer: &Normalizer,
+    queries: &[f32],
+    top_n: usize,
+    metric: Metric,
+    chunk_rows: usize,
+    device: &B::Device,
+) -> Result<Vec<Vec<Ranked>>> {
+    normalizer.check(corpus.d_in())?;
+    search_impl::<B>(
+        corpus,
+        Some(normalizer),
+        queries,
+        top_n,
+        metric,
+        chunk_rows,
+        device,
+    )
+}
+
+fn search_impl<B: Backend>(
+    corpus: &Embeddings,
+    normalizer: Option<&Normalizer>,
+    queries: &[f32],
+    top_n: usize,
+    metric: Metric,
+    chunk_rows: usize,
+    device: &B::Device,
+) -> Result<Vec<Vec<Ranked>>> {
     let d_in = corpus.d_in();
     let n_queries = queries.len() / d_in;
     if queries.len() != n_queries * d_in || n_queries == 0 {
@@ -243,6 +308,9 @@ pub fn search<B: Backend>(
     while start < corpus.rows() {
         let end = (start + chunk_rows).min(corpus.rows());
         let mut chunk = corpus.as_slice()[start * d_in..end * d_in].to_vec();
+        if let Some(normalizer) = normalizer {
+            normalizer.apply_rows(&mut chunk, d_in);
+        }
         if metric == Metric::Cosine {
             normalize_rows(&mut chunk, d_in);
         }

@@ -9,8 +9,8 @@ use burn::tensor::backend::Backend;
 use serde_json::{Value, json};
 
 use super::io::{
-    HostTensor, OutTensor, format_err, read_json, read_safetensors, safetensors_bytes, to_json,
-    write_dir_atomically,
+    HostTensor, OutTensor, Owned, format_err, read_json, read_safetensors, safetensors_bytes,
+    to_json, write_dir_atomically,
 };
 use super::{Checkpoint, CheckpointConfig, CheckpointMeta, HostParams};
 use crate::data::{NormalizationKind, Normalizer};
@@ -449,14 +449,45 @@ fn read_sparsify(dir: &Path, k: Option<usize>) -> Result<Read> {
     ))
 }
 
+const SAELENS_CFG: &str = "cfg.json";
+const SAELENS_WEIGHTS: &str = "sae_weights.safetensors";
+
+/// The files of a SAELens folder [`export_saelens`] wrote: it replaces such a folder (its
+/// `cfg.json` names this crate as the exporter), never one SAELens or a user wrote.
+const SAELENS_EXPORT: Owned = Owned {
+    what: "SAELens export",
+    names: &[SAELENS_CFG, SAELENS_WEIGHTS],
+    is_ours: |dir| {
+        read_json::<Value>(&dir.join(SAELENS_CFG)).is_ok_and(|cfg| {
+            cfg.pointer("/metadata/exported_by")
+                .and_then(Value::as_str)
+                .is_some_and(|by| by.starts_with("topk-sae "))
+        })
+    },
+};
+
+/// Checks that [`export_saelens`] may write into `dir`, without writing anything: for callers
+/// that check every output before long work.
+///
+/// # Errors
+/// [`Error::OutputInUse`] when `dir` is a file, a symbolic link, a folder holding files this
+/// crate did not write, or a SAELens folder this crate did not export; [`Error::Io`] when it
+/// cannot be inspected.
+pub fn check_export_dir(dir: impl AsRef<Path>) -> Result<()> {
+    super::io::check_replaceable(dir.as_ref(), &SAELENS_EXPORT)
+}
+
 /// Writes `model` as a SAELens v6 folder (`cfg.json` with `architecture: "topk"`, top-level `k`
 /// and `activation_fn_kwargs.k`; `sae_weights.safetensors`). A centring or scaling normaliser is
 /// folded into the weights exactly, so the folder takes raw inputs (`normalize_activations:
 /// "none"`).
 ///
+/// `dir` may be new, an empty folder, or an earlier export of this crate's; anything else (a
+/// file, a folder holding other files, a folder SAELens wrote) is refused and left as it is.
+///
 /// # Errors
-/// [`Error::Io`] when the folder cannot be written; [`Error::InvalidConfig`] when `normalizer`
-/// does not fit the model ([`Normalizer::check`]), which would fold into wrong weights.
+/// [`Error::OutputInUse`] when `dir` is taken as above; [`Error::Io`] when the folder cannot be
+/// written; [`Error::InvalidConfig`] when `normalizer` does not fit the model ([`Normalizer::check`]), which would fold into wrong weights.
 pub fn export_saelens<B: Backend>(
     dir: impl AsRef<Path>,
     model: &TopKSae<B>,
@@ -504,9 +535,7 @@ pub fn export_saelens<B: Backend>(
     ]);
     write_dir_atomically(
         dir.as_ref(),
-        &[
-            ("cfg.json", to_json(&cfg)),
-            ("sae_weights.safetensors", weights),
-        ],
+        &[(SAELENS_CFG, to_json(&cfg)), (SAELENS_WEIGHTS, weights)],
+        &SAELENS_EXPORT,
     )
 }

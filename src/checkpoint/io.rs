@@ -152,11 +152,141 @@ pub(crate) fn safetensors_bytes(tensors: &[(&str, OutTensor<'_>)]) -> Vec<u8> {
     safetensors::serialize(views, None).expect("valid tensors serialise")
 }
 
+/// What a folder writer owns: the names of the files it writes, and how to recognise a folder
+/// it wrote before. A writer replaces an existing folder only when the folder is empty or is one
+/// of its own (only these names, and `is_ours` says so); it never deletes anything else.
+pub(crate) struct Owned {
+    /// What the folder is, for messages: `checkpoint`, `SAELens export`.
+    pub what: &'static str,
+    /// Every file name the writer may put in the folder.
+    pub names: &'static [&'static str],
+    /// Whether a folder holding only `names` was written by this crate.
+    pub is_ours: fn(&Path) -> bool,
+}
+
+/// At most this many names are listed when a folder holds files that are not ours.
+const LISTED: usize = 5;
+
+/// Checks that `dir` may be written by the writer that owns `owned`: it does not exist, or it is
+/// an empty folder, or a folder the writer wrote before.
+///
+/// # Errors
+/// [`Error::OutputInUse`] naming `dir` when it is a file or a symbolic link, holds anything the
+/// writer does not own (the names are listed), or holds only owned names that this crate did not
+/// write; [`Error::Io`] when it cannot be inspected.
+pub(crate) fn check_replaceable(dir: &Path, owned: &Owned) -> Result<()> {
+    let in_use = |reason: String| Error::OutputInUse {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                action: "inspect",
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if meta.file_type().is_symlink() {
+        return Err(in_use(format!(
+            "is a symbolic link; give the {} folder's own path",
+            owned.what
+        )));
+    }
+    if !meta.is_dir() {
+        return Err(in_use(format!(
+            "is a file, not a folder (for a {})",
+            owned.what
+        )));
+    }
+    let entries = fs::read_dir(dir).map_err(|source| Error::Io {
+        action: "list",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut names = Vec::new();
+    let mut foreign = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io {
+            action: "list",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && owned.names.contains(&name.as_str()) {
+            names.push(name);
+        } else {
+            foreign.push(if is_file { name } else { format!("{name}/") });
+        }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        let more = foreign.len().saturating_sub(LISTED);
+        foreign.truncate(LISTED);
+        let list = if more > 0 {
+            format!("{} and {more} more", foreign.join(", "))
+        } else {
+            foreign.join(", ")
+        };
+        return Err(in_use(format!(
+            "the folder holds {list}, which this crate did not write; save the {} into a new \
+             or empty folder",
+            owned.what
+        )));
+    }
+    if !names.is_empty() && !(owned.is_ours)(dir) {
+        names.sort();
+        return Err(in_use(format!(
+            "the folder holds {}, but not a {} written by this crate; save into a new or empty \
+             folder",
+            names.join(", "),
+            owned.what
+        )));
+    }
+    Ok(())
+}
+
+/// Deletes a folder the writer owns: its owned files, `first` before the others (a folder
+/// without `first` is no longer taken for complete), then the folder itself when that left it
+/// empty. Anything else in it stays where it is.
+///
+/// # Errors
+/// [`Error::Io`] when an owned file cannot be deleted.
+pub(crate) fn remove_owned(dir: &Path, owned: &Owned, first: &str) -> Result<()> {
+    let order = std::iter::once(first).chain(owned.names.iter().copied().filter(|n| *n != first));
+    for name in order {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "remove",
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+    // Fails, and keeps the folder, when something else is in it.
+    let _ = fs::remove_dir(dir);
+    Ok(())
+}
+
 /// Writes `files` into the directory `dir` so that `dir` is either its previous complete
 /// content or the new complete content, never a mix: files go into a hidden temporary sibling,
-/// are flushed to disk, and the sibling is renamed over `dir`.
-pub(crate) fn write_dir_atomically(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
-    write_dir_atomically_impl(dir, files, None)
+/// are flushed to disk, and the sibling is renamed over `dir`. An existing `dir` must pass
+/// [`check_replaceable`]; only its owned files are deleted.
+pub(crate) fn write_dir_atomically(
+    dir: &Path,
+    files: &[(&str, Vec<u8>)],
+    owned: &Owned,
+) -> Result<()> {
+    write_dir_atomically_impl(dir, files, owned, None)
 }
 
 /// `fail_after`: stop with an error after writing that many files (half of the last one), as a
@@ -164,8 +294,11 @@ pub(crate) fn write_dir_atomically(dir: &Path, files: &[(&str, Vec<u8>)]) -> Res
 pub(crate) fn write_dir_atomically_impl(
     dir: &Path,
     files: &[(&str, Vec<u8>)],
+    owned: &Owned,
     fail_after: Option<usize>,
 ) -> Result<()> {
+    debug_assert!(files.iter().all(|(n, _)| owned.names.contains(n)));
+    check_replaceable(dir, owned)?;
     let io = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io {
@@ -211,8 +344,9 @@ pub(crate) fn write_dir_atomically_impl(
         let old = parent.join(format!(".{name}.old-{unique}"));
         fs::rename(dir, &old).map_err(io("rename", dir))?;
         fs::rename(&tmp, dir).map_err(io("rename", &tmp))?;
-        // The new content is in place; failing to delete the old copy loses nothing.
-        let _ = fs::remove_dir_all(&old);
+        // The new content is in place. Only the files we wrote before are deleted: anything
+        // put into the folder since the check stays, in the hidden `old` folder.
+        let _ = remove_owned(&old, owned, owned.names[0]);
     } else {
         fs::rename(&tmp, dir).map_err(io("rename", &tmp))?;
     }

@@ -38,14 +38,17 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-pub use foreign::{Format, LoadOptions, export_saelens, load_any, parse_saerch_file_name};
+pub use foreign::{
+    Format, LoadOptions, check_export_dir, export_saelens, load_any, parse_saerch_file_name,
+};
 
 use crate::data::Normalizer;
 use crate::error::{Error, Result};
 use crate::sae::{TopKSae, TopKSaeConfig, to_host};
 use crate::train::TrainConfig;
 use io::{
-    HostTensor, OutTensor, format_err, read_json, safetensors_bytes, to_json, write_dir_atomically,
+    HostTensor, OutTensor, Owned, check_replaceable, format_err, read_json, remove_owned,
+    safetensors_bytes, to_json, write_dir_atomically,
 };
 
 /// The native format version this crate writes and reads.
@@ -91,6 +94,22 @@ pub struct Checkpoint<B: Backend> {
 pub(crate) const CONFIG_FILE: &str = "config.json";
 pub(crate) const MODEL_FILE: &str = "model.safetensors";
 pub(crate) const META_FILE: &str = "meta.json";
+pub(crate) const TRAINER_JSON: &str = "trainer.json";
+pub(crate) const TRAINER_TENSORS: &str = "trainer.safetensors";
+
+/// The files of a native checkpoint folder, which its writers own: they replace a folder
+/// holding only these (with a readable `meta.json`), and delete nothing else.
+pub(crate) const NATIVE: Owned = Owned {
+    what: "checkpoint",
+    names: &[
+        META_FILE,
+        CONFIG_FILE,
+        MODEL_FILE,
+        TRAINER_TENSORS,
+        TRAINER_JSON,
+    ],
+    is_ours: |dir| read_json::<CheckpointMeta>(&dir.join(META_FILE)).is_ok(),
+};
 
 /// The four parameters on the host, in SAELens orientation.
 pub(crate) struct HostParams {
@@ -241,10 +260,17 @@ impl HostParams {
     }
 }
 
-/// Saves a model in the native format into the directory `dir` (created or replaced atomically).
+/// Saves a model in the native format into the directory `dir`, created, or replaced atomically
+/// when it holds an earlier checkpoint. [`crate::Trained::save`] saves a trained model with its
+/// configuration and counters in one call.
+///
+/// `dir` may be new, an empty folder, or a checkpoint folder this crate wrote; anything else is
+/// refused, so that nothing a user put there is ever deleted.
 ///
 /// # Errors
-/// [`Error::Io`] when the directory or a file cannot be written.
+/// [`Error::OutputInUse`] when `dir` is a file, or a folder holding files this crate did not
+/// write (listed in the message), and nothing is written; [`Error::Io`] when the directory or a
+/// file cannot be written.
 pub fn save<B: Backend>(
     dir: impl AsRef<Path>,
     model: &TopKSae<B>,
@@ -256,6 +282,7 @@ pub fn save<B: Backend>(
     write_dir_atomically(
         dir.as_ref(),
         &native_files(model, normalizer, train, step, samples_seen),
+        &NATIVE,
     )
 }
 
@@ -423,16 +450,63 @@ impl CheckpointPolicy {
         self.dir.join(format!("step-{step:010}"))
     }
 
-    /// Deletes all but the newest `keep_last` checkpoints.
+    /// Deletes all but the newest `keep_last` checkpoints: the files of each that this crate
+    /// wrote (`meta.json` first, so that an interrupted prune leaves no folder that looks
+    /// complete), then the folder when it is left empty. Files a user put into a checkpoint
+    /// folder stay, with the folder.
     pub(crate) fn prune(&self) -> Result<()> {
         let steps = list_steps(&self.dir)?;
         let excess = steps.len().saturating_sub(self.keep_last);
         for (_, path) in steps.into_iter().take(excess) {
-            std::fs::remove_dir_all(&path).map_err(|source| Error::Io {
-                action: "remove",
-                path,
-                source,
-            })?;
+            if (NATIVE.is_ours)(&path) {
+                remove_owned(&path, &NATIVE, META_FILE)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks, before a run writes anything, that its checkpoints can be saved where this
+    /// policy says: `dir` is a folder (or can be created), and every `step-NNNNNNNNNN` folder
+    /// already there for a step after `after_step` can be replaced (empty, or a checkpoint this
+    /// crate wrote). [`crate::Trainer::fit`] calls it before its first step.
+    ///
+    /// # Errors
+    /// [`Error::OutputInUse`] naming `dir` when it is a file, or naming a step folder that holds
+    /// files this crate did not write; [`Error::Io`] when `dir` cannot be listed.
+    pub fn check(&self, after_step: u64) -> Result<()> {
+        match std::fs::metadata(&self.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "inspect",
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Err(Error::OutputInUse {
+                    path: self.dir.clone(),
+                    reason: "is a file, not a folder: checkpoints go into a folder (the \
+                             checkpoint directory)"
+                        .into(),
+                });
+            }
+            Ok(_) => {}
+        }
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::Io {
+            action: "list",
+            path: self.dir.clone(),
+            source,
+        })?;
+        for entry in entries.filter_map(std::result::Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(step) = name
+                .strip_prefix("step-")
+                .and_then(|s| s.parse::<u64>().ok())
+                && step > after_step
+            {
+                check_replaceable(&entry.path(), &NATIVE)?;
+            }
         }
         Ok(())
     }
@@ -455,7 +529,8 @@ mod tests {
         let second = TopKSaeConfig::new(4, 8, 2).with_seed(2).init::<B>(&device);
         for fail_after in 0..3 {
             let files = native_files(&second, &Normalizer::identity(), None, 20, 200);
-            let err = write_dir_atomically_impl(&dir, &files, Some(fail_after)).unwrap_err();
+            let err =
+                write_dir_atomically_impl(&dir, &files, &NATIVE, Some(fail_after)).unwrap_err();
             assert!(err.to_string().contains("simulated crash"));
             let loaded = load::<B>(&dir, &device).unwrap();
             assert_eq!(loaded.meta.step, 10, "the previous checkpoint is intact");

@@ -2,13 +2,13 @@
 
 use topk_sae::analysis::{
     self, CorpusCodes, FamilyConfig, FeatureEdit, FeatureStats, LabelConfig, Metric, encode_corpus,
-    families, feature_stats,
+    encode_corpus_with_progress, families, feature_stats,
 };
 use topk_sae::data::{SyntheticConfig, synthetic};
 use topk_sae::sae::to_host_vec;
 use topk_sae::{
     AdamConfig, Embeddings, Error, MetricsAccumulator, Normalizer, TopKSaeConfig, TrainConfig,
-    evaluate, train,
+    evaluate_with_progress, train,
 };
 
 use crate::{TestBackend, random_model, random_rows};
@@ -32,7 +32,7 @@ fn corpus_codes_match_forward_and_round_trip_through_npy() {
     let model = random_model(8, 30, 3, 2);
     let data = Embeddings::from_vec(random_rows(50, 8, 3), 50, 8).unwrap();
     let codes = in_chunks_of_16(|progress| {
-        encode_corpus(
+        encode_corpus_with_progress(
             &model,
             &data,
             &Normalizer::identity(),
@@ -64,7 +64,7 @@ fn evaluate_in_chunks_matches_one_pass_over_forward() {
     let x = random_rows(50, 8, 6);
     let data = Embeddings::from_vec(x.clone(), 50, 8).unwrap();
     let chunked = in_chunks_of_16(|progress| {
-        evaluate(
+        evaluate_with_progress(
             &model,
             &data,
             &Normalizer::identity(),
@@ -643,15 +643,7 @@ fn families_recover_planted_child_directions_end_to_end() {
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .unwrap()
     };
-    let codes = encode_corpus(
-        &t.model,
-        data,
-        &Normalizer::identity(),
-        512,
-        &device,
-        |_| {},
-    )
-    .unwrap();
+    let codes = encode_corpus(&t.model, data, &Normalizer::identity(), 512, &device).unwrap();
     let found = families(
         &codes,
         &FamilyConfig {
@@ -676,4 +668,52 @@ fn families_recover_planted_child_directions_end_to_end() {
         .collect();
     eprintln!("best {best:?} mean {mean} cos {cos:?} families {found:?}");
     assert!(mean >= 0.8, "mean best Jaccard {mean}: {best:?}");
+}
+
+/// `steer_raw` and `search_normalized` on raw rows give what `steer` and `search` give on a
+/// normalised copy of the corpus, for every normalisation.
+#[test]
+fn raw_steering_and_normalised_search_equal_the_normalised_copy_route() {
+    use topk_sae::NormalizationKind;
+    let rows = random_rows(60, 6, 11);
+    let data = Embeddings::from_vec(rows, 60, 6).unwrap();
+    let model = random_model(6, 12, 3, 4);
+    let device = Default::default();
+    for kind in [
+        NormalizationKind::None,
+        NormalizationKind::Center,
+        NormalizationKind::ScaleToDIn,
+    ] {
+        let normalizer = Normalizer::fit(kind, &data);
+        let mut copy = data.clone();
+        copy.normalize(&normalizer);
+        let edits = [FeatureEdit::Add {
+            latent: 5,
+            value: 0.7,
+        }];
+        let want = analysis::steer(&model, copy.row(3), &edits, &device).unwrap();
+        let got = analysis::steer_raw(&model, &normalizer, data.row(3), &edits, &device).unwrap();
+        assert_eq!(got, want, "{kind:?}");
+        for metric in [Metric::Dot, Metric::Cosine] {
+            let want =
+                analysis::search::<TestBackend>(&copy, &want.embedding, 7, metric, 16, &device)
+                    .unwrap();
+            let got = analysis::search_normalized::<TestBackend>(
+                &data,
+                &normalizer,
+                &got.embedding,
+                7,
+                metric,
+                16,
+                &device,
+            )
+            .unwrap();
+            assert_eq!(got, want, "{kind:?} {metric:?}");
+        }
+        let err = analysis::steer_raw(&model, &normalizer, &[0.0; 5], &[], &device).unwrap_err();
+        assert!(
+            matches!(err, Error::WidthMismatch { actual: 5, .. }),
+            "{err}"
+        );
+    }
 }

@@ -282,10 +282,9 @@ fn a_normaliser_that_does_not_fit_the_model_is_an_error() {
     ];
     for (normalizer, want) in cases {
         assert_eq!(normalizer.check(4).unwrap_err().to_string(), want);
-        let err = evaluate(&model, &data, &normalizer, 4, &device, |_| {}).unwrap_err();
+        let err = evaluate(&model, &data, &normalizer, 4, &device).unwrap_err();
         assert_eq!(err.to_string(), want);
-        let err =
-            analysis::encode_corpus(&model, &data, &normalizer, 4, &device, |_| {}).unwrap_err();
+        let err = analysis::encode_corpus(&model, &data, &normalizer, 4, &device).unwrap_err();
         assert_eq!(err.to_string(), want);
         let dir = tempfile::tempdir().unwrap();
         let err = topk_sae::checkpoint::export_saelens(dir.path().join("out"), &model, &normalizer)
@@ -669,4 +668,32 @@ fn no_gpu_driver_is_an_error_not_a_panic() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A folder given as a `.npy` file says so; row subsets check their indices and ranges.
+#[test]
+fn folders_and_row_subsets_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Embeddings::from_npy(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, Error::Format { .. }) && err.to_string().contains("is a folder"),
+        "{err}"
+    );
+    let data = Embeddings::from_vec((0..20).map(|v| v as f32).collect(), 5, 4).unwrap();
+    assert_eq!(data.select_rows(&[4, 4, 0]).unwrap().rows(), 3);
+    assert_eq!(
+        data.slice_rows(1..3).unwrap().as_slice(),
+        &data.as_slice()[4..12]
+    );
+    for err in [
+        data.select_rows(&[5]).unwrap_err(),
+        data.slice_rows(2..6).unwrap_err(),
+        data.slice_rows(3..3).unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    }
+    assert!(matches!(
+        data.select_rows(&[]).unwrap_err(),
+        Error::EmptyData { rows: 0, .. }
+    ));
 }

@@ -322,3 +322,42 @@ fn gpu_kernels_run_on_wgpu_and_only_there() {
         (want, want, want, want, want_loss)
     );
 }
+
+/// Host copies of the top-k read the same on every backend: `to_host` and `codes_to_host`
+/// equal the tensors read back, and a wrong width is an error from `check_width`.
+#[test]
+fn host_codes_equal_the_tensors_and_widths_are_checked() {
+    let model = random_model(6, 24, 4, 3);
+    let x = tensor(&random_rows(5, 6, 2), 6);
+    let latents = model.encode_topk(x.clone());
+    let codes = latents.to_host();
+    assert_eq!((codes.rows, codes.k), (5, 4));
+    let want: Vec<u32> = ints(latents.indices.clone())
+        .into_iter()
+        .map(|j| j as u32)
+        .collect();
+    assert_eq!(codes.indices, want);
+    assert_eq!(codes.values, to_host_vec(latents.values.clone()));
+    assert_eq!(
+        topk_sae::sae::int_to_host_vec(latents.indices),
+        ints(model.encode_topk(x.clone()).indices)
+    );
+    let out = model.forward(x.clone());
+    assert_eq!(out.codes_to_host(), codes);
+    assert_eq!(codes.row(1).count(), 4);
+    model.check_width(&x).unwrap();
+    let err = model
+        .check_width(&tensor(&random_rows(5, 7, 2), 7))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            topk_sae::Error::WidthMismatch {
+                expected: 6,
+                actual: 7,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -8,6 +8,7 @@ mod checkpoints;
 mod errors;
 mod forward;
 mod gradients;
+mod outputs;
 mod properties;
 mod reference;
 mod training;

@@ -45,7 +45,6 @@ fn training_recovers_planted_directions() {
         &trained.normalizer,
         1000,
         &device,
-        |_| {},
     )
     .unwrap();
     let recovered = set.recovered_fraction(&to_host_vec(trained.model.w_dec.val()), 0.9);
@@ -204,16 +203,9 @@ fn step_engines_agree_over_a_short_run() {
             engine == StepEngine::Tensor,
             "{engine:?}: {waited:?}"
         );
-        let nmse = evaluate(
-            &t.model,
-            &set.embeddings,
-            &t.normalizer,
-            512,
-            &device,
-            |_| {},
-        )
-        .unwrap()
-        .nmse;
+        let nmse = evaluate(&t.model, &set.embeddings, &t.normalizer, 512, &device)
+            .unwrap()
+            .nmse;
         (losses, nmse)
     };
     let (host, host_nmse) = run(StepEngine::Host);
@@ -260,7 +252,6 @@ fn ndarray_and_the_test_backend_agree_after_a_short_run() {
         &cpu.normalizer,
         512,
         &cpu_device,
-        |_| {},
     )
     .unwrap()
     .nmse;
@@ -270,7 +261,6 @@ fn ndarray_and_the_test_backend_agree_after_a_short_run() {
         &gpu.normalizer,
         512,
         &gpu_device,
-        |_| {},
     )
     .unwrap()
     .nmse;
