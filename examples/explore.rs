@@ -356,15 +356,16 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         (t.model, t.normalizer)
     };
     let bar = progress::rows_bar("evaluating", data.rows(), args.quiet);
-    let metrics = evaluate(&model, &data, &normalizer, 4096, &device, |done| {
+    let metrics = evaluate_with_progress(&model, &data, &normalizer, 4096, &device, |done| {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
     println!("{}\n{metrics}", Metrics::table_header());
     let bar = progress::rows_bar("encoding", data.rows(), args.quiet);
-    let codes = analysis::encode_corpus(&model, &data, &normalizer, 4096, &device, |done| {
-        bar.set_position(done as u64);
-    })?;
+    let codes =
+        analysis::encode_corpus_with_progress(&model, &data, &normalizer, 4096, &device, |done| {
+            bar.set_position(done as u64);
+        })?;
     bar.finish_and_clear();
     let stats = analysis::feature_stats(&codes, 20, 20);
     let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();

@@ -65,6 +65,8 @@ fn tolerance(text: &str) -> std::result::Result<f32, String> {
 
 #[path = "common/backend.rs"]
 mod backend;
+#[path = "common/outputs.rs"]
+mod outputs;
 #[path = "common/progress.rs"]
 mod progress;
 
@@ -72,6 +74,13 @@ backend::backend_main!(Args, run);
 
 fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let device = device.clone();
+    // Outputs are checked before any work: nothing a user owns is replaced.
+    if let Some(output) = &args.output {
+        outputs::check_output_file("output", output)?;
+    }
+    if let Some(dir) = &args.export_saelens {
+        checkpoint::check_export_dir(dir)?;
+    }
     let options = LoadOptions {
         format: args.format.parse::<Format>()?,
         k: args.k,
@@ -127,7 +136,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             reconstruct(args, &ckpt, &data, &device)?;
         }
         let bar = progress::rows_bar("evaluating", data.rows(), args.quiet);
-        let metrics = evaluate(
+        let metrics = evaluate_with_progress(
             model,
             &data,
             &ckpt.normalizer,

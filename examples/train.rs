@@ -41,9 +41,9 @@ struct Args {
     /// Dead latents used by the AuxK term [default: 2k].
     #[arg(long = "k-aux")]
     k_aux: Option<usize>,
-    /// Rows per step.
-    #[arg(long, default_value_t = 1024)]
-    batch: usize,
+    /// Rows per step [default: 1024].
+    #[arg(long)]
+    batch: Option<usize>,
     /// Passes over the data [default: 5 on real data, 30 on synthetic data; unlimited when only
     /// --max-steps is given].
     #[arg(long)]
@@ -54,31 +54,33 @@ struct Args {
     /// Adam learning rate [default: 1e-4, the reference recipe; 2e-3 on synthetic data].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
-    /// Seed of initialisation and shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Input normalisation: none, center or scale.
-    #[arg(long, default_value = "none")]
-    normalize: String,
-    /// Dead-latent threshold in samples.
-    #[arg(long = "dead-threshold", default_value_t = 272_384)]
-    dead_threshold: u64,
+    /// Seed of initialisation and shuffling [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Input normalisation: none, center or scale [default: none].
+    #[arg(long)]
+    normalize: Option<String>,
+    /// Dead-latent threshold in samples [default: 272384].
+    #[arg(long = "dead-threshold")]
+    dead_threshold: Option<u64>,
     /// Write a JSON summary here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Save checkpoints (model + trainer state) under this folder, as step-NNNNNNNNNN.
+    /// Save checkpoints (model + trainer state) under this folder, as step-NNNNNNNNNN. A resumed
+    /// run keeps saving where and as often as the run it resumes did, unless given this.
     #[arg(long = "checkpoint-dir")]
     checkpoint_dir: Option<PathBuf>,
-    /// Save a checkpoint every this many steps (and at the end); at least 1.
-    #[arg(long = "save-every", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
-    save_every: u64,
-    /// Keep only the newest this many checkpoints; at least 1.
-    #[arg(long = "keep-last", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
-    keep_last: u64,
+    /// Save a checkpoint every this many steps (and at the end); at least 1 [default: 500].
+    #[arg(long = "save-every", value_parser = clap::value_parser!(u64).range(1..))]
+    save_every: Option<u64>,
+    /// Keep only the newest this many checkpoints; at least 1 [default: 3].
+    #[arg(long = "keep-last", value_parser = clap::value_parser!(u64).range(1..))]
+    keep_last: Option<u64>,
     /// Resume from this checkpoint folder (a step-NNNNNNNNNN folder, or a --checkpoint-dir whose
-    /// newest checkpoint is taken); the training configuration then comes from the checkpoint,
+    /// newest checkpoint is taken), on the data it was trained on. The training configuration
+    /// comes from the checkpoint (a flag that would change it is ignored, with a warning),
     /// except --epochs and --max-steps when given: totals counted from the run's start, to
-    /// train a run further.
+    /// train a run further. Checkpoints go on being saved as the resumed run saved them.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Times corpus encoding over this many passes and reports the best (0: not timed).
@@ -93,6 +95,8 @@ struct Args {
 mod backend;
 #[path = "common/memory.rs"]
 mod memory;
+#[path = "common/outputs.rs"]
+mod outputs;
 #[path = "common/progress.rs"]
 mod progress;
 
@@ -101,12 +105,16 @@ backend::backend_main!(Args, run);
 #[allow(clippy::too_many_lines)] // one linear script: load, configure, train, report
 fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let device = device.clone();
+    // Every output is checked before any work, so that a mistyped path fails now, not after
+    // training.
     if let Some(path) = &args.json {
-        check_parent_folder(path)?;
+        outputs::check_output_file("json", path)?;
     }
     let synthetic_set: Option<Synthetic> = match &args.data {
         Some(_) => None,
-        None => Some(synthetic(&SyntheticConfig::new().with_seed(args.seed))?),
+        None => Some(synthetic(
+            &SyntheticConfig::new().with_seed(args.seed.unwrap_or(0)),
+        )?),
     };
     let data = match (&args.data, &synthetic_set) {
         (Some(path), _) => Embeddings::from_npy(path)?,
@@ -114,8 +122,6 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         (None, None) => unreachable!(),
     };
     let is_synthetic = synthetic_set.is_some();
-    let k = args.k.unwrap_or(if is_synthetic { 8 } else { 32 });
-    let d_sae = args.d_sae.unwrap_or(if is_synthetic { 512 } else { 3072 });
     let epochs = match (args.epochs, args.max_steps) {
         (Some(e), _) => e,
         (None, Some(_)) => usize::MAX,
@@ -127,58 +133,43 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             }
         }
     };
-    let lr = args.lr.unwrap_or(if is_synthetic { 2e-3 } else { 1e-4 });
-    let normalization = match args.normalize.as_str() {
-        "none" => NormalizationKind::None,
-        "center" => NormalizationKind::Center,
-        "scale" => NormalizationKind::ScaleToDIn,
-        other => {
-            return Err(Error::InvalidConfig {
-                field: "normalize",
-                value: other.to_owned(),
-                reason: "must be none, center or scale".into(),
-            });
-        }
-    };
-    let config = TrainConfig::new(TopKSaeConfig::new(data.d_in(), d_sae, k).with_seed(args.seed))
-        .with_loss(SaeLossConfig::new().with_k_aux(args.k_aux))
-        .with_optimizer(AdamConfig::new().with_lr(lr))
-        .with_batch_size(args.batch)
-        .with_epochs(epochs)
-        .with_max_steps(args.max_steps)
-        .with_dead_threshold_samples(args.dead_threshold)
-        .with_normalization(normalization)
-        .with_seed(args.seed);
     let mut trainer = if let Some(path) = &args.resume {
-        let dir = match checkpoint::latest(path) {
-            Ok(Some(newest)) => newest,
-            _ => path.clone(),
-        };
-        eprintln!("resuming from {}", dir.display());
-        let mut trainer = Trainer::<B>::resume(&dir, &device)?;
-        if args.epochs.is_some() || args.max_steps.is_some() {
-            trainer = trainer.with_stop(epochs, args.max_steps)?;
-        }
-        let d_in = trainer.config().model.d_in;
-        if is_synthetic && d_in != data.d_in() {
-            return Err(Error::InvalidConfig {
-                field: "data",
-                value: format!("synthetic, width {}", data.d_in()),
-                reason: format!(
-                    "cannot resume a model with d_in = {d_in}: pass the data it was trained \
-                     on with --data"
-                ),
-            });
-        }
-        trainer
+        resume::<B>(args, path, &data, epochs, is_synthetic, &device)?
     } else {
-        memory::check_training_memory(&args.backend, data.d_in(), d_sae, args.batch)?;
+        let config = new_config(args, &data, epochs, is_synthetic)?;
+        memory::check_training_memory(
+            &args.backend,
+            data.d_in(),
+            config.model.d_sae,
+            config.largest_batch_of(data.rows()),
+        )?;
         Trainer::<B>::new(config, &data, &device)?
     };
     if let Some(dir) = &args.checkpoint_dir {
+        let every = args.save_every.unwrap_or(500);
+        let keep = args.keep_last.unwrap_or(3);
         trainer = trainer.with_checkpoints(
-            CheckpointPolicy::new(dir, args.save_every)
-                .with_keep_last(usize::try_from(args.keep_last).unwrap_or(usize::MAX)),
+            CheckpointPolicy::new(dir, every)
+                .with_keep_last(usize::try_from(keep).unwrap_or(usize::MAX)),
+        );
+    } else if let Some(policy) = trainer.checkpoints().cloned() {
+        // A resumed run keeps its policy; --save-every and --keep-last may change it.
+        let every = args.save_every.unwrap_or(policy.every_steps);
+        let keep = args.keep_last.map_or(policy.keep_last, |k| {
+            usize::try_from(k).unwrap_or(usize::MAX)
+        });
+        trainer = trainer
+            .with_checkpoints(CheckpointPolicy::new(&policy.dir, every).with_keep_last(keep));
+    } else if args.save_every.is_some() || args.keep_last.is_some() {
+        eprintln!("warning: --save-every and --keep-last need --checkpoint-dir: no checkpoints");
+    }
+    if let Some(policy) = trainer.checkpoints() {
+        policy.check(trainer.steps_done())?;
+        eprintln!(
+            "checkpoints: every {} steps into {}, keeping the last {}",
+            policy.every_steps,
+            policy.dir.display(),
+            policy.keep_last
         );
     }
     let config = trainer.config().clone();
@@ -232,7 +223,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     bar.finish_and_clear();
 
     let bar = progress::rows_bar("evaluating", data.rows(), args.quiet);
-    let metrics = evaluate(
+    let metrics = evaluate_with_progress(
         &trained.model,
         &data,
         &trained.normalizer,
@@ -248,7 +239,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         let what = format!("encoding (timed, pass {pass}/{})", args.encode_passes);
         let bar = progress::rows_bar(&what, data.rows(), args.quiet);
         let started = std::time::Instant::now();
-        let codes = topk_sae::analysis::encode_corpus(
+        let codes = topk_sae::analysis::encode_corpus_with_progress(
             &trained.model,
             &data,
             &trained.normalizer,
@@ -267,6 +258,11 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     println!("{}\n{metrics}", Metrics::table_header());
     if step_ms.is_empty() {
         println!("steps {}, none run now", trained.steps);
+    } else if trained.steps_run < trained.steps {
+        println!(
+            "steps {} in all, {} run now in {train_seconds:.1} s, median {median:.1} ms/step",
+            trained.steps, trained.steps_run
+        );
     } else {
         println!(
             "steps {}, {train_seconds:.1} s, median {median:.1} ms/step",
@@ -295,6 +291,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         let mut summary = serde_json::to_value(&metrics).map_err(|e| Error::Json(e.to_string()))?;
         let extra = serde_json::json!({
             "steps": trained.steps,
+            "steps_run": trained.steps_run,
             "train_seconds": train_seconds,
             "ms_per_step_median": median,
             "encode_seconds": encode_seconds,
@@ -306,7 +303,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             "data": data.name(),
             "batch": config.batch_size,
             "lr": lr,
-            "seed": args.seed,
+            "seed": config.seed,
             "recovered_fraction": recovered,
             "gpu_kernels": {
                 "top_k": kernels.top_k.name(),
@@ -338,21 +335,122 @@ fn median_of(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Fails before training rather than after it when `--json` names a file in a missing folder.
-fn check_parent_folder(path: &Path) -> Result<()> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if parent.is_dir() {
-        return Ok(());
+/// The training configuration of a new run, from the flags and the data's defaults.
+fn new_config(
+    args: &Args,
+    data: &Embeddings,
+    epochs: usize,
+    is_synthetic: bool,
+) -> Result<TrainConfig> {
+    let k = args.k.unwrap_or(if is_synthetic { 8 } else { 32 });
+    let d_sae = args.d_sae.unwrap_or(if is_synthetic { 512 } else { 3072 });
+    let lr = args.lr.unwrap_or(if is_synthetic { 2e-3 } else { 1e-4 });
+    let normalization = match args.normalize.as_deref().unwrap_or("none") {
+        "none" => NormalizationKind::None,
+        "center" => NormalizationKind::Center,
+        "scale" => NormalizationKind::ScaleToDIn,
+        other => {
+            return Err(Error::InvalidConfig {
+                field: "normalize",
+                value: other.to_owned(),
+                reason: "must be none, center or scale".into(),
+            });
+        }
+    };
+    let seed = args.seed.unwrap_or(0);
+    Ok(
+        TrainConfig::new(TopKSaeConfig::new(data.d_in(), d_sae, k).with_seed(seed))
+            .with_loss(SaeLossConfig::new().with_k_aux(args.k_aux))
+            .with_optimizer(AdamConfig::new().with_lr(lr))
+            .with_batch_size(args.batch.unwrap_or(1024))
+            .with_epochs(epochs)
+            .with_max_steps(args.max_steps)
+            .with_dead_threshold_samples(args.dead_threshold.unwrap_or(272_384))
+            .with_normalization(normalization)
+            .with_seed(seed),
+    )
+}
+
+/// Restores the trainer of `--resume`: the data is checked against the run first, and every
+/// flag the resumed run cannot honour (it would change the run) is named in a warning.
+fn resume<B: burn::tensor::backend::Backend>(
+    args: &Args,
+    path: &Path,
+    data: &Embeddings,
+    epochs: usize,
+    is_synthetic: bool,
+    device: &B::Device,
+) -> Result<Trainer<B>> {
+    let dir = match checkpoint::latest(path) {
+        Ok(Some(newest)) => newest,
+        _ => path.to_owned(),
+    };
+    eprintln!("resuming from {}", dir.display());
+    let mut trainer = Trainer::<B>::resume(&dir, device)?;
+    let d_in = trainer.config().model.d_in;
+    if is_synthetic && d_in != data.d_in() {
+        return Err(Error::InvalidConfig {
+            field: "data",
+            value: format!("synthetic, width {}", data.d_in()),
+            reason: format!(
+                "cannot resume a model with d_in = {d_in}: pass the data it was trained on \
+                 with --data"
+            ),
+        });
     }
-    Err(Error::Io {
-        action: "write",
-        path: path.to_owned(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("folder {} does not exist", parent.display()),
+    trainer.check_data(data)?;
+    let c = trainer.config();
+    let normalization = match c.normalization {
+        NormalizationKind::None => "none",
+        NormalizationKind::Center => "center",
+        NormalizationKind::ScaleToDIn => "scale",
+    };
+    let k_aux = c
+        .loss
+        .k_aux
+        .map_or_else(|| "2k".to_owned(), |v| v.to_string());
+    let given: [(&str, Option<String>, String); 8] = [
+        ("k", args.k.map(|v| v.to_string()), c.model.k.to_string()),
+        (
+            "d-sae",
+            args.d_sae.map(|v| v.to_string()),
+            c.model.d_sae.to_string(),
         ),
-    })
+        ("k-aux", args.k_aux.map(|v| v.to_string()), k_aux),
+        (
+            "lr",
+            args.lr.map(|v| v.to_string()),
+            c.optimizer.lr.to_string(),
+        ),
+        (
+            "batch",
+            args.batch.map(|v| v.to_string()),
+            c.batch_size.to_string(),
+        ),
+        ("seed", args.seed.map(|v| v.to_string()), c.seed.to_string()),
+        (
+            "normalize",
+            args.normalize.clone(),
+            normalization.to_owned(),
+        ),
+        (
+            "dead-threshold",
+            args.dead_threshold.map(|v| v.to_string()),
+            c.dead_threshold_samples.to_string(),
+        ),
+    ];
+    for (flag, asked, kept) in given {
+        if let Some(asked) = asked
+            && asked != kept
+        {
+            eprintln!(
+                "warning: --{flag} {asked} is ignored: a resumed run keeps its checkpoint's \
+                 {kept}"
+            );
+        }
+    }
+    if args.epochs.is_some() || args.max_steps.is_some() {
+        trainer = trainer.with_stop(epochs, args.max_steps)?;
+    }
+    Ok(trainer)
 }

@@ -16,7 +16,9 @@ fn training_bytes(d_in: usize, d_sae: usize, batch: usize) -> f64 {
 
 /// Refuses a CPU training run whose estimated memory exceeds what Linux says is available
 /// (`MemAvailable` in `/proc/meminfo`); passes where that cannot be read (other systems) and on
-/// the GPU backend, whose weights live on the device.
+/// the GPU backend, whose weights live on the device. `batch` is the largest batch the run
+/// takes (`--batch` capped at the rows); the message names `batch` where a batch's activations
+/// are most of the estimate, `d_sae` where the weights are.
 pub fn check_training_memory(backend: &str, d_in: usize, d_sae: usize, batch: usize) -> Result<()> {
     if backend == "wgpu" {
         return Ok(());
@@ -29,9 +31,15 @@ pub fn check_training_memory(backend: &str, d_in: usize, d_sae: usize, batch: us
         return Ok(());
     }
     let gib = |b: f64| b / f64::from(1u32 << 30);
+    let activations = 4.0 * batch as f64 * d_sae as f64;
+    let (field, value) = if activations > need / 2.0 {
+        ("batch", batch)
+    } else {
+        ("d_sae", d_sae)
+    };
     Err(Error::InvalidConfig {
-        field: "d_sae",
-        value: d_sae.to_string(),
+        field,
+        value: value.to_string(),
         reason: format!(
             "needs about {:.1} GiB of memory to train with d_in {d_in} and batch {batch} on the \
              CPU (the weights, their gradients and Adam's two moments, and a batch's \
