@@ -82,15 +82,8 @@ fn backend_benches<B: Backend>(c: &mut Criterion, name: &str, host_kernels: bool
         let identity = topk_sae::Normalizer::identity();
         group.bench_function(BenchmarkId::new("encode_corpus_4x_batch", &id), |b| {
             b.iter(|| {
-                topk_sae::analysis::encode_corpus(
-                    &model,
-                    &corpus,
-                    &identity,
-                    4 * batch,
-                    &device,
-                    |_| {},
-                )
-                .expect("valid corpus")
+                topk_sae::analysis::encode_corpus(&model, &corpus, &identity, 4 * batch, &device)
+                    .expect("valid corpus")
             });
         });
         group.bench_function(BenchmarkId::new("forward", &id), |b| {

@@ -67,10 +67,15 @@ struct Args {
     quiet: bool,
 }
 
+/// The report page's title: also how a later run knows the page is one it may replace.
+const REPORT_TITLE: &str = "topk-sae report";
+
 #[path = "common/backend.rs"]
 mod backend;
 #[path = "common/memory.rs"]
 mod memory;
+#[path = "common/outputs.rs"]
+mod outputs;
 #[path = "common/progress.rs"]
 mod progress;
 
@@ -288,6 +293,9 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         ..FamilyConfig::default()
     };
     family_config.validate()?;
+    // A report replaces only an earlier report, never a user's file of the same name.
+    outputs::check_report_file(&args.out.join("report.html"), REPORT_TITLE)?;
+    outputs::check_report_file(&args.out.join("features.json"), "\"top_documents\"")?;
     std::fs::create_dir_all(&args.out).map_err(|source| Error::Io {
         action: "create",
         path: args.out.clone(),
@@ -393,7 +401,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>topk-sae report</title><style>\
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{REPORT_TITLE}</title><style>\
          body{{font-family:sans-serif;max-width:1100px;margin:auto}} td,th{{padding:2px 6px;text-align:left;vertical-align:top}}\
          table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f4}} .t{{color:#555;font-size:90%}}</style></head><body>\
          <h1>topk-sae report</h1><p>{} rows x {}, d_sae {}, k {}</p><h2>Metrics</h2><pre>{}\n{}</pre>",

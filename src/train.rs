@@ -1113,7 +1113,9 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Checks `data` as [`Trainer::fit`] does before its first step, so that a caller can
-    /// refuse wrong data before anything else (a resumed run's data in particular).
+    /// refuse wrong data before anything else (a resumed run's data in particular). Other rows
+    /// of the same shape are told apart by a digest of up to 256 rows spread over the matrix,
+    /// the first and last included: a change confined to rows it does not read passes.
     ///
     /// # Errors
     /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`] naming
