@@ -459,12 +459,25 @@ impl HostCodes {
     /// # Panics
     /// If `i >= rows`.
     pub fn row(&self, i: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
-        let r = i * self.k..(i + 1) * self.k;
-        self.indices[r.clone()]
-            .iter()
-            .map(|&j| j as usize)
-            .zip(self.values[r].iter().copied())
+        code_row(&self.indices, &self.values, self.k, i)
     }
+}
+
+/// Row `i`'s `(latent, value)` pairs of row-major `[rows, k]` codes.
+///
+/// # Panics
+/// If row `i` is past the end.
+pub(crate) fn code_row<'a>(
+    indices: &'a [u32],
+    values: &'a [f32],
+    k: usize,
+    i: usize,
+) -> impl Iterator<Item = (usize, f32)> + 'a {
+    let r = i * k..(i + 1) * k;
+    indices[r.clone()]
+        .iter()
+        .map(|&j| j as usize)
+        .zip(values[r].iter().copied())
 }
 
 impl<B: Backend> TopKLatents<B> {

@@ -201,11 +201,7 @@ impl CorpusCodes {
     /// # Panics
     /// If `i >= rows`.
     pub fn row(&self, i: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
-        let r = i * self.k..(i + 1) * self.k;
-        self.indices[r.clone()]
-            .iter()
-            .map(|&j| j as usize)
-            .zip(self.values[r].iter().copied())
+        crate::sae::code_row(&self.indices, &self.values, self.k, i)
     }
 
     /// Writes `indices` (`uint32 [rows, k]`) and `values` (`float32 [rows, k]`) as `.npy` files.

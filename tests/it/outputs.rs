@@ -315,7 +315,7 @@ fn lay_out(dir: &Path, files: &[(String, bool, Vec<u8>)]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(32))]
 
     /// Both writers, into a folder holding random user files: refused, every file intact, no
     /// new entry beside it.
