@@ -11,7 +11,10 @@
 //! | `trainer.safetensors`, `trainer.json` | optional: optimiser moments, dead-latent counters, shuffle position |
 //!
 //! Every save is atomic: files are written and flushed into a hidden sibling directory which is
-//! then renamed into place, so a crash leaves the previous checkpoint loadable.
+//! then renamed into place, so a crash leaves the previous checkpoint loadable. A save replaces
+//! only a folder that is empty or one this crate wrote, and deletes only the files this crate
+//! writes: a folder holding anything else is [`Error::OutputInUse`], and nothing a user put
+//! there is ever deleted.
 //!
 //! ```
 //! # fn main() -> topk_sae::Result<()> {
