@@ -11,7 +11,7 @@ use npyz::WriterBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::host::dot;
+use crate::ops::linalg::dot;
 
 /// A dense `[rows, d_in]` matrix of `f32` embeddings held on the host, every value finite.
 #[derive(Debug, Clone, PartialEq)]
@@ -386,59 +386,6 @@ pub(crate) fn check_finite(data: &[f32], d_in: usize, source_name: &str) -> Resu
             source_name: source_name.to_owned(),
         }),
     }
-}
-
-/// Most bytes per host-to-device write of [`upload_rows`]. On the H200 machine of
-/// `docs/benchmarks.md`, burn-wgpu wrote 25 MB in one piece at 0.44-0.63 GB/s, in 1.6 MB pieces
-/// at 1.75-2.06 GB/s and in 400 KB pieces at 2.07-2.47 GB/s (three runs).
-const UPLOAD_PIECE_BYTES: usize = 512 << 10;
-
-/// `rows` rows of `d_in` floats as a `[rows, d_in]` tensor on `device`, the rows of each range
-/// given by `piece`: on GPU backends in pieces of at most [`UPLOAD_PIECE_BYTES`], joined on the
-/// device; on CPU backends in one piece.
-///
-/// # Panics
-/// If `rows` is 0, or `piece` returns another number of values than its range needs.
-pub(crate) fn upload_rows<B: Backend>(
-    rows: usize,
-    d_in: usize,
-    device: &B::Device,
-    mut piece: impl FnMut(std::ops::Range<usize>) -> Vec<f32>,
-) -> Tensor<B, 2> {
-    assert!(rows > 0, "nothing to upload");
-    let per = if crate::host::is_cpu_backend::<B>(device) {
-        rows
-    } else {
-        (UPLOAD_PIECE_BYTES / (4 * d_in.max(1))).max(1)
-    };
-    let mut parts: Vec<Tensor<B, 2>> = batch_ranges(rows, per)
-        .expect("pieces of at least one row")
-        .map(|range| {
-            let n = range.len();
-            Tensor::from_data(TensorData::new(piece(range), [n, d_in]), device)
-        })
-        .collect();
-    if parts.len() == 1 {
-        parts.pop().expect("one piece")
-    } else {
-        Tensor::cat(parts, 0)
-    }
-}
-
-/// Consecutive row ranges of at most `batch_size` rows covering `0..rows`.
-///
-/// # Errors
-/// [`Error::InvalidConfig`] when `batch_size` is 0.
-pub(crate) fn batch_ranges(
-    rows: usize,
-    batch_size: usize,
-) -> Result<impl Iterator<Item = std::ops::Range<usize>>> {
-    if batch_size == 0 {
-        return Err(Error::invalid("batch_size", 0, "must be >= 1"));
-    }
-    Ok((0..rows)
-        .step_by(batch_size)
-        .map(move |start| start..(start + batch_size).min(rows)))
 }
 
 /// Checks the `.npy` preamble and that the header is a plain dict literal of `descr`,

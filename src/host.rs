@@ -12,17 +12,16 @@
 //! update is independent work (parallel over latents, no atomics, the same sums in the same order
 //! whatever the thread count).
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use crate::loss::{LossParts, SaeLoss};
-use crate::sae::to_host;
-use crate::topk::{SelectScratch, key_column, select_row};
-use crate::train::AdamConfig;
+use crate::ops::ROWS_PER_TASK;
+use crate::ops::linalg::{axpy, dot, encode_into, normalize_row, sum_sq, transpose};
+use crate::ops::sparse::{decode_sparse, group_by_latent};
+use crate::ops::topk::select_topk;
+use crate::ops::transfer::to_host;
+use crate::ops::update::{AdamConfig, AdamScalars};
 
-/// Rows per parallel task in the row-wise passes.
-const ROWS_PER_TASK: usize = 16;
 /// Latents per parallel task in the per-latent passes.
 const LATENTS_PER_TASK: usize = 64;
 /// Elements per parallel task in the Adam pass over the biases and the encoder.
@@ -376,16 +375,7 @@ impl HostState {
     /// decoder rows back to unit norm.
     fn adam(&mut self, s: &Scratch, opt: &AdamConfig, clip: f32) {
         self.adam_step += 1;
-        let t = i32::try_from(self.adam_step).unwrap_or(i32::MAX);
-        let c = AdamScalars {
-            b1: opt.beta_1 as f32,
-            b2: opt.beta_2 as f32,
-            c1: (1.0 - opt.beta_1.powi(t)) as f32,
-            c2: (1.0 - opt.beta_2.powi(t)) as f32,
-            eps: opt.epsilon as f32,
-            lr: opt.lr as f32,
-            clip,
-        };
+        let c = AdamScalars::for_step(opt, self.adam_step, clip);
         let [m0, m1, m2, m3] = &mut self.m;
         let [v0, v1, v2, v3] = &mut self.v;
         let [g0, g1, g2, g3] = &s.grads;
@@ -404,155 +394,6 @@ impl HostState {
                 normalize_row(w);
             });
     }
-}
-
-/// Adam's settings for one step (`c1`, `c2` the bias corrections) and the clipping factor of the
-/// gradients.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AdamScalars {
-    pub(crate) b1: f32,
-    pub(crate) b2: f32,
-    pub(crate) c1: f32,
-    pub(crate) c2: f32,
-    pub(crate) eps: f32,
-    pub(crate) lr: f32,
-    pub(crate) clip: f32,
-}
-
-impl AdamScalars {
-    fn update(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], per_task: usize) {
-        p.par_chunks_mut(per_task)
-            .zip(m.par_chunks_mut(per_task))
-            .zip(v.par_chunks_mut(per_task))
-            .zip(g.par_chunks(per_task))
-            .for_each(|(((p, m), v), g)| self.update_chunk(p, m, v, g));
-    }
-
-    /// PyTorch's Adam: `p -= lr * (m / c1) / (sqrt(v / c2) + eps)`.
-    pub(crate) fn update_chunk(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-        for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
-            let g = g * self.clip;
-            *m = *m * self.b1 + g * (1.0 - self.b1);
-            *v = *v * self.b2 + g * g * (1.0 - self.b2);
-            let denom = (*v / self.c2).sqrt() + self.eps;
-            *p -= *m / self.c1 / denom * self.lr;
-        }
-    }
-}
-
-/// The entries of several row-major `[rows, k_t]` lists of latents, grouped by latent (a stable
-/// counting sort): latent `j`'s entries are `entries[starts[j]..starts[j + 1]]`, each `(list,
-/// position in the list)`, in list order then position order.
-///
-/// # Panics
-/// If a latent is `d_sae` or more, or there are more than 256 lists.
-pub(crate) fn group_by_latent<T: Copy>(
-    lists: &[&[T]],
-    d_sae: usize,
-    latent: impl Fn(T) -> usize,
-) -> (Vec<usize>, Vec<(u8, u32)>) {
-    let mut starts = vec![0usize; d_sae + 1];
-    for list in lists {
-        for &j in *list {
-            starts[latent(j) + 1] += 1;
-        }
-    }
-    for j in 0..d_sae {
-        starts[j + 1] += starts[j];
-    }
-    let mut fill = starts.clone();
-    let mut entries = vec![(0u8, 0u32); starts[d_sae]];
-    for (li, list) in lists.iter().enumerate() {
-        let li = u8::try_from(li).expect("at most 256 lists");
-        for (at, &j) in list.iter().enumerate() {
-            let slot = &mut fill[latent(j)];
-            entries[*slot] = (li, at as u32);
-            *slot += 1;
-        }
-    }
-    (starts, entries)
-}
-
-/// Top `k` of each row of `pre + bias` (`pre` is `[batch, d_sae]`, `bias` `[d_sae]`), restricted to
-/// `allowed`, ReLU'd (NaN kept): `([batch, k], [batch, k])`. The bias is added row by row into a
-/// small buffer that stays in cache, so `pre` is read once.
-pub(crate) fn select_topk(
-    pre: &[f32],
-    bias: &[f32],
-    k: usize,
-    allowed: Option<&[bool]>,
-) -> (Vec<u32>, Vec<f32>) {
-    let d_sae = bias.len();
-    let batch = pre.len() / d_sae;
-    let mut indices = vec![0u32; batch * k];
-    let mut values = vec![0f32; batch * k];
-    pre.par_chunks(d_sae * ROWS_PER_TASK)
-        .zip(indices.par_chunks_mut(k * ROWS_PER_TASK))
-        .zip(values.par_chunks_mut(k * ROWS_PER_TASK))
-        .for_each_init(
-            || (SelectScratch::default(), vec![0f32; d_sae]),
-            |(scratch, biased), ((rows, idx), val)| {
-                for ((row, idx), val) in rows
-                    .chunks_exact(d_sae)
-                    .zip(idx.chunks_exact_mut(k))
-                    .zip(val.chunks_exact_mut(k))
-                {
-                    for ((o, p), b) in biased.iter_mut().zip(row).zip(bias) {
-                        *o = p + b;
-                    }
-                    select_row(biased, k, allowed, scratch);
-                    for ((i, v), key) in idx.iter_mut().zip(val).zip(&scratch.keys) {
-                        let j = key_column(*key);
-                        *i = j as u32;
-                        // ReLU that keeps NaN, so a broken model shows in the loss.
-                        *v = if biased[j] < 0.0 { 0.0 } else { biased[j] };
-                    }
-                }
-            },
-        );
-    (indices, values)
-}
-
-/// `sum_j values[b, j] * w_dec[indices[b, j]]` (+ `b_dec` when given), `[batch, d_in]`;
-/// `w_dec` is `[d_sae, d_in]`, `indices` and `values` `[batch, k]`.
-pub(crate) fn decode_sparse(
-    w_dec: &[f32],
-    d_in: usize,
-    b_dec: Option<&[f32]>,
-    indices: &[u32],
-    values: &[f32],
-    k: usize,
-) -> Vec<f32> {
-    let batch = indices.len() / k;
-    let mut out = vec![0f32; batch * d_in];
-    out.par_chunks_mut(d_in * ROWS_PER_TASK)
-        .zip(indices.par_chunks(k * ROWS_PER_TASK))
-        .zip(values.par_chunks(k * ROWS_PER_TASK))
-        .for_each(|((out, idx), val)| {
-            for ((row, idx), val) in out
-                .chunks_exact_mut(d_in)
-                .zip(idx.chunks_exact(k))
-                .zip(val.chunks_exact(k))
-            {
-                if let Some(b) = b_dec {
-                    row.copy_from_slice(b);
-                }
-                for (&j, &v) in idx.iter().zip(val) {
-                    if v != 0.0 {
-                        let j = j as usize;
-                        axpy(row, v, &w_dec[j * d_in..(j + 1) * d_in]);
-                    }
-                }
-            }
-        });
-    out
-}
-
-/// Whether the host kernels are the fast path for backend `B` on `device`: true on the CPU
-/// backends (burn-ndarray, Flex), where host buffers are the backend's own memory.
-pub(crate) fn is_cpu_backend<B: burn::tensor::backend::Backend>(device: &B::Device) -> bool {
-    let name = B::name(device).to_ascii_lowercase();
-    name.contains("ndarray") || name.contains("flex")
 }
 
 /// A model's weights on the host, for encoding and decoding many batches (corpus encoding,
@@ -610,16 +451,6 @@ impl HostCodec {
     }
 }
 
-/// `pre = xc @ w_enc_t^T`, `[batch, d_sae]`, through ndarray's GEMM (matrixmultiply, or BLAS
-/// when ndarray's `blas` feature is on).
-pub(crate) fn encode_into(xc: &[f32], w_enc_t: &[f32], d_in: usize, d_sae: usize, pre: &mut [f32]) {
-    let batch = xc.len() / d_in;
-    let a = ArrayView2::from_shape((batch, d_in), xc).expect("xc is [batch, d_in]");
-    let w = ArrayView2::from_shape((d_sae, d_in), w_enc_t).expect("w_enc_t is [d_sae, d_in]");
-    let mut c = ArrayViewMut2::from_shape((batch, d_sae), pre).expect("pre is [batch, d_sae]");
-    general_mat_mul(1.0, &a, &w.t(), 0.0, &mut c);
-}
-
 /// `out = x - b_dec` row by row.
 fn centre(x: &[f32], b_dec: &[f32], out: &mut Vec<f32>) {
     out.clear();
@@ -670,54 +501,6 @@ fn centred_variance(x: &[f32], d_in: usize) -> f64 {
         })
         .sum();
     sq / x.len() as f64
-}
-
-/// `[rows, cols]` to `[cols, rows]`, in cache-sized blocks.
-fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const BLOCK: usize = 32;
-    let mut out = vec![0f32; a.len()];
-    for r0 in (0..rows).step_by(BLOCK) {
-        for c0 in (0..cols).step_by(BLOCK) {
-            for r in r0..(r0 + BLOCK).min(rows) {
-                for c in c0..(c0 + BLOCK).min(cols) {
-                    out[c * rows + r] = a[r * cols + c];
-                }
-            }
-        }
-    }
-    out
-}
-
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
-}
-
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums: lets the compiler vectorise without reassociating one long chain.
-    let mut acc = [0f32; 8];
-    let (ca, ra) = a.as_chunks::<8>();
-    let (cb, rb) = b.as_chunks::<8>();
-    for (x, y) in ca.iter().zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-pub(crate) fn sum_sq(a: &[f32]) -> f64 {
-    f64::from(dot(a, a))
-}
-
-/// Scales `w` to unit L2 norm (left as is below a norm of 1e-12).
-pub(crate) fn normalize_row(w: &mut [f32]) {
-    let norm = sum_sq(w).sqrt().max(1e-12) as f32;
-    for x in w.iter_mut() {
-        *x /= norm;
-    }
 }
 
 #[cfg(all(test, feature = "ndarray"))]

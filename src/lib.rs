@@ -71,16 +71,21 @@ pub mod analysis;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
-#[cfg(feature = "wgpu")]
-mod gpu;
 mod host;
 pub mod loss;
 pub mod metrics;
+mod ops;
 pub mod prelude;
 mod profile;
+mod recipe;
 pub mod sae;
-pub mod topk;
 pub mod train;
+
+/// Row-wise top-k selection, on the host by partial selection ([`topk::topk_rows`]) and for
+/// device tensors ([`topk::topk_tensor`], one GPU kernel on burn-wgpu).
+pub mod topk {
+    pub use crate::ops::topk::{topk_rows, topk_tensor};
+}
 
 /// The backend the crate's unit tests run on: burn-wgpu with feature `test-wgpu` (lavapipe in
 /// CI), burn-ndarray otherwise.
@@ -205,7 +210,7 @@ pub mod backend {
     /// ```
     #[cfg(feature = "wgpu")]
     pub fn wgpu_adapter(device: &WgpuDevice) -> crate::Result<WgpuAdapter> {
-        crate::gpu::adapter::find(device)
+        crate::ops::gpu::adapter::find(device)
     }
 
     /// Which of the crate's GPU kernels run for backend `B` on `device`. On burn-wgpu (feature
@@ -232,11 +237,11 @@ pub mod backend {
         #[cfg(feature = "wgpu")]
         {
             GpuKernels {
-                top_k: crate::gpu::topk::status::<B>(device),
-                sparse: crate::gpu::sparse::status::<B>(device),
-                update: crate::gpu::update::status::<B>(device),
-                pack: crate::gpu::pack::status::<B>(device),
-                loss: crate::gpu::stats::status::<B>(device),
+                top_k: crate::ops::gpu::topk::status::<B>(device),
+                sparse: crate::ops::gpu::sparse::status::<B>(device),
+                update: crate::ops::gpu::update::status::<B>(device),
+                pack: crate::ops::gpu::pack::status::<B>(device),
+                loss: crate::ops::gpu::stats::status::<B>(device),
             }
         }
         #[cfg(not(feature = "wgpu"))]

@@ -11,8 +11,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::ops::sparse::{decode_rows, gather_rows};
+use crate::ops::topk::{PreActivations, Selected};
+use crate::ops::transfer::to_host;
 use crate::profile::mark;
-use crate::sae::{PreActivations, Selected, TopKSae, decode_rows, gather_rows, to_host};
+use crate::sae::TopKSae;
 
 /// Normalised MSE of a batch, `mean((a - x)^2) / mean((x - mean_over_batch(x))^2)`, means over
 /// all elements.
@@ -210,7 +213,7 @@ impl<B: Backend> Candidates<'_, B> {
     fn on_host(&self) -> Vec<bool> {
         match self {
             Self::Host(d) => d.to_vec(),
-            Self::Device(t, _) => crate::sae::int_to_host(t.clone())
+            Self::Device(t, _) => crate::ops::transfer::int_to_host(t.clone())
                 .iter()
                 .map(|&v| v != 0)
                 .collect(),
@@ -257,7 +260,7 @@ impl<B: Backend> AuxLatents<B> {
                 let pre = pre
                     .device()
                     .expect("deferred only with device pre-activations");
-                let (indices, values) = crate::topk::masked_topk(pre, k_aux, allowed)
+                let (indices, values) = crate::ops::topk::masked_topk(pre, k_aux, allowed)
                     .expect("deferred only where the masked top-k runs");
                 Selected {
                     indices,
@@ -270,7 +273,7 @@ impl<B: Backend> AuxLatents<B> {
 }
 
 /// A batch's residual after the main decode, and the statistics the loss takes from it: our
-/// two kernels on burn-wgpu (`crate::gpu::stats`), else burn's tensor operations.
+/// two kernels on burn-wgpu (`crate::ops::gpu::stats`), else burn's tensor operations.
 struct BatchStats<B: Backend> {
     /// `x - x_hat`, `[batch, d_in]`.
     e: Tensor<B, 2>,
@@ -299,9 +302,12 @@ impl<B: Backend> BatchStats<B> {
         #[cfg(feature = "wgpu")]
         {
             let with_left = allowed.is_some();
-            if let Some(r) =
-                crate::gpu::stats::residual(x.clone(), dec.clone(), b_dec.clone(), allowed.clone())
-            {
+            if let Some(r) = crate::ops::gpu::stats::residual(
+                x.clone(),
+                dec.clone(),
+                b_dec.clone(),
+                allowed.clone(),
+            ) {
                 return Self {
                     e: r.e,
                     var_x: r.var_x.unsqueeze_dim(0),
@@ -331,7 +337,7 @@ impl<B: Backend> BatchStats<B> {
 }
 
 /// A term's NMSE and output gradient from its decode `a` and target `b`: `(mean((a - b)^2) /
-/// var * live, (a - b) * factor / var)`; our two kernels on burn-wgpu (`crate::gpu::stats`),
+/// var * live, (a - b) * factor / var)`; our two kernels on burn-wgpu (`crate::ops::gpu::stats`),
 /// else burn's tensor operations.
 ///
 /// # Shapes
@@ -344,7 +350,7 @@ fn scaled_residual<B: Backend>(
     factor: f32,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
     #[cfg(feature = "wgpu")]
-    if let Some(found) = crate::gpu::stats::scaled_residual(
+    if let Some(found) = crate::ops::gpu::stats::scaled_residual(
         a.clone(),
         b.clone(),
         var.clone().reshape([1]),
@@ -418,13 +424,13 @@ impl SaeLoss {
             self.evaluate_on_device(model, x, dead.map(Candidates::Host), with_grads, true);
         let mut values = evaluated.losses.clone();
         values.extend(evaluated.left.clone());
-        let host = to_host(crate::sae::concat(values));
+        let host = to_host(crate::ops::linalg::concat(values));
         let terms = evaluated.losses.len();
         let parts = evaluated.parts(&host[..terms]);
         // Deferred: the main indices, and how many candidates were left, come back now.
         let (indices, k_aux_used) = match (&evaluated.device_indices, host.get(terms)) {
             (Some(indices), left) => (
-                crate::sae::int_to_host(indices.clone()),
+                crate::ops::transfer::int_to_host(indices.clone()),
                 left.map_or(0, |&n| evaluated.k_aux_used.min(n as usize)),
             ),
             (None, _) => (evaluated.indices, evaluated.k_aux_used),
@@ -456,13 +462,13 @@ impl SaeLoss {
         let deferred = (defer && main.host_indices.is_none())
             .then(|| pre.device())
             .flatten()
-            .filter(|pre| crate::topk::masked_topk_runs(pre, k_aux.max(1)))
+            .filter(|pre| crate::ops::topk::masked_topk_runs(pre, k_aux.max(1)))
             .and_then(|_| {
                 let candidates = match &dead {
                     Some(d) => d.on_device(&device),
                     None => Tensor::zeros([d_sae], &device),
                 };
-                crate::topk::fired_latents(main.indices.clone(), candidates)
+                crate::ops::topk::fired_latents(main.indices.clone(), candidates)
             });
         if let Some((allowed, fired)) = deferred {
             return (
@@ -654,7 +660,7 @@ fn decoder_bias_gradient<B: Backend>(
         .map(|t| t.grad_out.clone().sum_dim(0).reshape([d_in]))
         .reduce(|a, b| a + b)
         .expect("the main term decodes with the bias");
-    let through_encoder = crate::sae::matmul(
+    let through_encoder = crate::ops::linalg::matmul(
         grad_b_enc.clone().unsqueeze_dim::<2>(0),
         model.w_enc.val().transpose(),
     )
@@ -671,9 +677,12 @@ fn gated_dots<B: Backend>(
     values: &Tensor<B, 2>,
 ) -> Tensor<B, 2> {
     #[cfg(feature = "wgpu")]
-    if let Some(dots) =
-        crate::gpu::sparse::gathered_dots(indices.clone(), w_dec.clone(), g.clone(), values.clone())
-    {
+    if let Some(dots) = crate::ops::gpu::sparse::gathered_dots(
+        indices.clone(),
+        w_dec.clone(),
+        g.clone(),
+        values.clone(),
+    ) {
         return dots;
     }
     let [batch, k] = indices.dims();
@@ -709,14 +718,14 @@ fn scattered_gradients<B: Backend>(
     }
     let grad_b_enc = grad_pre.clone().sum_dim(0).reshape([d_sae]);
     (
-        crate::sae::matmul(xc.transpose(), grad_pre),
+        crate::ops::linalg::matmul(xc.transpose(), grad_pre),
         grad_b_enc,
         grad_w_dec,
     )
 }
 
 /// The gradients of `w_enc`, `b_enc` and `w_dec` by our grouped-sum kernel on burn-wgpu
-/// (`src/gpu/sparse.rs`): the entries of every term grouped by latent on the host, then one
+/// (`src/ops/gpu/sparse.rs`): the entries of every term grouped by latent on the host, then one
 /// cube per latent sums its rows. `None` on other backends.
 #[cfg(feature = "wgpu")]
 fn grouped_gradients<B: Backend>(
@@ -726,8 +735,8 @@ fn grouped_gradients<B: Backend>(
     grad_values: &[Tensor<B, 2>],
     main_indices: Option<&[i64]>,
 ) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>)> {
-    use crate::gpu::sparse::{Groups, sum_rows, sum_rows_and_weights, supports};
-    use crate::sae::{concat, concat_rows};
+    use crate::ops::gpu::sparse::{Groups, sum_rows, sum_rows_and_weights, supports};
+    use crate::ops::linalg::{concat, concat_rows};
     if !supports::<B>(&xc.device()) {
         return None;
     }

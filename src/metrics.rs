@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Embeddings, Normalizer};
 use crate::host::HostCodec;
-use crate::sae::{HostCopies, ReadFor, TopKSae};
+use crate::ops::transfer::{HostCopies, ReadFor};
+use crate::sae::TopKSae;
 
 /// Floor added to densities before `log10`, so a dead latent scores -10.
 pub const LOG_FD_EPS: f64 = 1e-10;
@@ -255,19 +256,19 @@ pub fn evaluate_with_progress<B: Backend>(
     normalizer.check(model.d_in())?;
     let mut acc = MetricsAccumulator::new(model.d_in(), model.d_sae(), model.k());
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
-    let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
+    let codec = crate::ops::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
     // On a GPU, chunks whose pre-activations would not fit in one buffer are made smaller.
     let batch_size = batch_size.min(model.max_batch_rows());
     let mut pre = Vec::new();
     // On a GPU, a chunk's outputs are copied back while the host uploads the next chunk
-    // (`crate::gpu::read`), and added up after it: the chunk's rows, its copies, its end.
+    // (`crate::ops::gpu::read`), and added up after it: the chunk's rows, its copies, its end.
     let mut pending: Option<(Vec<f32>, HostCopies<B, 2>, usize)> = None;
     let add = |acc: &mut MetricsAccumulator, x: &[f32], copies: HostCopies<B, 2>| {
         // In `HostCopies`' order: the floats (reconstruction, values), then the indices.
         let (floats, ints) = copies.collect();
         acc.update(x, &floats[0], &ints[0], &floats[1]);
     };
-    for range in crate::data::batch_ranges(data.rows(), batch_size)? {
+    for range in crate::ops::transfer::batch_ranges(data.rows(), batch_size)? {
         let (rows, end) = (range.len(), range.end);
         let x = data.normalized_rows(range, normalizer);
         if let Some(codec) = &codec {
@@ -278,7 +279,7 @@ pub fn evaluate_with_progress<B: Backend>(
             progress(end);
         } else {
             let d_in = data.d_in();
-            let input = crate::data::upload_rows::<B>(rows, d_in, device, |piece| {
+            let input = crate::ops::transfer::upload_rows::<B>(rows, d_in, device, |piece| {
                 x[piece.start * d_in..piece.end * d_in].to_vec()
             });
             let out = model.forward(input);
@@ -358,7 +359,7 @@ mod wgpu_tests {
     fn chunks_past_the_largest_buffer_are_made_smaller() {
         let device = Default::default();
         let d_sae = 1 << 15;
-        let max = crate::gpu::max_buffer_bytes::<B>(&device).expect("a wgpu device");
+        let max = crate::ops::gpu::max_buffer_bytes::<B>(&device).expect("a wgpu device");
         let d_in = 3;
         let model = TopKSaeConfig::new(d_in, d_sae, 4)
             .with_seed(1)
@@ -390,7 +391,7 @@ mod wgpu_tests {
         use crate::analysis::{Metric, search};
         let device = Default::default();
         let chunk = 4_096;
-        let n_queries = crate::sae::device_rows_cap::<B>(&device, chunk) + 1;
+        let n_queries = crate::ops::device_rows_cap::<B>(&device, chunk) + 1;
         let d_in = 3;
         let pattern = |n: usize, seed: usize| -> Vec<f32> {
             (0..n * d_in)

@@ -171,7 +171,7 @@ mod tests {
         print(
             "read back one float",
             time(device, || {
-                crate::sae::to_host(one.clone());
+                crate::ops::transfer::to_host(one.clone());
             }),
         );
         print(
@@ -183,27 +183,27 @@ mod tests {
         print(
             "top-k kernel, k",
             time(device, || {
-                let _ = crate::gpu::topk::topk(&pre, k, None, false);
+                let _ = crate::ops::gpu::topk::topk(&pre, k, None, false);
             }),
         );
         print(
             "top-k kernel, 2k, two thirds of the columns",
             time(device, || {
-                let _ = crate::gpu::topk::topk(&pre, 2 * k, Some(&mask), false);
+                let _ = crate::ops::gpu::topk::topk(&pre, 2 * k, Some(&mask), false);
             }),
         );
-        let (indices, values) = crate::gpu::topk::topk(&pre, k, None, false).unwrap();
+        let (indices, values) = crate::ops::gpu::topk::topk(&pre, k, None, false).unwrap();
         let w_dec = w.clone().transpose().mul_scalar(1.0);
         print(
             "decode (sum_rows per row)",
             time(device, || {
-                let _ = crate::sae::decode_rows(&w_dec, indices.clone(), values.clone());
+                let _ = crate::ops::sparse::decode_rows(&w_dec, indices.clone(), values.clone());
             }),
         );
         print(
             "read back [batch, k] indices",
             time(device, || {
-                let _ = crate::sae::int_to_host(indices.clone());
+                let _ = crate::ops::transfer::int_to_host(indices.clone());
             }),
         );
         print(
@@ -268,7 +268,7 @@ mod tests {
             let mut trainer = Trainer::<B>::new(config, &data, &device).expect("trainer");
             let batch_x = |i: usize| {
                 let start = (i * batch) % (rows - batch);
-                crate::data::upload_rows::<B>(batch, d_in, &device, |piece| {
+                crate::ops::transfer::upload_rows::<B>(batch, d_in, &device, |piece| {
                     let rows = start + piece.start..start + piece.end;
                     data.normalized_rows(rows, &Normalizer::identity())
                 })

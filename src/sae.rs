@@ -9,7 +9,11 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::Embeddings;
 use crate::error::{Error, Result};
-use crate::topk::topk_rows;
+use crate::ops::linalg::{encoder_parts, matmul, matmul_split};
+use crate::ops::sparse::decode_rows;
+use crate::ops::topk::PreActivations;
+use crate::ops::transfer::{int_to_host, to_host};
+use crate::ops::{check_fits_device, device_rows_cap};
 
 /// How the decoder bias `b_dec` is initialised from the training data.
 #[derive(Config, Debug, PartialEq, Eq, Copy)]
@@ -287,125 +291,6 @@ pub struct SaeOutput<B: Backend> {
     pub latents: Option<Tensor<B, 2>>,
 }
 
-/// Top-k of pre-activations, as device tensors plus, when selected on the host, the host copy
-/// of the indices.
-pub(crate) struct Selected<B: Backend> {
-    pub indices: Tensor<B, 2, Int>,
-    pub values: Tensor<B, 2>,
-    pub host_indices: Option<Vec<i64>>,
-}
-
-impl<B: Backend> Selected<B> {
-    /// The indices on the host, `[rows, k]` row-major: the host copy, moved out, or read back
-    /// when selected on the device.
-    pub fn take_host_indices(&mut self) -> Vec<i64> {
-        self.host_indices
-            .take()
-            .unwrap_or_else(|| int_to_host(self.indices.clone()))
-    }
-}
-
-/// Pre-activations `xc @ w_enc + b_enc` of a batch, kept where their top-k is taken: on the
-/// device when the backend selects there (burn-wgpu), else as a host copy.
-pub(crate) enum PreActivations<B: Backend> {
-    Device(Tensor<B, 2>),
-    Host(Vec<f32>, B::Device),
-}
-
-impl<B: Backend> PreActivations<B> {
-    /// The device tensor, when they are kept there.
-    pub fn device(&self) -> Option<&Tensor<B, 2>> {
-        match self {
-            Self::Device(pre) => Some(pre),
-            Self::Host(..) => None,
-        }
-    }
-
-    /// Top `k` of each row among `allowed` latents, after ReLU.
-    pub fn select(&self, d_sae: usize, k: usize, allowed: Option<&[bool]>) -> Selected<B> {
-        match self {
-            Self::Device(pre) => {
-                // The kernel, or (sizes it does not take) the host selection; ReLU inside.
-                let (indices, values) = crate::topk::topk_tensor_relu(pre.clone(), k, allowed);
-                Selected {
-                    indices,
-                    values,
-                    host_indices: None,
-                }
-            }
-            Self::Host(pre, device) => select(pre, d_sae, k, allowed, device),
-        }
-    }
-}
-
-/// [`Error::InvalidConfig`] naming `field` (holding `value`) when an `f32` tensor of shape
-/// `dims`, `what`, would not fit in the largest buffer `device` allocates. burn-wgpu's limit is
-/// the device's largest storage binding (at most 4 GiB), and a larger tensor panics inside
-/// cubecl; other backends have no such limit and always pass.
-#[cfg_attr(not(feature = "wgpu"), allow(clippy::unnecessary_wraps))]
-pub(crate) fn check_fits_device<B: Backend>(
-    device: &B::Device,
-    field: &'static str,
-    value: usize,
-    what: &str,
-    dims: [usize; 2],
-) -> Result<()> {
-    #[cfg(feature = "wgpu")]
-    if let Some(max) = crate::gpu::max_buffer_bytes::<B>(device) {
-        let bytes = (dims[0] as u64)
-            .saturating_mul(dims[1] as u64)
-            .saturating_mul(4);
-        if bytes > max {
-            return Err(Error::invalid(
-                field,
-                value,
-                format!(
-                    "is too large for this GPU: {what} {dims:?} would take {bytes} bytes, more \
-                     than the largest buffer it allocates ({max} bytes)"
-                ),
-            ));
-        }
-    }
-    #[cfg(not(feature = "wgpu"))]
-    let _ = (device, field, value, what, dims);
-    Ok(())
-}
-
-/// The most rows of an `f32` tensor `[rows, cols]` that fit in one buffer of `device` (at least
-/// 1); `usize::MAX` on backends without such a limit.
-pub(crate) fn device_rows_cap<B: Backend>(device: &B::Device, cols: usize) -> usize {
-    #[cfg(feature = "wgpu")]
-    if let Some(max) = crate::gpu::max_buffer_bytes::<B>(device) {
-        let row_bytes = (cols as u64).saturating_mul(4).max(1);
-        return usize::try_from(max / row_bytes)
-            .unwrap_or(usize::MAX)
-            .max(1);
-    }
-    let _ = (device, cols);
-    usize::MAX
-}
-
-/// Selects the top `k` of each row of `pre` (host copy, `[rows, d_sae]`), restricted to
-/// `allowed` latents, and applies ReLU.
-pub(crate) fn select<B: Backend>(
-    pre: &[f32],
-    d_sae: usize,
-    k: usize,
-    allowed: Option<&[bool]>,
-    device: &B::Device,
-) -> Selected<B> {
-    let rows = pre.len() / d_sae;
-    let (host_indices, mut host_values) = topk_rows(pre, d_sae, k, allowed);
-    for v in &mut host_values {
-        *v = v.max(0.0);
-    }
-    Selected {
-        indices: Tensor::from_data(TensorData::new(host_indices.clone(), [rows, k]), device),
-        values: Tensor::from_data(TensorData::new(host_values, [rows, k]), device),
-        host_indices: Some(host_indices),
-    }
-}
-
 /// Copies a float tensor to the host as row-major `f32` values.
 ///
 /// # Shapes
@@ -498,202 +383,6 @@ impl<B: Backend> SaeOutput<B> {
     pub fn codes_to_host(&self) -> HostCodes {
         codes_to_host(&self.indices, &self.values)
     }
-}
-
-/// Copies an int tensor to the host as row-major `i64` values.
-pub(crate) fn int_to_host<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>) -> Vec<i64> {
-    tensor
-        .into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .expect("a converted int tensor reads back as i64")
-}
-
-/// What a [`HostCopies`] is for (on burn-wgpu, whether its copies are issued at once).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReadFor {
-    /// A chunk of a corpus being encoded or a data set being evaluated.
-    Chunk,
-    /// A training step.
-    Step,
-}
-
-/// Float and int tensors on their way to the host. On burn-wgpu the copies can be issued when
-/// this is made (`crate::gpu::read`, which says when they are), so that the device makes them as
-/// soon as the work before them is done while the host goes on; otherwise the tensors are read
-/// when collected.
-pub(crate) struct HostCopies<B: Backend, const D: usize> {
-    #[cfg(feature = "wgpu")]
-    issued: Option<crate::gpu::read::Issued>,
-    /// The tensors still to read, where the copies were not issued.
-    floats: Vec<Tensor<B, D>>,
-    ints: Vec<Tensor<B, D, Int>>,
-}
-
-impl<B: Backend, const D: usize> HostCopies<B, D> {
-    /// Starts copying `floats` and `ints` to the host, for `what` (a chunk, or a training step).
-    pub(crate) fn issue(
-        floats: Vec<Tensor<B, D>>,
-        ints: Vec<Tensor<B, D, Int>>,
-        what: ReadFor,
-    ) -> Self {
-        #[cfg(feature = "wgpu")]
-        let (issued, floats, ints) = if crate::gpu::read::issued_for(what) {
-            match crate::gpu::read::issue(floats, ints) {
-                Ok(issued) => (Some(issued), Vec::new(), Vec::new()),
-                Err((floats, ints)) => (None, floats, ints),
-            }
-        } else {
-            (None, floats, ints)
-        };
-        #[cfg(not(feature = "wgpu"))]
-        let _ = what;
-        Self {
-            #[cfg(feature = "wgpu")]
-            issued,
-            floats,
-            ints,
-        }
-    }
-
-    /// Waits for the copies: the floats' values as `f32`, then the ints' as `i64`, each
-    /// tensor's in row-major order.
-    pub(crate) fn collect(self) -> (Vec<Vec<f32>>, Vec<Vec<i64>>) {
-        #[cfg(feature = "wgpu")]
-        if let Some(issued) = self.issued {
-            let (floats, ints) = issued.collect();
-            let floats = floats
-                .into_iter()
-                .map(|d| d.convert::<f32>().into_vec::<f32>())
-                .collect::<std::result::Result<_, _>>()
-                .expect("a converted float tensor reads back as f32");
-            let ints = ints
-                .into_iter()
-                .map(|d| d.convert::<i64>().into_vec::<i64>())
-                .collect::<std::result::Result<_, _>>()
-                .expect("a converted int tensor reads back as i64");
-            return (floats, ints);
-        }
-        (
-            self.floats.into_iter().map(to_host).collect(),
-            self.ints.into_iter().map(int_to_host).collect(),
-        )
-    }
-}
-
-/// Copies a float tensor to the host (see [`to_host_vec`]).
-///
-/// On the CPU backends a `mul_scalar(1.0)` (exact for every value, `-0.0` included) gives the
-/// backend a tensor it owns alone: burn-ndarray 0.21 reads a *shared* tensor (a parameter's
-/// value, which the module still holds) element by element through a dynamic-rank iterator,
-/// 41 ms for 384 x 3072, against 5 ms for the multiply plus a move (docs/decisions.md). On a GPU
-/// the multiply would be one more kernel launch before every read-back, so it is left out.
-pub(crate) fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    let tensor = if crate::host::is_cpu_backend::<B>(&tensor.device()) {
-        tensor.mul_scalar(1.0)
-    } else {
-        tensor
-    };
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("a converted float tensor reads back as f32")
-}
-
-/// `Tensor::cat(parts, 0)` of vectors: in one launch of our kernel on burn-wgpu
-/// (`crate::gpu::pack`), else burn's `cat`.
-///
-/// # Shapes
-/// - `parts`: `[n_i]` each → `[sum of n_i]`
-pub(crate) fn concat<B: Backend>(parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
-    #[cfg(feature = "wgpu")]
-    if let Some(joined) = crate::gpu::pack::concat(&parts) {
-        return joined;
-    }
-    Tensor::cat(parts, 0)
-}
-
-/// `Tensor::cat(parts, 0)` of matrices with the same number of columns, through [`concat()`] on
-/// burn-wgpu (as vectors, end to end), else burn's `cat`.
-///
-/// # Shapes
-/// - `parts`: `[r_i, cols]` each → `[sum of r_i, cols]`
-#[cfg(feature = "wgpu")]
-pub(crate) fn concat_rows<B: Backend>(parts: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
-    let device = parts.first().map(Tensor::device);
-    let runs = device
-        .is_some_and(|d| crate::gpu::pack::status::<B>(&d) == crate::backend::KernelStatus::Runs);
-    if runs {
-        let cols = parts[0].dims()[1];
-        let flat: Vec<Tensor<B, 1>> = parts
-            .iter()
-            .map(|p| {
-                let [rows, cols] = p.dims();
-                p.clone().reshape([rows * cols])
-            })
-            .collect();
-        if let Some(joined) = crate::gpu::pack::concat(&flat) {
-            let n = joined.dims()[0];
-            return joined.reshape([n / cols.max(1), cols]);
-        }
-    }
-    Tensor::cat(parts, 0)
-}
-
-/// `a @ b`, with a product of one output column computed as two: burn-wgpu 0.21's fused matmul
-/// autotune can run a vector-times-matrix kernel on a matrix-times-vector problem and return
-/// wrong rows for `[m, k] @ [k, 1]` (burn issue #5122; seen on lavapipe for every `m > 1` and
-/// odd `k > 1`). A zero second column steers it to the general kernels; the extra column costs
-/// one more multiply-add per element of `a`. Every product in the crate goes through here.
-///
-/// # Shapes
-/// - `a`: `[m, k]`, `b`: `[k, n]` → `[m, n]`
-pub(crate) fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
-    let [k, n] = b.dims();
-    if n != 1 {
-        return a.matmul(b);
-    }
-    let zeros = Tensor::zeros([k, 1], &b.device());
-    let padded = Tensor::cat(vec![b, zeros], 1);
-    let [m, _] = a.dims();
-    a.matmul(padded).slice([0..m, 0..1])
-}
-
-/// `a @ b` as `parts` products over equal slices of the shared dimension, run as one batched
-/// product and summed (split-K): `parts` times the workgroups of one product, for a GPU that a
-/// small product leaves partly idle. A `parts` of 0 or 1, or one that does not divide the shared
-/// dimension, gives [`matmul`].
-///
-/// # Shapes
-/// - `a`: `[m, k]`, `b`: `[k, n]` → `[m, n]`
-pub(crate) fn matmul_split<B: Backend>(
-    a: Tensor<B, 2>,
-    b: Tensor<B, 2>,
-    parts: usize,
-) -> Tensor<B, 2> {
-    let [m, k] = a.dims();
-    let [_, n] = b.dims();
-    if parts <= 1 || k % parts != 0 || n == 1 {
-        return matmul(a, b);
-    }
-    let slice = k / parts;
-    let a = a.reshape([m, parts, slice]).swap_dims(0, 1);
-    let b = b.reshape([parts, slice, n]);
-    a.matmul(b).sum_dim(0).reshape([m, n])
-}
-
-/// Slices of the encoder's product on the device (see [`matmul_split`]): 1, the plain product,
-/// unless `TOPK_SAE_ENCODER_PARTS` is a number. A switch for timing the split on a GPU
-/// (`scripts/gpu_bench.sh`, variant `rust-split8`), read once per process.
-fn encoder_parts() -> usize {
-    static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PARTS.get_or_init(|| {
-        std::env::var("TOPK_SAE_ENCODER_PARTS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1)
-    })
 }
 
 impl<B: Backend> TopKSae<B> {
@@ -845,7 +534,7 @@ impl<B: Backend> TopKSae<B> {
     /// Pre-activations for `xc = x - b_dec`, where their top-k will be taken (see
     /// [`PreActivations`]).
     pub(crate) fn pre_activations_for_topk(&self, xc: Tensor<B, 2>) -> PreActivations<B> {
-        if crate::topk::has_device_topk::<B>(&xc.device()) {
+        if crate::ops::topk::has_device_topk::<B>(&xc.device()) {
             PreActivations::Device(self.pre_from_centred(xc))
         } else {
             let device = xc.device();
@@ -925,7 +614,7 @@ impl<B: Backend> TopKSae<B> {
         if k > 0
             && batch * k >= self.d_sae()
             && values.dtype() == burn::tensor::DType::F32
-            && crate::host::is_cpu_backend::<B>(&device)
+            && crate::ops::is_cpu_backend::<B>(&device)
         {
             assert_eq!(
                 values.dims(),
@@ -940,7 +629,7 @@ impl<B: Backend> TopKSae<B> {
                     _ => panic!("latent index {j} is outside 0..{d_sae}"),
                 })
                 .collect();
-            let out = crate::host::decode_sparse(
+            let out = crate::ops::sparse::decode_sparse(
                 &to_host(self.w_dec.val()),
                 self.d_in(),
                 Some(&to_host(self.b_dec.val())),
@@ -983,54 +672,6 @@ impl<B: Backend> TopKSae<B> {
         out.latents = Some(self.densify(out.indices.clone(), out.values.clone()));
         out
     }
-}
-
-/// The decoder rows each example selected, `w_dec[indices[b, j]]`, with burn's `select`.
-///
-/// # Shapes
-/// - `w_dec`: `[d_sae, d_in]`, `indices`: `[batch, k]` → `[batch, k, d_in]`
-pub(crate) fn gather_rows<B: Backend>(
-    w_dec: &Tensor<B, 2>,
-    indices: Tensor<B, 2, Int>,
-) -> Tensor<B, 3> {
-    let [batch, k] = indices.dims();
-    let [_, d_in] = w_dec.dims();
-    w_dec
-        .clone()
-        .select(0, indices.reshape([batch * k]))
-        .reshape([batch, k, d_in])
-}
-
-/// `sum_j values[b, j] * w_dec[indices[b, j]]` without a bias.
-///
-/// # Shapes
-/// - `w_dec`: `[d_sae, d_in]`, `indices` and `values`: `[batch, k]` → `[batch, d_in]`
-pub(crate) fn decode_rows<B: Backend>(
-    w_dec: &Tensor<B, 2>,
-    indices: Tensor<B, 2, Int>,
-    values: Tensor<B, 2>,
-) -> Tensor<B, 2> {
-    let [batch, k] = indices.dims();
-    assert_eq!(
-        values.dims(),
-        [batch, k],
-        "values must be [batch, k] like indices"
-    );
-    let [_, d_in] = w_dec.dims();
-    #[cfg(feature = "wgpu")]
-    if crate::gpu::sparse::supports::<B>(&indices.device()) {
-        // burn-wgpu: our kernel, one cube per row, no [batch, k, d_in] intermediate.
-        let weights = values.clone().reshape([batch * k]);
-        let d_sae = w_dec.dims()[0];
-        if let Some(groups) = crate::gpu::sparse::Groups::per_row(indices.clone())
-            && let Some(out) = crate::gpu::sparse::sum_rows(&groups, weights, w_dec.clone(), d_sae)
-        {
-            return out;
-        }
-    }
-    (gather_rows(w_dec, indices) * values.unsqueeze_dim::<3>(2))
-        .sum_dim(1)
-        .reshape([batch, d_in])
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! gradient norm; Adam; renormalise every decoder row to unit norm; update the dead-latent
 //! counters (counted in samples).
 
-use burn::config::Config;
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -21,184 +20,17 @@ use crate::checkpoint::io::{
     write_dir_atomically,
 };
 use crate::checkpoint::{self, CheckpointPolicy, NATIVE, TRAINER_JSON, TRAINER_TENSORS};
-use crate::data::{Embeddings, NormalizationKind, Normalizer};
+use crate::data::{Embeddings, Normalizer};
 use crate::error::{Error, Result};
 use crate::host::HostState;
-use crate::loss::{Candidates, Evaluated, LossParts, SaeGradients, SaeLoss, SaeLossConfig};
+use crate::loss::{Candidates, Evaluated, LossParts, SaeGradients, SaeLoss};
+use crate::ops::transfer::{HostCopies, ReadFor, to_host};
 use crate::profile::mark;
-use crate::sae::{HostCopies, ReadFor, TopKSae, TopKSaeConfig, to_host};
+use crate::recipe::ONE_ROW;
+use crate::sae::TopKSae;
 
-/// Adam hyper-parameters (PyTorch's formula: bias-corrected moments, `eps` outside the root).
-#[derive(Config, Debug, PartialEq)]
-pub struct AdamConfig {
-    /// Learning rate.
-    #[config(default = 1e-4)]
-    pub lr: f64,
-    /// First-moment decay.
-    #[config(default = 0.9)]
-    pub beta_1: f64,
-    /// Second-moment decay.
-    #[config(default = 0.999)]
-    pub beta_2: f64,
-    /// Added to the root of the second moment.
-    #[config(default = 1e-8)]
-    pub epsilon: f64,
-}
-
-/// Which implementation runs the training step. Both compute the same loss, gradient and update
-/// (compared in `tests/it/gradients.rs` and `tests/it/training.rs`); they differ in where the work
-/// happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum StepEngine {
-    /// [`StepEngine::Host`] on CPU backends (burn-ndarray, Flex), [`StepEngine::Tensor`] on the
-    /// others (GPUs).
-    #[default]
-    Auto,
-    /// Burn tensor operations on the model's backend: generic, the path for GPUs.
-    Tensor,
-    /// Host kernels on `f32` buffers: one dense GEMM (ndarray's, multi-threaded), the sparse
-    /// decode and its gradient in `O(batch * k * d_in)`, a fused Adam, parallel with rayon. The
-    /// parameters stay on the host between steps; [`Trainer::model`] uploads them.
-    Host,
-}
-
-impl StepEngine {
-    /// Whether this choice runs on the host for backend `B` on `device`.
-    pub fn is_host<B: Backend>(self, device: &B::Device) -> bool {
-        match self {
-            Self::Host => true,
-            Self::Tensor => false,
-            Self::Auto => crate::host::is_cpu_backend::<B>(device),
-        }
-    }
-}
-
-/// Everything that defines a training run. Defaults are the reference recipe.
-#[derive(Config, Debug, PartialEq)]
-pub struct TrainConfig {
-    /// The model to train.
-    pub model: TopKSaeConfig,
-    /// The loss.
-    #[config(default = "SaeLossConfig::new()")]
-    pub loss: SaeLossConfig,
-    /// The optimiser.
-    #[config(default = "AdamConfig::new()")]
-    pub optimizer: AdamConfig,
-    /// Rows per step, at least 2; the last partial batch of an epoch is kept, except a last
-    /// batch of one row, which joins the batch before it (the loss divides by a batch's
-    /// variance, which one row does not have).
-    #[config(default = 1024)]
-    pub batch_size: usize,
-    /// Passes over the data; training stops after `epochs` or `max_steps`, whichever comes first.
-    #[config(default = 1)]
-    pub epochs: usize,
-    /// Optional cap on the number of steps.
-    #[config(default = "None")]
-    pub max_steps: Option<u64>,
-    /// Clip the global gradient L2 norm to this value (`None`: no clipping).
-    #[config(default = "Some(1.0)")]
-    pub clip_grad_norm: Option<f64>,
-    /// A latent is dead once it has not fired for more than this many samples.
-    #[config(default = 272_384)]
-    pub dead_threshold_samples: u64,
-    /// Input normalisation fitted on the training data and kept with the model.
-    #[config(default = "NormalizationKind::None")]
-    pub normalization: NormalizationKind,
-    /// Seed of the per-epoch shuffles.
-    #[config(default = 0)]
-    pub seed: u64,
-    /// Which implementation runs the training step (same mathematics either way).
-    #[config(default = "StepEngine::Auto")]
-    pub engine: StepEngine,
-}
-
-impl TrainConfig {
-    /// Checks every field, the model's and the loss's included.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming the first bad field.
-    pub fn validate(&self) -> Result<()> {
-        self.model.validate()?;
-        self.loss.validate(self.model.d_sae)?;
-        let opt = &self.optimizer;
-        if !(opt.lr.is_finite() && opt.lr > 0.0) {
-            return Err(Error::invalid(
-                "optimizer.lr",
-                opt.lr,
-                "must be finite and > 0",
-            ));
-        }
-        for (field, beta) in [
-            ("optimizer.beta_1", opt.beta_1),
-            ("optimizer.beta_2", opt.beta_2),
-        ] {
-            if !(0.0..1.0).contains(&beta) {
-                return Err(Error::invalid(field, beta, "must be in [0, 1)"));
-            }
-        }
-        if !(opt.epsilon.is_finite() && opt.epsilon > 0.0) {
-            return Err(Error::invalid(
-                "optimizer.epsilon",
-                opt.epsilon,
-                "must be finite and > 0",
-            ));
-        }
-        if self.batch_size < 2 {
-            return Err(Error::invalid("batch_size", self.batch_size, ONE_ROW));
-        }
-        if self.epochs == 0 {
-            return Err(Error::invalid("epochs", self.epochs, "must be >= 1"));
-        }
-        if self.max_steps == Some(0) {
-            return Err(Error::invalid("max_steps", 0, "must be >= 1 when given"));
-        }
-        if let Some(clip) = self.clip_grad_norm
-            && !(clip.is_finite() && clip > 0.0)
-        {
-            return Err(Error::invalid(
-                "clip_grad_norm",
-                clip,
-                "must be finite and > 0 when given",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Steps a run over `rows` rows takes: `epochs` times the batches of an epoch
-    /// (`ceil(rows / batch_size)`, less one when the last would hold a single row: it joins the
-    /// one before), capped by `max_steps`.
-    pub fn total_steps(&self, rows: usize) -> u64 {
-        let batch = self.batch_size.max(1);
-        let mut per_epoch = rows.div_ceil(batch) as u64;
-        if folds_last_row(rows, batch) {
-            per_epoch -= 1;
-        }
-        let steps = per_epoch.saturating_mul(self.epochs as u64);
-        self.max_steps.map_or(steps, |m| steps.min(m))
-    }
-
-    /// The largest batch a run takes: `batch_size`, or one more where an epoch's last row joins
-    /// the batch before it.
-    fn largest_batch(&self) -> usize {
-        self.batch_size.saturating_add(1)
-    }
-
-    /// The largest batch a run over `rows` rows takes: `batch_size` capped at `rows` (one more
-    /// where an epoch's last row joins the batch before it). What memory estimates should use.
-    pub fn largest_batch_of(&self, rows: usize) -> usize {
-        if folds_last_row(rows, self.batch_size) {
-            self.largest_batch()
-        } else {
-            self.batch_size.min(rows)
-        }
-    }
-}
-
-/// Whether an epoch of `rows` rows in batches of `batch` ends on a single row, which then joins
-/// the batch before it.
-fn folds_last_row(rows: usize, batch: usize) -> bool {
-    rows > batch && rows % batch == 1
-}
+pub use crate::ops::update::AdamConfig;
+pub use crate::recipe::{StepEngine, TrainConfig};
 
 /// What the trainer reports after each step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -1046,10 +878,12 @@ impl<B: Backend> Trainer<B> {
                     let buf = data.normalized_gather(rows, &self.normalizer);
                     self.step_host(&buf)?
                 } else {
-                    let x =
-                        crate::data::upload_rows::<B>(rows.len(), d_in, &self.device, |piece| {
-                            data.normalized_gather(&rows[piece], &self.normalizer)
-                        });
+                    let x = crate::ops::transfer::upload_rows::<B>(
+                        rows.len(),
+                        d_in,
+                        &self.device,
+                        |piece| data.normalized_gather(&rows[piece], &self.normalizer),
+                    );
                     self.step(x)?
                 };
                 // Before the checkpoint, which records where the next batch starts.
@@ -1159,12 +993,12 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Whether batches of up to `rows` rows fit the device's buffers on the tensor engine
-    /// ([`crate::sae::check_fits_device`]), naming `field` (holding `value`) when not.
+    /// ([`crate::ops::check_fits_device`]), naming `field` (holding `value`) when not.
     fn check_batch_fits(&self, field: &'static str, value: usize, rows: usize) -> Result<()> {
         if matches!(self.engine, Engine::Host(_)) {
             return Ok(());
         }
-        crate::sae::check_fits_device::<B>(
+        crate::ops::check_fits_device::<B>(
             &self.device,
             field,
             value,
@@ -1181,14 +1015,13 @@ impl<B: Backend> Trainer<B> {
     /// [`RESIDENT_MAX_BYTES`] or the largest buffer the device allocates; the batches are then
     /// uploaded step by step, as before.
     fn resident_rows(&self, data: &Embeddings) -> Option<Tensor<B, 2>> {
-        if matches!(self.engine, Engine::Host(_)) || crate::host::is_cpu_backend::<B>(&self.device)
-        {
+        if matches!(self.engine, Engine::Host(_)) || crate::ops::is_cpu_backend::<B>(&self.device) {
             return None;
         }
         let (n, d_in) = (data.rows(), data.d_in());
         let bytes = (n as u64).saturating_mul(d_in as u64).saturating_mul(4);
         #[cfg(feature = "wgpu")]
-        let limit = crate::gpu::max_buffer_bytes::<B>(&self.device)
+        let limit = crate::ops::gpu::max_buffer_bytes::<B>(&self.device)
             .map_or(RESIDENT_MAX_BYTES, |max| max.min(RESIDENT_MAX_BYTES));
         #[cfg(not(feature = "wgpu"))]
         let limit = RESIDENT_MAX_BYTES;
@@ -1196,11 +1029,11 @@ impl<B: Backend> Trainer<B> {
             return None;
         }
         // Uploaded in pieces, so that a normalised copy of the whole set is never on the host.
-        let pieces = crate::data::batch_ranges(n, RESIDENT_PIECE_ROWS)
+        let pieces = crate::ops::transfer::batch_ranges(n, RESIDENT_PIECE_ROWS)
             .expect("the piece size is not 0")
             .map(|range| {
                 let start = range.start;
-                crate::data::upload_rows::<B>(range.len(), d_in, &self.device, |piece| {
+                crate::ops::transfer::upload_rows::<B>(range.len(), d_in, &self.device, |piece| {
                     let rows = start + piece.start..start + piece.end;
                     data.normalized_rows(rows, &self.normalizer)
                 })
@@ -1278,7 +1111,11 @@ impl<B: Backend> Trainer<B> {
             step,
             epoch: self.epoch,
             batch,
-            read_back: HostCopies::issue(vec![crate::sae::concat(parts)], vec![], ReadFor::Step),
+            read_back: HostCopies::issue(
+                vec![crate::ops::linalg::concat(parts)],
+                vec![],
+                ReadFor::Step,
+            ),
             fired,
             since: None,
             out,
@@ -1473,7 +1310,7 @@ impl<B: Backend> Trainer<B> {
     /// The model, the Adam state and the squared gradient norms (`[4]`, as
     /// [`Trainer::process_gradients`] gives them) after one update of `model` and `adam` with
     /// `g`: the decoder gradient's projection, clipping, Adam and the decoder's renormalisation.
-    /// Our kernels run it where they can (`crate::gpu::update`: six launches instead of
+    /// Our kernels run it where they can (`crate::ops::gpu::update`: six launches instead of
     /// 26), else burn's tensor operations; the results agree to float rounding.
     fn update(
         &self,
@@ -1498,7 +1335,7 @@ impl<B: Backend> Trainer<B> {
         adam: &AdamState<B>,
         g: &SaeGradients<B>,
     ) -> Option<(TopKSae<B>, AdamState<B>, Tensor<B, 1>)> {
-        use crate::gpu::update::{Hyper, Slot, Updated, adam_step};
+        use crate::ops::gpu::update::{Hyper, Slot, Updated, adam_step};
         fn slot<B: Backend, const D: usize>(
             param: &Param<Tensor<B, D>>,
             grad: &Tensor<B, D>,
@@ -1522,7 +1359,7 @@ impl<B: Backend> Trainer<B> {
         }
         let opt = &self.config.optimizer;
         let step = adam.step + 1;
-        let (c1, c2) = bias_corrections(opt, step);
+        let (c1, c2) = opt.bias_corrections(step);
         let hyper = Hyper {
             beta_1: opt.beta_1,
             beta_2: opt.beta_2,
@@ -1597,7 +1434,7 @@ impl<B: Backend> Trainer<B> {
         let opt = &self.config.optimizer;
         let mut adam = adam.clone();
         adam.step += 1;
-        let (c1, c2) = bias_corrections(opt, adam.step);
+        let (c1, c2) = opt.bias_corrections(adam.step);
         let mut m = model.clone();
         let w_enc = adam.w_enc.update(m.w_enc.val(), g.w_enc, opt, c1, c2);
         let b_enc = adam.b_enc.update(m.b_enc.val(), g.b_enc, opt, c1, c2);
@@ -1609,12 +1446,6 @@ impl<B: Backend> Trainer<B> {
         m.b_dec = Param::initialized(m.b_dec.id, b_dec);
         (m, adam)
     }
-}
-
-/// Adam's bias corrections `(1 - beta_1^t, 1 - beta_2^t)` at step `t` (1-based).
-fn bias_corrections(opt: &AdamConfig, t: u64) -> (f64, f64) {
-    let t = i32::try_from(t).unwrap_or(i32::MAX);
-    (1.0 - opt.beta_1.powi(t), 1.0 - opt.beta_2.powi(t))
 }
 
 /// Removes from each row of `grad` its component along the matching (unit-norm) row of `w`:
@@ -1635,10 +1466,6 @@ pub fn normalize_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = w.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
     w / norm
 }
-
-/// Why a batch needs two rows: what `batch_size`'s check, [`check_rows_vary`] and
-/// [`Trainer::step`] say.
-const ONE_ROW: &str = "must hold at least 2 rows: the loss divides by a batch's variance, which one row does not have";
 
 /// Checks that `data` gives batches with a variance: at least 2 rows, not all the same row.
 ///
@@ -1689,7 +1516,7 @@ mod tests {
         let since = [0u64, 1, 50, 97, 98, 99, 100, 101, 102, 5_000, u64::MAX / 2];
         let on_device = counters_to_device::<TestBackend>(&since, threshold, 101, &device)
             .expect("a threshold of 100 is kept on the device");
-        let to_host = |t: Tensor<TestBackend, 1, Int>| crate::sae::int_to_host(t);
+        let to_host = |t: Tensor<TestBackend, 1, Int>| crate::ops::transfer::int_to_host(t);
         for batch in [1usize, 2, 3, 100, 101] {
             let want: Vec<i64> = since
                 .iter()

@@ -90,10 +90,11 @@ pub use search::{
     search_normalized, steer, steer_raw,
 };
 
-use crate::data::{Embeddings, Normalizer, upload_rows};
+use crate::data::{Embeddings, Normalizer};
 use crate::error::{Error, Result};
 use crate::host::HostCodec;
-use crate::sae::{HostCopies, ReadFor, TopKSae};
+use crate::ops::transfer::{HostCopies, ReadFor, upload_rows};
+use crate::sae::TopKSae;
 
 /// The top-k latents of every document of a corpus, descending by pre-activation per row.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,12 +146,12 @@ pub fn encode_corpus_with_progress<B: Backend>(
     let mut indices = Vec::with_capacity(data.rows() * k);
     let mut values = Vec::with_capacity(data.rows() * k);
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
-    let codec = crate::host::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
+    let codec = crate::ops::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
     // On a GPU, chunks whose pre-activations would not fit in one buffer are made smaller.
     let batch_size = batch_size.min(model.max_batch_rows());
     let mut pre = Vec::new();
     // On a GPU, chunk `i`'s codes are copied back while the host uploads chunk `i + 1`; they are
-    // collected before the next copy is issued (`crate::gpu::read` says why).
+    // collected before the next copy is issued (`crate::ops::gpu::read` says why).
     let mut pending: Option<(HostCopies<B, 2>, usize)> = None;
     // A chunk's values and indices, in `HostCopies`' order (floats first), appended.
     let collect = |copies: HostCopies<B, 2>, indices: &mut Vec<u32>, values: &mut Vec<f32>| {
@@ -158,7 +159,7 @@ pub fn encode_corpus_with_progress<B: Backend>(
         indices.extend(i.swap_remove(0).into_iter().map(|j| j as u32));
         values.append(&mut v[0]);
     };
-    for range in crate::data::batch_ranges(data.rows(), batch_size)? {
+    for range in crate::ops::transfer::batch_ranges(data.rows(), batch_size)? {
         let (rows, start, end) = (range.len(), range.start, range.end);
         if let Some(codec) = &codec {
             let x = data.normalized_rows(range, normalizer);

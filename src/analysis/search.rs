@@ -5,7 +5,8 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::data::{Embeddings, Normalizer};
 use crate::error::{Error, Result};
-use crate::sae::{TopKSae, int_to_host, to_host};
+use crate::ops::transfer::{int_to_host, to_host};
+use crate::sae::TopKSae;
 
 /// A change to a query's latents before decoding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -294,7 +295,7 @@ fn search_impl<B: Backend>(
     }
     // On a GPU, a chunk's `[chunk, d_in]` rows and `[n_queries, chunk]` scores must each fit in
     // one buffer.
-    let chunk_rows = chunk_rows.min(crate::sae::device_rows_cap::<B>(
+    let chunk_rows = chunk_rows.min(crate::ops::device_rows_cap::<B>(
         device,
         n_queries.max(d_in),
     ));
@@ -315,7 +316,7 @@ fn search_impl<B: Backend>(
             normalize_rows(&mut chunk, d_in);
         }
         let c = Tensor::<B, 2>::from_data(TensorData::new(chunk, [end - start, d_in]), device);
-        let scores = to_host(crate::sae::matmul(q.clone(), c.transpose()));
+        let scores = to_host(crate::ops::linalg::matmul(q.clone(), c.transpose()));
         for (qi, row) in scores.chunks_exact(end - start).enumerate() {
             let list = &mut best[qi];
             for (off, &score) in row.iter().enumerate() {

@@ -47,8 +47,9 @@ pub use foreign::{
 
 use crate::data::Normalizer;
 use crate::error::{Error, Result};
-use crate::sae::{TopKSae, TopKSaeConfig, to_host};
-use crate::train::TrainConfig;
+use crate::ops::transfer::to_host;
+use crate::recipe::TrainConfig;
+use crate::sae::{TopKSae, TopKSaeConfig};
 use io::{
     HostTensor, OutTensor, Owned, check_replaceable, format_err, read_json, remove_owned,
     safetensors_bytes, to_json, write_dir_atomically,
@@ -198,7 +199,7 @@ impl HostParams {
                 ));
             }
         }
-        crate::sae::check_fits_device::<B>(
+        crate::ops::check_fits_device::<B>(
             device,
             "d_sae",
             d_sae,

@@ -32,7 +32,7 @@ use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{KernelStatus, Switch, close, empty, float_input, float_output, int_input, pattern};
-use crate::sae::to_host;
+use crate::ops::transfer::to_host;
 
 /// Units per cube.
 const UNITS: u32 = 256;

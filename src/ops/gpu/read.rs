@@ -33,7 +33,7 @@ use cubecl::bytes::Bytes;
 use cubecl::server::{CopyDescriptor, ServerError};
 
 use super::{Fused, env_on, float_input, int_input};
-use crate::sae::ReadFor;
+use crate::ops::transfer::ReadFor;
 
 /// Whether reads for `what` are issued at once: a corpus chunk's unless
 /// `TOPK_SAE_DEVICE_READ=0`, a training step's only with `TOPK_SAE_DEVICE_STEP_READ=1` (the

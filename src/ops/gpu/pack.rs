@@ -14,7 +14,7 @@ use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{KernelStatus, Switch, empty, float_input, float_output, pattern};
-use crate::sae::to_host;
+use crate::ops::transfer::to_host;
 
 /// Most pieces one launch takes.
 const MAX_PARTS: usize = 6;

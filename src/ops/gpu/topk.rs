@@ -13,7 +13,7 @@
 //! and all units add the columns up in a two-level tree). The candidates are the keys above the
 //! threshold plus its lowest-column ties; each unit's place among them comes from the other
 //! units' counts, and a rank sort writes the first `k` best first. The filter takes 4
-//! barriers, the radix select 33 more. The result equals [`crate::topk::topk_rows`]: same
+//! barriers, the radix select 33 more. The result equals [`crate::ops::topk::topk_rows`]: same
 //! indices in the same order, same values, with or without the filter
 //! (`TOPK_SAE_TOPK_FILTER=0` leaves it out).
 //!
@@ -34,8 +34,8 @@ use cubecl::prelude::{CubeCount, CubeDim};
 use super::{
     KernelStatus, Switch, empty, float_input, float_output, int_input, int_output, pattern,
 };
-use crate::sae::{int_to_host, to_host};
-use crate::topk::topk_rows;
+use crate::ops::topk::topk_rows;
+use crate::ops::transfer::{int_to_host, to_host};
 
 /// Units per cube: each owns a contiguous chunk of the row.
 const UNITS: u32 = 256;
@@ -737,8 +737,8 @@ mod wgpu_tests {
     use rand_chacha::ChaCha8Rng;
 
     use crate::TestBackend as B;
-    use crate::sae::{int_to_host, to_host};
-    use crate::topk::topk_rows;
+    use crate::ops::topk::topk_rows;
+    use crate::ops::transfer::{int_to_host, to_host};
 
     /// Uniform values in `[-0.5, 0.5)`, seeded: distinct in practice.
     fn noise(n: usize, seed: u64) -> Vec<f32> {

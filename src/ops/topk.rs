@@ -3,6 +3,10 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::ROWS_PER_TASK;
+use super::transfer::int_to_host;
 
 /// The top `k` entries of each row of a `[rows, cols]` tensor, restricted to the columns where
 /// `allowed` is true when it is given: `(indices, values)`, each `[rows, k]`, every row in
@@ -68,7 +72,7 @@ fn select_tensor<B: Backend>(
     }
     let [rows, cols] = data.dims();
     let device = data.device();
-    let (indices, mut values) = topk_rows(&crate::sae::to_host(data), cols, k, allowed);
+    let (indices, mut values) = topk_rows(&crate::ops::transfer::to_host(data), cols, k, allowed);
     if relu {
         values
             .iter_mut()
@@ -85,7 +89,7 @@ fn select_tensor<B: Backend>(
 pub(crate) fn has_device_topk<B: Backend>(device: &B::Device) -> bool {
     #[cfg(feature = "wgpu")]
     {
-        crate::gpu::topk::supports::<B>(device)
+        crate::ops::gpu::topk::supports::<B>(device)
     }
     #[cfg(not(feature = "wgpu"))]
     {
@@ -103,7 +107,7 @@ fn device_topk<B: Backend>(
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     #[cfg(feature = "wgpu")]
     {
-        crate::gpu::topk::topk(data, k, allowed, relu)
+        crate::ops::gpu::topk::topk(data, k, allowed, relu)
     }
     #[cfg(not(feature = "wgpu"))]
     {
@@ -116,7 +120,7 @@ fn device_topk<B: Backend>(
 pub(crate) fn masked_topk_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool {
     #[cfg(feature = "wgpu")]
     {
-        crate::gpu::topk::masked_runs(pre, k)
+        crate::ops::gpu::topk::masked_runs(pre, k)
     }
     #[cfg(not(feature = "wgpu"))]
     {
@@ -138,7 +142,7 @@ pub(crate) fn masked_topk<B: Backend>(
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     #[cfg(feature = "wgpu")]
     {
-        crate::gpu::topk::topk_device_mask(pre, k, allowed)
+        crate::ops::gpu::topk::topk_device_mask(pre, k, allowed)
     }
     #[cfg(not(feature = "wgpu"))]
     {
@@ -159,7 +163,7 @@ pub(crate) fn fired_latents<B: Backend>(
 ) -> Option<(Tensor<B, 1, Int>, Tensor<B, 1>)> {
     #[cfg(feature = "wgpu")]
     {
-        crate::gpu::topk::fired_latents(indices, candidates)
+        crate::ops::gpu::topk::fired_latents(indices, candidates)
     }
     #[cfg(not(feature = "wgpu"))]
     {
@@ -417,6 +421,118 @@ fn sift_down(heap: &mut [u64], mut i: usize) {
         heap.swap(i, w);
         i = w;
     }
+}
+
+/// Top-k of pre-activations, as device tensors plus, when selected on the host, the host copy
+/// of the indices.
+pub(crate) struct Selected<B: Backend> {
+    pub indices: Tensor<B, 2, Int>,
+    pub values: Tensor<B, 2>,
+    pub host_indices: Option<Vec<i64>>,
+}
+
+impl<B: Backend> Selected<B> {
+    /// The indices on the host, `[rows, k]` row-major: the host copy, moved out, or read back
+    /// when selected on the device.
+    pub fn take_host_indices(&mut self) -> Vec<i64> {
+        self.host_indices
+            .take()
+            .unwrap_or_else(|| int_to_host(self.indices.clone()))
+    }
+}
+
+/// Pre-activations `xc @ w_enc + b_enc` of a batch, kept where their top-k is taken: on the
+/// device when the backend selects there (burn-wgpu), else as a host copy.
+pub(crate) enum PreActivations<B: Backend> {
+    Device(Tensor<B, 2>),
+    Host(Vec<f32>, B::Device),
+}
+
+impl<B: Backend> PreActivations<B> {
+    /// The device tensor, when they are kept there.
+    pub fn device(&self) -> Option<&Tensor<B, 2>> {
+        match self {
+            Self::Device(pre) => Some(pre),
+            Self::Host(..) => None,
+        }
+    }
+
+    /// Top `k` of each row among `allowed` latents, after ReLU.
+    pub fn select(&self, d_sae: usize, k: usize, allowed: Option<&[bool]>) -> Selected<B> {
+        match self {
+            Self::Device(pre) => {
+                // The kernel, or (sizes it does not take) the host selection; ReLU inside.
+                let (indices, values) = crate::ops::topk::topk_tensor_relu(pre.clone(), k, allowed);
+                Selected {
+                    indices,
+                    values,
+                    host_indices: None,
+                }
+            }
+            Self::Host(pre, device) => select(pre, d_sae, k, allowed, device),
+        }
+    }
+}
+
+/// Selects the top `k` of each row of `pre` (host copy, `[rows, d_sae]`), restricted to
+/// `allowed` latents, and applies ReLU.
+pub(crate) fn select<B: Backend>(
+    pre: &[f32],
+    d_sae: usize,
+    k: usize,
+    allowed: Option<&[bool]>,
+    device: &B::Device,
+) -> Selected<B> {
+    let rows = pre.len() / d_sae;
+    let (host_indices, mut host_values) = topk_rows(pre, d_sae, k, allowed);
+    for v in &mut host_values {
+        *v = v.max(0.0);
+    }
+    Selected {
+        indices: Tensor::from_data(TensorData::new(host_indices.clone(), [rows, k]), device),
+        values: Tensor::from_data(TensorData::new(host_values, [rows, k]), device),
+        host_indices: Some(host_indices),
+    }
+}
+
+/// Top `k` of each row of `pre + bias` (`pre` is `[batch, d_sae]`, `bias` `[d_sae]`), restricted to
+/// `allowed`, ReLU'd (NaN kept): `([batch, k], [batch, k])`. The bias is added row by row into a
+/// small buffer that stays in cache, so `pre` is read once.
+pub(crate) fn select_topk(
+    pre: &[f32],
+    bias: &[f32],
+    k: usize,
+    allowed: Option<&[bool]>,
+) -> (Vec<u32>, Vec<f32>) {
+    let d_sae = bias.len();
+    let batch = pre.len() / d_sae;
+    let mut indices = vec![0u32; batch * k];
+    let mut values = vec![0f32; batch * k];
+    pre.par_chunks(d_sae * ROWS_PER_TASK)
+        .zip(indices.par_chunks_mut(k * ROWS_PER_TASK))
+        .zip(values.par_chunks_mut(k * ROWS_PER_TASK))
+        .for_each_init(
+            || (SelectScratch::default(), vec![0f32; d_sae]),
+            |(scratch, biased), ((rows, idx), val)| {
+                for ((row, idx), val) in rows
+                    .chunks_exact(d_sae)
+                    .zip(idx.chunks_exact_mut(k))
+                    .zip(val.chunks_exact_mut(k))
+                {
+                    for ((o, p), b) in biased.iter_mut().zip(row).zip(bias) {
+                        *o = p + b;
+                    }
+                    select_row(biased, k, allowed, scratch);
+                    for ((i, v), key) in idx.iter_mut().zip(val).zip(&scratch.keys) {
+                        let j = key_column(*key);
+                        *i = j as u32;
+                        // ReLU that keeps NaN, so a broken model shows in the loss.
+                        *v = if biased[j] < 0.0 { 0.0 } else { biased[j] };
+                    }
+                }
+            },
+        );
+    (indices, values)
 }
 
 #[cfg(test)]

@@ -38,8 +38,8 @@ use super::{
     KernelStatus, Switch, close, empty, float_input, float_output, int_client, int_input,
     int_output, pattern,
 };
-use crate::host::dot;
-use crate::sae::{int_to_host, to_host};
+use crate::ops::linalg::dot;
+use crate::ops::transfer::{int_to_host, to_host};
 
 /// Most units per cube; fewer when the rows are narrower.
 const UNITS: u32 = 256;
@@ -1269,7 +1269,7 @@ pub(super) fn grid(groups: usize) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::{grid, latent_groups, segment};
-    use crate::host::group_by_latent;
+    use crate::ops::sparse::group_by_latent;
 
     #[test]
     fn latent_groups_match_the_host_grouping() {

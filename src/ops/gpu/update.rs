@@ -30,7 +30,7 @@ use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{Client, Fused, Inner, KernelStatus, Switch, cast, close, empty, float_output};
-use crate::sae::to_host;
+use crate::ops::transfer::to_host;
 
 /// Units per cube.
 const UNITS: u32 = 256;
@@ -606,7 +606,8 @@ fn launch<B: Backend>(
 /// `w_enc`'s gradient contiguous), with the host engine's Adam and renormalisation: the four
 /// parameters' new `[p, m, v]` and the squares.
 fn reference(slots: &[[Vec<f32>; 4]; 4], d_in: usize, h: &Hyper) -> ([[Vec<f32>; 3]; 4], [f32; 4]) {
-    use crate::host::{AdamScalars, dot, normalize_row, sum_sq};
+    use crate::ops::linalg::{dot, normalize_row, sum_sq};
+    use crate::ops::update::AdamScalars;
     let [w, g] = [&slots[2][0], &slots[2][1]];
     let mut g_dec = g.clone();
     for (g_row, w_row) in g_dec.chunks_mut(d_in).zip(w.chunks(d_in)) {
