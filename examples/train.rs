@@ -345,18 +345,7 @@ fn new_config(
     let k = args.k.unwrap_or(if is_synthetic { 8 } else { 32 });
     let d_sae = args.d_sae.unwrap_or(if is_synthetic { 512 } else { 3072 });
     let lr = args.lr.unwrap_or(if is_synthetic { 2e-3 } else { 1e-4 });
-    let normalization = match args.normalize.as_deref().unwrap_or("none") {
-        "none" => NormalizationKind::None,
-        "center" => NormalizationKind::Center,
-        "scale" => NormalizationKind::ScaleToDIn,
-        other => {
-            return Err(Error::InvalidConfig {
-                field: "normalize",
-                value: other.to_owned(),
-                reason: "must be none, center or scale".into(),
-            });
-        }
-    };
+    let normalization: NormalizationKind = args.normalize.as_deref().unwrap_or("none").parse()?;
     let seed = args.seed.unwrap_or(0);
     Ok(
         TrainConfig::new(TopKSaeConfig::new(data.d_in(), d_sae, k).with_seed(seed))
@@ -400,11 +389,6 @@ fn resume<B: burn::tensor::backend::Backend>(
     }
     trainer.check_data(data)?;
     let c = trainer.config();
-    let normalization = match c.normalization {
-        NormalizationKind::None => "none",
-        NormalizationKind::Center => "center",
-        NormalizationKind::ScaleToDIn => "scale",
-    };
     let k_aux = c
         .loss
         .k_aux
@@ -431,7 +415,7 @@ fn resume<B: burn::tensor::backend::Backend>(
         (
             "normalize",
             args.normalize.clone(),
-            normalization.to_owned(),
+            c.normalization.name().to_owned(),
         ),
         (
             "dead-threshold",

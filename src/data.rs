@@ -526,6 +526,7 @@ pub(crate) fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize)
 
 /// Which input normalisation to fit on the training data and apply again at inference.
 #[derive(Config, Debug, PartialEq, Eq, Copy)]
+#[non_exhaustive]
 pub enum NormalizationKind {
     /// Use the inputs as they are (the reference recipe: its embeddings arrive unit-norm).
     None,
@@ -533,6 +534,35 @@ pub enum NormalizationKind {
     Center,
     /// Multiply by one scalar so the mean squared row norm of the training data is `d_in`.
     ScaleToDIn,
+}
+
+impl NormalizationKind {
+    /// The short name [`str::parse`] reads back: `none`, `center` or `scale`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Center => "center",
+            Self::ScaleToDIn => "scale",
+        }
+    }
+}
+
+impl std::str::FromStr for NormalizationKind {
+    type Err = Error;
+
+    /// Reads `none`, `center` or `scale`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Self::None),
+            "center" => Ok(Self::Center),
+            "scale" => Ok(Self::ScaleToDIn),
+            other => Err(Error::invalid(
+                "normalize",
+                other,
+                "must be none, center or scale",
+            )),
+        }
+    }
 }
 
 /// A normalisation fitted on training data. Save it with the model and apply it to every input

@@ -15,6 +15,7 @@ use crate::sae::TopKSaeConfig;
 /// (compared in `tests/it/gradients.rs` and `tests/it/training.rs`); they differ in where the work
 /// happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum StepEngine {
     /// [`StepEngine::Host`] on CPU backends (burn-ndarray, Flex), [`StepEngine::Tensor`] on the
     /// others (GPUs).

@@ -17,6 +17,7 @@ use crate::ops::{check_fits_device, device_rows_cap};
 
 /// How the decoder bias `b_dec` is initialised from the training data.
 #[derive(Config, Debug, PartialEq, Eq, Copy)]
+#[non_exhaustive]
 pub enum DecoderBiasInit {
     /// Coordinate-wise median of the first rows (the reference recipe; lower middle for an even
     /// count).

@@ -62,6 +62,7 @@ pub struct Steered {
 
 /// How documents are scored against a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Metric {
     /// Dot product.
     #[default]

@@ -27,9 +27,8 @@ pub(crate) fn concat<B: Backend>(parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
 #[cfg(feature = "wgpu")]
 pub(crate) fn concat_rows<B: Backend>(parts: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
     let device = parts.first().map(Tensor::device);
-    let runs = device.is_some_and(|d| {
-        crate::ops::gpu::pack::status::<B>(&d) == crate::backend::KernelStatus::Runs
-    });
+    let runs = device
+        .is_some_and(|d| crate::ops::gpu::pack::status::<B>(&d) == crate::ops::KernelStatus::Runs);
     if runs {
         let cols = parts[0].dims()[1];
         let flat: Vec<Tensor<B, 1>> = parts

@@ -71,3 +71,31 @@ pub(crate) fn is_cpu_backend<B: burn::tensor::backend::Backend>(device: &B::Devi
     let name = B::name(device).to_ascii_lowercase();
     name.contains("ndarray") || name.contains("flex")
 }
+
+/// Whether one of this crate's GPU kernels runs, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum KernelStatus {
+    /// It runs.
+    Runs,
+    /// Not this backend: the kernels are burn-wgpu's (feature `wgpu`).
+    #[default]
+    Unavailable,
+    /// Switched off by its environment variable set to `0`.
+    SwitchedOff,
+    /// It gave a wrong answer (or panicked) in its first-use check on this device, so the
+    /// portable path runs: slower, same results.
+    FailedCheck,
+}
+
+impl KernelStatus {
+    /// A short name: `runs`, `unavailable`, `switched_off` or `failed_check`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Runs => "runs",
+            Self::Unavailable => "unavailable",
+            Self::SwitchedOff => "switched_off",
+            Self::FailedCheck => "failed_check",
+        }
+    }
+}

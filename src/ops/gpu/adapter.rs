@@ -5,8 +5,32 @@
 use burn_wgpu::WgpuDevice;
 use burn_wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
 
-use crate::backend::WgpuAdapter;
 use crate::{Error, Result};
+
+/// The adapter (GPU, or software driver) burn-wgpu runs on for a device, from
+/// [`crate::backend::wgpu_adapter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WgpuAdapter {
+    /// The adapter's name as its driver gives it, e.g. `NVIDIA H200` or
+    /// `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// The graphics API: `Vulkan`, `Metal`, `Dx12` or `Gl`.
+    pub api: String,
+    /// A software driver on the CPU (Mesa's lavapipe, say): the results are right, and a
+    /// CPU backend computes them faster.
+    pub software: bool,
+}
+
+impl std::fmt::Display for WgpuAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}", self.name, self.api)?;
+        if self.software {
+            write!(f, ", a software driver on the CPU")?;
+        }
+        write!(f, ")")
+    }
+}
 
 /// The adapter cubecl 0.10 picks for `device` (`cubecl_wgpu::runtime::request_adapter`): on the
 /// graphics API burn-wgpu's default device uses (Vulkan, or Metal on macOS), the adapter wgpu

@@ -33,7 +33,7 @@ use burn_fusion::{FusionTensor, NoOp};
 use burn_ir::{InitOperationIr, OperationIr};
 use burn_wgpu::WgpuRuntime;
 
-use crate::backend::KernelStatus;
+use crate::ops::KernelStatus;
 
 /// burn-wgpu's inner backend (before fusion), for every element type we accept.
 type Inner = CubeBackend<WgpuRuntime, f32, i32, u32>;
@@ -256,7 +256,7 @@ fn int_output<B: Backend, const D: usize>(
 mod tests {
     use super::{KernelStatus, Switch, close};
 
-    type Wgpu = crate::backend::Wgpu;
+    type Wgpu = burn_wgpu::Wgpu;
 
     #[test]
     fn a_failed_or_panicking_first_use_check_switches_the_kernel_off() {

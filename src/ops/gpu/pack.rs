@@ -174,7 +174,7 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
 mod tests {
     use super::{KernelStatus, check, status};
 
-    type Wgpu = crate::backend::Wgpu;
+    type Wgpu = burn_wgpu::Wgpu;
 
     #[test]
     fn concatenation_matches_the_host() {

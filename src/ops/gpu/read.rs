@@ -138,7 +138,7 @@ pub(crate) fn issue<B: Backend, const D: usize>(
 mod tests {
     use burn::tensor::{Int, Tensor, TensorData};
 
-    type B = crate::backend::Wgpu;
+    type B = burn_wgpu::Wgpu;
 
     #[test]
     fn issued_reads_return_the_tensors_written_after_them_unchanged() {

@@ -1310,7 +1310,7 @@ mod tests {
     fn device_grouping_matches_the_host_grouping() {
         use rand::seq::SliceRandom;
         use rand::{Rng, SeedableRng};
-        type Wgpu = crate::backend::Wgpu;
+        type Wgpu = burn_wgpu::Wgpu;
         let device = Default::default();
         let (first, second) = super::check_lists(40);
         let (first_values, second_values) = super::check_values(40);

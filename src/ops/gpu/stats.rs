@@ -553,7 +553,7 @@ fn check_scaled<B: Backend>(device: &B::Device) -> Option<bool> {
 mod tests {
     use super::{KernelStatus, check, status};
 
-    type Wgpu = crate::backend::Wgpu;
+    type Wgpu = burn_wgpu::Wgpu;
 
     #[test]
     fn the_loss_statistics_kernels_match_the_host_reference() {

@@ -731,7 +731,7 @@ fn check<B: Backend>(device: &B::Device) -> Option<bool> {
 mod tests {
     use super::{KernelStatus, check, status};
 
-    type Wgpu = crate::backend::Wgpu;
+    type Wgpu = burn_wgpu::Wgpu;
 
     #[test]
     fn the_update_kernels_match_the_host_reference() {
