@@ -75,6 +75,7 @@ mod host;
 pub mod loss;
 pub mod metrics;
 mod ops;
+mod pass;
 pub mod prelude;
 mod profile;
 mod recipe;

@@ -9,8 +9,7 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Embeddings, Normalizer};
-use crate::host::HostCodec;
-use crate::ops::transfer::{HostCopies, ReadFor};
+use crate::pass::Outputs;
 use crate::sae::TopKSae;
 
 /// Floor added to densities before `log10`, so a dead latent scores -10.
@@ -252,53 +251,20 @@ pub fn evaluate_with_progress<B: Backend>(
     device: &B::Device,
     mut progress: impl FnMut(usize),
 ) -> crate::Result<Metrics> {
-    data.check_width(model.d_in())?;
-    normalizer.check(model.d_in())?;
     let mut acc = MetricsAccumulator::new(model.d_in(), model.d_sae(), model.k());
-    // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
-    let codec = crate::ops::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
-    // On a GPU, chunks whose pre-activations would not fit in one buffer are made smaller.
-    let batch_size = batch_size.min(model.max_batch_rows());
-    let mut pre = Vec::new();
-    // On a GPU, a chunk's outputs are copied back while the host uploads the next chunk
-    // (`crate::ops::gpu::read`), and added up after it: the chunk's rows, its copies, its end.
-    let mut pending: Option<(Vec<f32>, HostCopies<B, 2>, usize)> = None;
-    let add = |acc: &mut MetricsAccumulator, x: &[f32], copies: HostCopies<B, 2>| {
-        // In `HostCopies`' order: the floats (reconstruction, values), then the indices.
-        let (floats, ints) = copies.collect();
-        acc.update(x, &floats[0], &ints[0], &floats[1]);
-    };
-    for range in crate::ops::transfer::batch_ranges(data.rows(), batch_size)? {
-        let (rows, end) = (range.len(), range.end);
-        let x = data.normalized_rows(range, normalizer);
-        if let Some(codec) = &codec {
-            let (indices, values) = codec.encode(&x, &mut pre);
-            let recon = codec.decode(&indices, &values);
-            let indices: Vec<i64> = indices.into_iter().map(i64::from).collect();
-            acc.update(&x, &recon, &indices, &values);
-            progress(end);
-        } else {
-            let d_in = data.d_in();
-            let input = crate::ops::transfer::upload_rows::<B>(rows, d_in, device, |piece| {
-                x[piece.start * d_in..piece.end * d_in].to_vec()
-            });
-            let out = model.forward(input);
-            if let Some((x, copies, done)) = pending.take() {
-                add(&mut acc, &x, copies);
-                progress(done);
-            }
-            let copies = HostCopies::issue(
-                vec![out.reconstruction, out.values],
-                vec![out.indices],
-                ReadFor::Chunk,
-            );
-            pending = Some((x, copies, end));
-        }
-    }
-    if let Some((x, copies, done)) = pending.take() {
-        add(&mut acc, &x, copies);
-        progress(done);
-    }
+    crate::pass::run(
+        model,
+        data,
+        normalizer,
+        batch_size,
+        device,
+        Outputs::Reconstructions,
+        |chunk| {
+            let indices: Vec<i64> = chunk.indices.iter().map(|&j| i64::from(j)).collect();
+            acc.update(&chunk.x, &chunk.recon, &indices, &chunk.values);
+            progress(chunk.rows.end);
+        },
+    )?;
     Ok(acc.finish())
 }
 

@@ -92,8 +92,7 @@ pub use search::{
 
 use crate::data::{Embeddings, Normalizer};
 use crate::error::{Error, Result};
-use crate::host::HostCodec;
-use crate::ops::transfer::{HostCopies, ReadFor, upload_rows};
+use crate::pass::Outputs;
 use crate::sae::TopKSae;
 
 /// The top-k latents of every document of a corpus, descending by pre-activation per row.
@@ -140,53 +139,22 @@ pub fn encode_corpus_with_progress<B: Backend>(
     device: &B::Device,
     mut progress: impl FnMut(usize),
 ) -> Result<CorpusCodes> {
-    data.check_width(model.d_in())?;
-    normalizer.check(model.d_in())?;
     let k = model.k();
     let mut indices = Vec::with_capacity(data.rows() * k);
     let mut values = Vec::with_capacity(data.rows() * k);
-    // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
-    let codec = crate::ops::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
-    // On a GPU, chunks whose pre-activations would not fit in one buffer are made smaller.
-    let batch_size = batch_size.min(model.max_batch_rows());
-    let mut pre = Vec::new();
-    // On a GPU, chunk `i`'s codes are copied back while the host uploads chunk `i + 1`; they are
-    // collected before the next copy is issued (`crate::ops::gpu::read` says why).
-    let mut pending: Option<(HostCopies<B, 2>, usize)> = None;
-    // A chunk's values and indices, in `HostCopies`' order (floats first), appended.
-    let collect = |copies: HostCopies<B, 2>, indices: &mut Vec<u32>, values: &mut Vec<f32>| {
-        let (mut v, mut i) = copies.collect();
-        indices.extend(i.swap_remove(0).into_iter().map(|j| j as u32));
-        values.append(&mut v[0]);
-    };
-    for range in crate::ops::transfer::batch_ranges(data.rows(), batch_size)? {
-        let (rows, start, end) = (range.len(), range.start, range.end);
-        if let Some(codec) = &codec {
-            let x = data.normalized_rows(range, normalizer);
-            let (i, v) = codec.encode(&x, &mut pre);
-            indices.extend(i);
-            values.extend(v);
-            progress(end);
-        } else {
-            let x = upload_rows::<B>(rows, data.d_in(), device, |piece| {
-                data.normalized_rows(start + piece.start..start + piece.end, normalizer)
-            });
-            crate::profile::mark::<B>(device, "normalise, upload");
-            let latents = model.encode_topk(x);
-            if let Some((copies, done)) = pending.take() {
-                collect(copies, &mut indices, &mut values);
-                progress(done);
-            }
-            let copies =
-                HostCopies::issue(vec![latents.values], vec![latents.indices], ReadFor::Chunk);
-            pending = Some((copies, end));
-            crate::profile::mark::<B>(device, "encode (matmul, top-k), read-back");
-        }
-    }
-    if let Some((copies, done)) = pending.take() {
-        collect(copies, &mut indices, &mut values);
-        progress(done);
-    }
+    crate::pass::run(
+        model,
+        data,
+        normalizer,
+        batch_size,
+        device,
+        Outputs::Codes,
+        |mut chunk| {
+            indices.append(&mut chunk.indices);
+            values.append(&mut chunk.values);
+            progress(chunk.rows.end);
+        },
+    )?;
     Ok(CorpusCodes {
         rows: data.rows(),
         k,
