@@ -16,11 +16,12 @@ use rayon::prelude::*;
 
 use crate::loss::{LossParts, SaeLoss};
 use crate::ops::ROWS_PER_TASK;
-use crate::ops::linalg::{axpy, dot, encode_into, normalize_row, sum_sq, transpose};
+use crate::ops::linalg::{axpy, dot, encode_into, sum_sq, transpose};
 use crate::ops::sparse::{decode_sparse, group_by_latent};
+use crate::ops::stats::{centred_variance, residual_term};
 use crate::ops::topk::select_topk;
 use crate::ops::transfer::to_host;
-use crate::ops::update::{AdamConfig, AdamScalars};
+use crate::ops::update::{AdamConfig, AdamScalars, AdamStep, project_row};
 
 /// Latents per parallel task in the per-latent passes.
 const LATENTS_PER_TASK: usize = 64;
@@ -154,8 +155,11 @@ impl HostState {
         clip: Option<f64>,
     ) -> Result<HostStepOut, NonFinite> {
         let out = self.loss_and_grads(s, x, batch, dead, loss)?;
-        let coef = clip.map_or(1.0, |max| (max / (out.grad_norm + 1e-6)).min(1.0));
-        self.adam(s, opt, coef as f32);
+        let step = AdamStep::new(opt, self.adam_step + 1, clip);
+        self.adam(
+            s,
+            &AdamScalars::new(&step, step.clip_factor(out.grad_norm) as f32),
+        );
         Ok(out)
     }
 
@@ -345,9 +349,7 @@ impl HostState {
                         }
                     }
                     // Keep the unit-norm rows on the sphere: drop the component along the row.
-                    let w = self.dec_row(j as u32);
-                    let along = dot(gd, w);
-                    axpy(gd, -along, w);
+                    project_row(gd, self.dec_row(j as u32));
                     sq += sum_sq(ge) + sum_sq(gd) + f64::from(*gb) * f64::from(*gb);
                 }
                 sq
@@ -371,11 +373,10 @@ impl HostState {
         norm_sq + sum_sq(g_b_dec)
     }
 
-    /// Adam on every parameter with the gradients in `s.grads` scaled by `clip`, then the
-    /// decoder rows back to unit norm.
-    fn adam(&mut self, s: &Scratch, opt: &AdamConfig, clip: f32) {
+    /// Adam (step `self.adam_step + 1`, settings `c`) on every parameter with the gradients in
+    /// `s.grads`, then the decoder rows back to unit norm.
+    fn adam(&mut self, s: &Scratch, c: &AdamScalars) {
         self.adam_step += 1;
-        let c = AdamScalars::for_step(opt, self.adam_step, clip);
         let [m0, m1, m2, m3] = &mut self.m;
         let [v0, v1, v2, v3] = &mut self.v;
         let [g0, g1, g2, g3] = &s.grads;
@@ -389,10 +390,7 @@ impl HostState {
             .zip(v2.par_chunks_mut(d_in))
             .zip(g2.par_chunks(d_in))
             .with_min_len(LATENTS_PER_TASK)
-            .for_each(|(((w, m), v), g)| {
-                c.update_chunk(w, m, v, g);
-                normalize_row(w);
-            });
+            .for_each(|(((w, m), v), g)| c.update_row(w, m, v, g));
     }
 }
 
@@ -460,47 +458,6 @@ fn centre(x: &[f32], b_dec: &[f32], out: &mut Vec<f32>) {
             *v -= b;
         }
     }
-}
-
-/// NMSE of `recon` against `target` and its gradient `scale * (recon - target) / var`.
-fn residual_term(recon: &[f32], target: &[f32], var: f64, scale: f64) -> (f64, Vec<f32>) {
-    let n = recon.len() as f64;
-    let sq: f64 = recon
-        .iter()
-        .zip(target)
-        .map(|(a, b)| f64::from(a - b) * f64::from(a - b))
-        .sum();
-    let factor = (scale / var) as f32;
-    let grad = recon
-        .iter()
-        .zip(target)
-        .map(|(a, b)| (a - b) * factor)
-        .collect();
-    (sq / n / var, grad)
-}
-
-/// `mean((x - mean_over_rows(x))^2)` over all elements.
-fn centred_variance(x: &[f32], d_in: usize) -> f64 {
-    let rows = x.len() / d_in;
-    let mut mean = vec![0f64; d_in];
-    for row in x.chunks_exact(d_in) {
-        mean.iter_mut()
-            .zip(row)
-            .for_each(|(m, v)| *m += f64::from(*v));
-    }
-    for m in &mut mean {
-        *m /= rows as f64;
-    }
-    let sq: f64 = x
-        .chunks_exact(d_in)
-        .map(|row| {
-            row.iter()
-                .zip(&mean)
-                .map(|(v, m)| (f64::from(*v) - m).powi(2))
-                .sum::<f64>()
-        })
-        .sum();
-    sq / x.len() as f64
 }
 
 #[cfg(all(test, feature = "ndarray"))]

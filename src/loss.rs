@@ -12,6 +12,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::ops::sparse::{decode_rows, gather_rows};
+use crate::ops::stats::{BatchStats, scaled_residual};
 use crate::ops::topk::{PreActivations, Selected};
 use crate::ops::transfer::to_host;
 use crate::profile::mark;
@@ -130,6 +131,18 @@ pub struct SaeGradients<B: Backend> {
     pub w_dec: Tensor<B, 2>,
     /// `[d_in]`.
     pub b_dec: Tensor<B, 1>,
+}
+
+impl<B: Backend> SaeGradients<B> {
+    /// The four gradients as the optimiser's update takes them.
+    pub(crate) fn into_params(self) -> crate::ops::update::Params<B> {
+        crate::ops::update::Params {
+            w_enc: self.w_enc,
+            b_enc: self.b_enc,
+            w_dec: self.w_dec,
+            b_dec: self.b_dec,
+        }
+    }
 }
 
 /// Everything one evaluation of the loss produces.
@@ -270,107 +283,6 @@ impl<B: Backend> AuxLatents<B> {
             }
         }
     }
-}
-
-/// A batch's residual after the main decode, and the statistics the loss takes from it: our
-/// two kernels on burn-wgpu (`crate::ops::gpu::stats`), else burn's tensor operations.
-struct BatchStats<B: Backend> {
-    /// `x - x_hat`, `[batch, d_in]`.
-    e: Tensor<B, 2>,
-    /// The centred variance of `x`, `[1, 1]`.
-    var_x: Tensor<B, 2>,
-    /// The main term's NMSE, `[1]`.
-    recon: Tensor<B, 1>,
-    /// With an AuxK term: the centred variance of `e`, at least `1e-20`, `[1, 1]`.
-    var_e: Option<Tensor<B, 2>>,
-    /// With candidates on the device: how many are left, `[1]`.
-    left: Option<Tensor<B, 1>>,
-    /// With candidates on the device: `min(left, 1)`, `[1]`.
-    live: Option<Tensor<B, 1>>,
-}
-
-impl<B: Backend> BatchStats<B> {
-    /// The statistics of `x` (`[batch, d_in]`) against `x_hat = dec + b_dec`; `var_e` with
-    /// `aux`, `left` and `live` with `allowed` (`[d_sae]`).
-    fn new(
-        x: Tensor<B, 2>,
-        dec: Tensor<B, 2>,
-        b_dec: Tensor<B, 1>,
-        allowed: Option<Tensor<B, 1, Int>>,
-        aux: bool,
-    ) -> Self {
-        #[cfg(feature = "wgpu")]
-        {
-            let with_left = allowed.is_some();
-            if let Some(r) = crate::ops::gpu::stats::residual(
-                x.clone(),
-                dec.clone(),
-                b_dec.clone(),
-                allowed.clone(),
-            ) {
-                return Self {
-                    e: r.e,
-                    var_x: r.var_x.unsqueeze_dim(0),
-                    recon: r.recon,
-                    var_e: aux.then(|| r.var_e.unsqueeze_dim(0)),
-                    left: with_left.then_some(r.left),
-                    live: with_left.then_some(r.live),
-                };
-            }
-        }
-        let var_x = centred_variance(x.clone());
-        let e = x - (dec + b_dec.unsqueeze_dim(0));
-        let recon = e.clone().powi_scalar(2).mean() / var_x.clone().reshape([1]);
-        // Guard a perfect reconstruction (zero residual variance) against 0/0.
-        let var_e = aux.then(|| centred_variance(e.clone()).clamp_min(1e-20));
-        let left = allowed.map(|a| a.sum().float());
-        let live = left.as_ref().map(|n| n.clone().clamp_max(1.0));
-        Self {
-            e,
-            var_x,
-            recon,
-            var_e,
-            left,
-            live,
-        }
-    }
-}
-
-/// A term's NMSE and output gradient from its decode `a` and target `b`: `(mean((a - b)^2) /
-/// var * live, (a - b) * factor / var)`; our two kernels on burn-wgpu (`crate::ops::gpu::stats`),
-/// else burn's tensor operations.
-///
-/// # Shapes
-/// - `a`, `b`: `[batch, d_in]`, `var`: `[1, 1]`, `live`: `[1]` → `[1]` and `[batch, d_in]`
-fn scaled_residual<B: Backend>(
-    a: Tensor<B, 2>,
-    b: Tensor<B, 2>,
-    var: Tensor<B, 2>,
-    live: Option<Tensor<B, 1>>,
-    factor: f32,
-) -> (Tensor<B, 1>, Tensor<B, 2>) {
-    #[cfg(feature = "wgpu")]
-    if let Some(found) = crate::ops::gpu::stats::scaled_residual(
-        a.clone(),
-        b.clone(),
-        var.clone().reshape([1]),
-        live.clone(),
-        factor,
-    ) {
-        return found;
-    }
-    let diff = a - b;
-    let mut loss = diff.clone().powi_scalar(2).mean() / var.clone().reshape([1]);
-    if let Some(live) = live {
-        loss = loss * live;
-    }
-    (loss, diff.mul_scalar(factor) / var)
-}
-
-/// `mean((a - mean_over_batch(a))^2)` over all elements, `[1, 1]`.
-fn centred_variance<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 2> {
-    let centred = a.clone() - a.mean_dim(0);
-    centred.powi_scalar(2).mean().unsqueeze_dim(0)
 }
 
 impl<B: Backend> Evaluated<B> {

@@ -422,6 +422,27 @@ impl<B: Backend> TopKSae<B> {
         }
     }
 
+    /// The four parameters' values, for the optimiser's update.
+    pub(crate) fn params(&self) -> crate::ops::update::Params<B> {
+        crate::ops::update::Params {
+            w_enc: self.w_enc.val(),
+            b_enc: self.b_enc.val(),
+            w_dec: self.w_dec.val(),
+            b_dec: self.b_dec.val(),
+        }
+    }
+
+    /// This model with `params` as its values (the parameter ids kept).
+    pub(crate) fn with_params(&self, params: crate::ops::update::Params<B>) -> Self {
+        Self {
+            w_enc: Param::initialized(self.w_enc.id, params.w_enc),
+            b_enc: Param::initialized(self.b_enc.id, params.b_enc),
+            w_dec: Param::initialized(self.w_dec.id, params.w_dec),
+            b_dec: Param::initialized(self.b_dec.id, params.b_dec),
+            k: self.k,
+        }
+    }
+
     /// Input dimension.
     pub fn d_in(&self) -> usize {
         self.w_enc.dims()[0]

@@ -23,13 +23,14 @@ use crate::checkpoint::{self, CheckpointPolicy, NATIVE, TRAINER_JSON, TRAINER_TE
 use crate::data::{Embeddings, Normalizer};
 use crate::error::{Error, Result};
 use crate::host::HostState;
-use crate::loss::{Candidates, Evaluated, LossParts, SaeGradients, SaeLoss};
+use crate::loss::{Candidates, Evaluated, LossParts, SaeLoss};
 use crate::ops::transfer::{HostCopies, ReadFor, to_host};
+use crate::ops::update::{AdamState, Moments, update};
 use crate::profile::mark;
 use crate::recipe::ONE_ROW;
 use crate::sae::TopKSae;
 
-pub use crate::ops::update::AdamConfig;
+pub use crate::ops::update::{AdamConfig, normalize_rows, project_rows};
 pub use crate::recipe::{StepEngine, TrainConfig};
 
 /// What the trainer reports after each step.
@@ -133,46 +134,6 @@ struct Pending<B: Backend> {
     /// The model and optimiser state after it.
     model: TopKSae<B>,
     adam: AdamState<B>,
-}
-
-#[derive(Debug, Clone)]
-struct Moments<B: Backend, const D: usize> {
-    m: Tensor<B, D>,
-    v: Tensor<B, D>,
-}
-
-impl<B: Backend, const D: usize> Moments<B, D> {
-    fn zeros_like(t: &Tensor<B, D>) -> Self {
-        Self {
-            m: t.zeros_like(),
-            v: t.zeros_like(),
-        }
-    }
-
-    /// One Adam update of `param` with `grad`; `c1`, `c2` are the bias corrections `1 - beta^t`.
-    fn update(
-        &mut self,
-        param: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        opt: &AdamConfig,
-        c1: f64,
-        c2: f64,
-    ) -> Tensor<B, D> {
-        let (b1, b2) = (opt.beta_1, opt.beta_2);
-        self.m = self.m.clone().mul_scalar(b1) + grad.clone().mul_scalar(1.0 - b1);
-        self.v = self.v.clone().mul_scalar(b2) + grad.powi_scalar(2).mul_scalar(1.0 - b2);
-        let denom = self.v.clone().div_scalar(c2).sqrt().add_scalar(opt.epsilon);
-        param - self.m.clone().div_scalar(c1).div(denom).mul_scalar(opt.lr)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct AdamState<B: Backend> {
-    step: u64,
-    w_enc: Moments<B, 2>,
-    b_enc: Moments<B, 1>,
-    w_dec: Moments<B, 2>,
-    b_dec: Moments<B, 1>,
 }
 
 /// Where the live parameters and the optimiser state are.
@@ -372,13 +333,7 @@ impl<B: Backend> Trainer<B> {
                 to_host(model.b_dec.val()),
             )))
         } else {
-            Engine::Tensor(AdamState {
-                step: 0,
-                w_enc: Moments::zeros_like(&model.w_enc.val()),
-                b_enc: Moments::zeros_like(&model.b_enc.val()),
-                w_dec: Moments::zeros_like(&model.w_dec.val()),
-                b_dec: Moments::zeros_like(&model.b_dec.val()),
-            })
+            Engine::Tensor(AdamState::zeros_like(&model.params()))
         };
         Ok(Self {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
@@ -1100,7 +1055,14 @@ impl<B: Backend> Trainer<B> {
         let grads = out.grads.take().expect("gradients were requested");
         // The update is computed before the loss and the gradient norm are read back, in one
         // transfer (each read-back waits for the device), and kept only if both are finite.
-        let (model, adam, squares) = self.update(model, adam, grads);
+        let (params, adam, squares) = update(
+            &model.params(),
+            grads.into_params(),
+            adam,
+            &self.config.optimizer,
+            self.config.clip_grad_norm,
+        );
+        let model = model.with_params(params);
         mark::<B>(&self.device, "projection, clipping, adam, renorm");
         // With the fired latents when they are on the device (`[d_sae]`, after the squares).
         let fired = out.fired.take();
@@ -1306,165 +1268,6 @@ impl<B: Backend> Trainer<B> {
             device_wait: Duration::ZERO,
         }
     }
-
-    /// The model, the Adam state and the squared gradient norms (`[4]`, as
-    /// [`Trainer::process_gradients`] gives them) after one update of `model` and `adam` with
-    /// `g`: the decoder gradient's projection, clipping, Adam and the decoder's renormalisation.
-    /// Our kernels run it where they can (`crate::ops::gpu::update`: six launches instead of
-    /// 26), else burn's tensor operations; the results agree to float rounding.
-    fn update(
-        &self,
-        model: &TopKSae<B>,
-        adam: &AdamState<B>,
-        g: SaeGradients<B>,
-    ) -> (TopKSae<B>, AdamState<B>, Tensor<B, 1>) {
-        #[cfg(feature = "wgpu")]
-        if let Some(done) = self.update_on_device(model, adam, &g) {
-            return done;
-        }
-        let (g, squares) = self.process_gradients(model, g);
-        let (model, adam) = self.updated(model, adam, g);
-        (model, adam, squares)
-    }
-
-    /// [`Trainer::update`] by our kernels; `None` where they do not run.
-    #[cfg(feature = "wgpu")]
-    fn update_on_device(
-        &self,
-        model: &TopKSae<B>,
-        adam: &AdamState<B>,
-        g: &SaeGradients<B>,
-    ) -> Option<(TopKSae<B>, AdamState<B>, Tensor<B, 1>)> {
-        use crate::ops::gpu::update::{Hyper, Slot, Updated, adam_step};
-        fn slot<B: Backend, const D: usize>(
-            param: &Param<Tensor<B, D>>,
-            grad: &Tensor<B, D>,
-            moments: &Moments<B, D>,
-        ) -> Slot<B, D> {
-            Slot {
-                param: param.val(),
-                grad: grad.clone(),
-                m: moments.m.clone(),
-                v: moments.v.clone(),
-            }
-        }
-        fn apply<B: Backend, const D: usize>(
-            param: &mut Param<Tensor<B, D>>,
-            moments: &mut Moments<B, D>,
-            u: Updated<B, D>,
-        ) {
-            *param = Param::initialized(param.id, u.param);
-            moments.m = u.m;
-            moments.v = u.v;
-        }
-        let opt = &self.config.optimizer;
-        let step = adam.step + 1;
-        let (c1, c2) = opt.bias_corrections(step);
-        let hyper = Hyper {
-            beta_1: opt.beta_1,
-            beta_2: opt.beta_2,
-            lr: opt.lr,
-            epsilon: opt.epsilon,
-            c1,
-            c2,
-            clip: self.config.clip_grad_norm,
-        };
-        let done = adam_step(
-            &slot(&model.w_enc, &g.w_enc, &adam.w_enc),
-            &slot(&model.b_enc, &g.b_enc, &adam.b_enc),
-            &slot(&model.w_dec, &g.w_dec, &adam.w_dec),
-            &slot(&model.b_dec, &g.b_dec, &adam.b_dec),
-            &hyper,
-        )?;
-        let (mut model, mut adam) = (model.clone(), adam.clone());
-        adam.step = step;
-        apply(&mut model.w_enc, &mut adam.w_enc, done.w_enc);
-        apply(&mut model.b_enc, &mut adam.b_enc, done.b_enc);
-        apply(&mut model.w_dec, &mut adam.w_dec, done.w_dec);
-        apply(&mut model.b_dec, &mut adam.b_dec, done.b_dec);
-        Some((model, adam, done.squares))
-    }
-
-    /// Projects the decoder gradient orthogonal to its rows and clips the global norm, on the
-    /// device. Returns the gradients and the four parameters' squared gradient norms (`[4]`, before
-    /// clipping).
-    fn process_gradients(
-        &self,
-        model: &TopKSae<B>,
-        mut g: SaeGradients<B>,
-    ) -> (SaeGradients<B>, Tensor<B, 1>) {
-        g.w_dec = project_rows(g.w_dec, &model.w_dec.val());
-        let squares = Tensor::cat(
-            vec![
-                g.w_enc.clone().powi_scalar(2).sum(),
-                g.b_enc.clone().powi_scalar(2).sum(),
-                g.w_dec.clone().powi_scalar(2).sum(),
-                g.b_dec.clone().powi_scalar(2).sum(),
-            ],
-            0,
-        );
-        if let Some(max_norm) = self.config.clip_grad_norm {
-            // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when below 1 (a
-            // factor of exactly 1 otherwise).
-            let coef = squares
-                .clone()
-                .sum()
-                .sqrt()
-                .add_scalar(1e-6)
-                .recip()
-                .mul_scalar(max_norm)
-                .clamp_max(1.0);
-            let coef2 = coef.clone().unsqueeze_dim::<2>(0);
-            g.w_enc = g.w_enc * coef2.clone();
-            g.b_enc = g.b_enc * coef.clone();
-            g.w_dec = g.w_dec * coef2;
-            g.b_dec = g.b_dec * coef;
-        }
-        (g, squares)
-    }
-
-    /// The model and Adam state after one update of `model` and `adam` with `g`, not yet in
-    /// place.
-    fn updated(
-        &self,
-        model: &TopKSae<B>,
-        adam: &AdamState<B>,
-        g: SaeGradients<B>,
-    ) -> (TopKSae<B>, AdamState<B>) {
-        let opt = &self.config.optimizer;
-        let mut adam = adam.clone();
-        adam.step += 1;
-        let (c1, c2) = opt.bias_corrections(adam.step);
-        let mut m = model.clone();
-        let w_enc = adam.w_enc.update(m.w_enc.val(), g.w_enc, opt, c1, c2);
-        let b_enc = adam.b_enc.update(m.b_enc.val(), g.b_enc, opt, c1, c2);
-        let w_dec = normalize_rows(adam.w_dec.update(m.w_dec.val(), g.w_dec, opt, c1, c2));
-        let b_dec = adam.b_dec.update(m.b_dec.val(), g.b_dec, opt, c1, c2);
-        m.w_enc = Param::initialized(m.w_enc.id, w_enc);
-        m.b_enc = Param::initialized(m.b_enc.id, b_enc);
-        m.w_dec = Param::initialized(m.w_dec.id, w_dec);
-        m.b_dec = Param::initialized(m.b_dec.id, b_dec);
-        (m, adam)
-    }
-}
-
-/// Removes from each row of `grad` its component along the matching (unit-norm) row of `w`:
-/// `g_j -= (w_j . g_j) w_j`.
-///
-/// # Shapes
-/// - `grad`, `w`: `[d_sae, d_in]` → `[d_sae, d_in]`
-pub fn project_rows<B: Backend>(grad: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
-    let along = (grad.clone() * w.clone()).sum_dim(1);
-    grad - w.clone() * along
-}
-
-/// Scales every row to unit L2 norm (rows of norm below 1e-12 are left as they are).
-///
-/// # Shapes
-/// - `w`: `[d_sae, d_in]` → `[d_sae, d_in]`
-pub fn normalize_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
-    let norm = w.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
-    w / norm
 }
 
 /// Checks that `data` gives batches with a variance: at least 2 rows, not all the same row.

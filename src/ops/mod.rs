@@ -7,6 +7,7 @@
 pub(crate) mod gpu;
 pub(crate) mod linalg;
 pub(crate) mod sparse;
+pub(crate) mod stats;
 pub(crate) mod topk;
 pub(crate) mod transfer;
 pub(crate) mod update;

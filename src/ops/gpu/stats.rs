@@ -460,32 +460,22 @@ fn launch_scaled<B: Backend>(
     Some((float_output(&client, out)?, float_output(&client, g)?))
 }
 
-/// The host's version of [`residual`] on row-major buffers: `e` and `[var_x, var_e, recon,
-/// left, live]`, in `f64`.
+/// The host's version of [`residual`] on row-major buffers, by the host engine's passes
+/// (`crate::ops::stats`): `e` and `[var_x, var_e, recon, left, live]`.
 fn reference(x: &[f32], dec: &[f32], bias: &[f32], allowed: &[i32]) -> (Vec<f32>, [f32; 5]) {
+    use crate::ops::stats::{centred_variance, residual_term};
     let cols = bias.len();
-    let rows = x.len() / cols;
-    let e: Vec<f32> = x
+    let x_hat: Vec<f32> = dec
         .iter()
-        .zip(dec)
         .enumerate()
-        .map(|(i, (x, d))| x - (d + bias[i % cols]))
+        .map(|(i, d)| d + bias[i % cols])
         .collect();
-    let centred_sq = |v: &[f32]| -> f64 {
-        (0..cols)
-            .map(|c| {
-                let column = || (0..rows).map(|r| f64::from(v[r * cols + c]));
-                let mean = column().sum::<f64>() / rows as f64;
-                column().map(|a| (a - mean) * (a - mean)).sum::<f64>()
-            })
-            .sum()
-    };
-    let n = (rows * cols) as f64;
-    let var_x = centred_sq(x) / n;
-    let var_e = (centred_sq(&e) / n).max(1e-20);
-    let mse = e.iter().map(|&a| f64::from(a) * f64::from(a)).sum::<f64>() / n;
+    let e: Vec<f32> = x.iter().zip(&x_hat).map(|(x, h)| x - h).collect();
+    let var_x = centred_variance(x, cols);
+    let var_e = centred_variance(&e, cols).max(1e-20);
+    let (recon, _) = residual_term(&x_hat, x, var_x, 1.0);
     let left = allowed.iter().filter(|&&a| a != 0).count() as f64;
-    let scalars = [var_x, var_e, mse / var_x, left, left.min(1.0)].map(|v| v as f32);
+    let scalars = [var_x, var_e, recon, left, left.min(1.0)].map(|v| v as f32);
     (e, scalars)
 }
 
@@ -532,13 +522,8 @@ fn check_scaled<B: Backend>(device: &B::Device) -> Option<bool> {
     let (rows, cols) = (37, 70);
     let (a, b) = (pattern(rows * cols, 8), pattern(rows * cols, 9));
     let (var, live, factor) = (0.7f32, 0.5f32, 0.003f32);
-    let d: Vec<f64> = a.iter().zip(&b).map(|(a, b)| f64::from(a - b)).collect();
-    let want_g: Vec<f32> = a
-        .iter()
-        .zip(&b)
-        .map(|(a, b)| (a - b) * factor / var)
-        .collect();
-    let nmse = d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64 / f64::from(var);
+    let (nmse, want_g) =
+        crate::ops::stats::residual_term(&a, &b, f64::from(var), f64::from(factor));
     let t2 =
         |v: &[f32]| Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device);
     let t1 = |v: f32| Tensor::<B, 1>::from_data(TensorData::new(vec![v], [1]), device);

@@ -31,6 +31,7 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{Client, Fused, Inner, KernelStatus, Switch, cast, close, empty, float_output};
 use crate::ops::transfer::to_host;
+use crate::ops::update::{AdamConfig, AdamStep};
 
 /// Units per cube.
 const UNITS: u32 = 256;
@@ -339,19 +340,6 @@ pub(crate) struct Updated<B: Backend, const D: usize> {
     pub(crate) v: Tensor<B, D>,
 }
 
-/// Adam's settings for one step: `c1`, `c2` are the bias corrections `1 - beta^t`, `clip` the
-/// maximum global gradient norm.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Hyper {
-    pub(crate) beta_1: f64,
-    pub(crate) beta_2: f64,
-    pub(crate) lr: f64,
-    pub(crate) epsilon: f64,
-    pub(crate) c1: f64,
-    pub(crate) c2: f64,
-    pub(crate) clip: Option<f64>,
-}
-
 /// What [`adam_step`] returns: the four parameters (order of the model's fields) and the
 /// squared gradient norms `[4]` (`w_enc`, `b_enc`, `w_dec`, `b_dec`; the decoder's after the
 /// projection, all before clipping).
@@ -364,7 +352,7 @@ pub(crate) struct Step<B: Backend> {
 }
 
 /// The optimiser's part of a training step: projects the decoder's gradient orthogonal to its
-/// rows, clips the global gradient norm (with `hyper.clip`), runs one Adam update of the four
+/// rows, clips the global gradient norm (with `hyper.max_norm`), runs one Adam update of the four
 /// parameters and scales the decoder's rows to unit norm, as the tensor path in
 /// `crate::train` does. `None` where the kernels do not run (see [`super`]) or the sizes do not
 /// fit a `u32`; the inputs are then untouched.
@@ -377,7 +365,7 @@ pub(crate) fn adam_step<B: Backend>(
     b_enc: &Slot<B, 1>,
     w_dec: &Slot<B, 2>,
     b_dec: &Slot<B, 1>,
-    hyper: &Hyper,
+    hyper: &AdamStep,
 ) -> Option<Step<B>> {
     if status::<B>(&w_dec.param.device()) != KernelStatus::Runs {
         return None;
@@ -415,7 +403,7 @@ fn inputs<B: Backend, const D: usize>(slot: &Slot<B, D>) -> Option<[CubeTensor<W
 }
 
 /// Adam's eight scalars as the kernels take them.
-fn scalars(h: &Hyper) -> [f32; 8] {
+fn scalars(h: &AdamStep) -> [f32; 8] {
     [
         h.beta_1 as f32,
         (1.0 - h.beta_1) as f32,
@@ -436,7 +424,7 @@ fn launch<B: Backend>(
     b_enc: &Slot<B, 1>,
     w_dec: &Slot<B, 2>,
     b_dec: &Slot<B, 1>,
-    hyper: &Hyper,
+    hyper: &AdamStep,
     chunk: usize,
 ) -> Option<Step<B>> {
     let [d_sae, d_in] = w_dec.param.dims();
@@ -492,8 +480,8 @@ fn launch<B: Backend>(
         coef.clone().into_tensor_arg(),
         d_sae as u32,
         enc_cubes as u32,
-        u32::from(hyper.clip.is_some()),
-        hyper.clip.unwrap_or(0.0) as f32,
+        u32::from(hyper.max_norm.is_some()),
+        hyper.max_norm.unwrap_or(0.0) as f32,
         units,
     );
     let [b1, one_b1, b2, one_b2, lr, eps, c1, c2] = scalars(hyper);
@@ -603,40 +591,39 @@ fn launch<B: Backend>(
 }
 
 /// The host's version of [`adam_step`] on row-major buffers (`[p, g, m, v]` per parameter,
-/// `w_enc`'s gradient contiguous), with the host engine's Adam and renormalisation: the four
-/// parameters' new `[p, m, v]` and the squares.
-fn reference(slots: &[[Vec<f32>; 4]; 4], d_in: usize, h: &Hyper) -> ([[Vec<f32>; 3]; 4], [f32; 4]) {
-    use crate::ops::linalg::{dot, normalize_row, sum_sq};
-    use crate::ops::update::AdamScalars;
+/// `w_enc`'s gradient contiguous), with the host engine's projection, Adam and renormalisation:
+/// the four parameters' new `[p, m, v]` and the squares.
+fn reference(
+    slots: &[[Vec<f32>; 4]; 4],
+    d_in: usize,
+    h: &AdamStep,
+) -> ([[Vec<f32>; 3]; 4], [f32; 4]) {
+    use crate::ops::linalg::sum_sq;
+    use crate::ops::update::{AdamScalars, project_row};
     let [w, g] = [&slots[2][0], &slots[2][1]];
     let mut g_dec = g.clone();
     for (g_row, w_row) in g_dec.chunks_mut(d_in).zip(w.chunks(d_in)) {
-        let along = dot(g_row, w_row);
-        for (gi, wi) in g_row.iter_mut().zip(w_row) {
-            *gi -= wi * along;
-        }
+        project_row(g_row, w_row);
     }
     let grads = [&slots[0][1], &slots[1][1], &g_dec, &slots[3][1]];
     let squares = grads.map(|g| sum_sq(g) as f32);
-    let clip = h.clip.map_or(1.0, |max| {
-        ((1.0 / (squares.iter().sum::<f32>().sqrt() + 1e-6)) * max as f32).min(1.0)
-    });
-    let adam = AdamScalars {
-        b1: h.beta_1 as f32,
-        b2: h.beta_2 as f32,
-        c1: h.c1 as f32,
-        c2: h.c2 as f32,
-        eps: h.epsilon as f32,
-        lr: h.lr as f32,
-        clip,
-    };
+    let norm = f64::from(squares.iter().sum::<f32>()).sqrt();
+    let adam = AdamScalars::new(h, h.clip_factor(norm) as f32);
     let out = std::array::from_fn(|i| {
         let [p, _, m, v] = &slots[i];
         let mut out = [p.clone(), m.clone(), v.clone()];
         let [p, m, v] = &mut out;
-        adam.update_chunk(p, m, v, grads[i]);
         if i == 2 {
-            p.chunks_mut(d_in).for_each(normalize_row);
+            for (((w, m), v), g) in p
+                .chunks_mut(d_in)
+                .zip(m.chunks_mut(d_in))
+                .zip(v.chunks_mut(d_in))
+                .zip(grads[i].chunks(d_in))
+            {
+                adam.update_row(w, m, v, g);
+            }
+        } else {
+            adam.update_chunk(p, m, v, grads[i]);
         }
         out
     });
@@ -648,15 +635,8 @@ fn reference(slots: &[[Vec<f32>; 4]; 4], d_in: usize, h: &Hyper) -> ([[Vec<f32>;
 /// squares over 8 cubes, clipping active.
 fn check<B: Backend>(device: &B::Device) -> Option<bool> {
     let (d_sae, d_in) = (3, 300);
-    let hyper = Hyper {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        lr: 0.1,
-        epsilon: 1e-8,
-        c1: 1.0 - 0.9f64.powi(3),
-        c2: 1.0 - 0.999f64.powi(3),
-        clip: Some(1.0),
-    };
+    let opt = AdamConfig::new().with_lr(0.1);
+    let hyper = AdamStep::new(&opt, 3, Some(1.0));
     let sizes = [d_in * d_sae, d_sae, d_sae * d_in, d_in];
     let slots: [[Vec<f32>; 4]; 4] = std::array::from_fn(|i| {
         std::array::from_fn(|j| {
