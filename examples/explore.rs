@@ -335,7 +335,10 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             },
             &device,
         )?;
-        (c.model, c.normalizer)
+        (
+            c.model.with_kernels(backend::kernel_options()),
+            c.normalizer,
+        )
     } else {
         let k = args.k.unwrap_or(if synthetic_run { 8 } else { 32 });
         let d_sae = args.d_sae.unwrap_or(if synthetic_run { 512 } else { 3072 });
@@ -361,7 +364,10 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             bar.set_message(format!("nmse {:.4}", r.loss.recon));
         })?;
         bar.finish_and_clear();
-        (t.model, t.normalizer)
+        (
+            t.model.with_kernels(backend::kernel_options()),
+            t.normalizer,
+        )
     };
     let bar = progress::rows_bar("evaluating", data.rows(), args.quiet);
     let metrics = evaluate_with_progress(&model, &data, &normalizer, 4096, &device, |done| {

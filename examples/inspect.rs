@@ -86,7 +86,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         k: args.k,
     };
     let ckpt = checkpoint::load_any::<B>(&args.checkpoint, &options, &device)?;
-    let model = &ckpt.model;
+    let model = &ckpt.model.clone().with_kernels(backend::kernel_options());
     println!("checkpoint: {}", args.checkpoint.display());
     println!(
         "d_in {}  d_sae {}  k {}",

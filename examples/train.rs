@@ -144,7 +144,8 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             config.largest_batch_of(data.rows()),
         )?;
         Trainer::<B>::new(config, &data, &device)?
-    };
+    }
+    .with_kernels(backend::kernel_options());
     if let Some(dir) = &args.checkpoint_dir {
         let every = args.save_every.unwrap_or(500);
         let keep = args.keep_last.unwrap_or(3);
@@ -287,7 +288,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     });
     if let Some(path) = &args.json {
         // Which of the crate's GPU kernels ran (none off burn-wgpu), so timings say what they measured.
-        let kernels = topk_sae::backend::gpu_kernels::<B>(&device);
+        let kernels = topk_sae::backend::gpu_kernels::<B>(&device, &backend::kernel_options());
         let mut summary = serde_json::to_value(&metrics).map_err(|e| Error::Json(e.to_string()))?;
         let extra = serde_json::json!({
             "steps": trained.steps,

@@ -22,8 +22,7 @@
 # rust-lazy-read (TOPK_SAE_DEVICE_READ=0: corpus chunks read back one after another, as before),
 # rust-tasks8 and rust-tasks128 (CUBECL_WGPU_MAX_TASKS: kernel launches per submission to the
 # GPU, 32 by default; at 128, cubecl also waits for the device once a step, after 64 uniform
-# writes: docs/benchmarks.md), rust-split8 (TOPK_SAE_ENCODER_PARTS=8: the encoder's product
-# split in 8 slices along d_in, run as one batched product and summed), rust-radix-topk
+# writes: docs/benchmarks.md), rust-radix-topk
 # (TOPK_SAE_TOPK_FILTER=0: our top-k kernel runs its radix select on every row, whatever its
 # chunk-maxima filter leaves), rust-perf (the host's CPU time by thread, library and function
 # over 1,000 steps, sampled by perf: carry `.perf`, made by `scripts/gpu_bench.sh perf-bundle`),
@@ -198,12 +197,12 @@ for variant in $variants; do
       rust-lazy-read) cmd=(env TOPK_SAE_DEVICE_READ=0) ;;
       rust-tasks8) cmd=(env CUBECL_WGPU_MAX_TASKS=8) ;;
       rust-tasks128) cmd=(env CUBECL_WGPU_MAX_TASKS=128) ;;
-      rust-split8) cmd=(env TOPK_SAE_ENCODER_PARTS=8) ;;
       rust-radix-topk) cmd=(env TOPK_SAE_TOPK_FILTER=0) ;;
       rust-profile) cmd=(env CUBECL_DEBUG_LOG="$out/profile_$tag.log" CUBECL_DEBUG_OPTION=profile) ;;
       # The bundled libraries are perf's only: the binary and the GPU driver get the machine's.
       rust-perf) cmd=("${perf_cmd[@]}" record -e cpu-clock -F 499 -o "$out/perf_$tag.data" -- env -u LD_LIBRARY_PATH) ;;
       torch) cmd=("$py" scripts/torch_recipe.py --device "$torch_device") ;;
+      *) echo "unknown variant: $variant" >&2; exit 1 ;;
     esac
     if [ "$variant" = rust-perf ] && [ ${#perf_cmd[@]} -eq 0 ]; then
       echo "${variant}_$tag: skipped (no perf, and no .perf/perf.tar.xz)" | tee "$out/${variant}_$tag.txt"

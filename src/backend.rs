@@ -9,6 +9,7 @@ pub use burn_ndarray::NdArray;
 pub use burn_wgpu::{Wgpu, WgpuDevice};
 
 pub use crate::ops::KernelStatus;
+pub use crate::ops::engine::KernelOptions;
 #[cfg(feature = "wgpu")]
 pub use crate::ops::gpu::adapter::WgpuAdapter;
 
@@ -30,7 +31,7 @@ pub struct GpuKernels {
     pub pack: KernelStatus,
     /// The loss's batch statistics (the residual, the centred variances, the main term's
     /// NMSE, the AuxK candidates left) and the AuxK term in four launches; without it
-    /// burn's tensor operations run. Opt-in (`TOPK_SAE_DEVICE_LOSS=1`): on an H200 it made
+    /// burn's tensor operations run. Opt-in ([`KernelOptions::loss`]): on an H200 it made
     /// the large step slower.
     pub loss: KernelStatus,
 }
@@ -59,19 +60,17 @@ pub fn wgpu_adapter(device: &WgpuDevice) -> crate::Result<WgpuAdapter> {
     crate::ops::gpu::adapter::find(device)
 }
 
-/// Which of the crate's GPU kernels run for backend `B` on `device`. On burn-wgpu (feature
-/// `wgpu`) each one does unless its environment variable (`TOPK_SAE_DEVICE_TOPK`,
-/// `TOPK_SAE_DEVICE_SPARSE`, `TOPK_SAE_DEVICE_UPDATE`, `TOPK_SAE_DEVICE_PACK`,
-/// `TOPK_SAE_DEVICE_LOSS`; that one is opt-in, on only with `1`) is `0` or its first-use
-/// check failed: the first time a kernel
-/// is needed it runs once on a small problem with a known answer, and a wrong answer (a
+/// Which of the crate's GPU kernels run for backend `B` on `device` under `options` (a
+/// model's are [`TopKSae::kernels`](crate::TopKSae::kernels)). On burn-wgpu (feature `wgpu`)
+/// each one does when the options allow it and its first-use check passed: the first time a
+/// kernel is needed it runs once on a small problem with a known answer, and a wrong answer (a
 /// driver that miscompiles it) switches it off for the process, with a `log` warning. Other
 /// backends run none. Results are the same either way; only the speed differs.
 ///
 /// ```
 /// # #[cfg(feature = "ndarray")] {
-/// use topk_sae::backend::{KernelStatus, NdArray, gpu_kernels};
-/// let kernels = gpu_kernels::<NdArray<f32>>(&Default::default());
+/// use topk_sae::backend::{KernelOptions, KernelStatus, NdArray, gpu_kernels};
+/// let kernels = gpu_kernels::<NdArray<f32>>(&Default::default(), &KernelOptions::default());
 /// assert_eq!(kernels.top_k, KernelStatus::Unavailable);
 /// assert_eq!(kernels.sparse, KernelStatus::Unavailable);
 /// assert_eq!(kernels.update, KernelStatus::Unavailable);
@@ -79,20 +78,23 @@ pub fn wgpu_adapter(device: &WgpuDevice) -> crate::Result<WgpuAdapter> {
 /// assert_eq!(kernels.loss, KernelStatus::Unavailable);
 /// # }
 /// ```
-pub fn gpu_kernels<B: burn::tensor::backend::Backend>(device: &B::Device) -> GpuKernels {
+pub fn gpu_kernels<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    options: &KernelOptions,
+) -> GpuKernels {
     #[cfg(feature = "wgpu")]
     {
         GpuKernels {
-            top_k: crate::ops::gpu::topk::status::<B>(device),
-            sparse: crate::ops::gpu::sparse::status::<B>(device),
-            update: crate::ops::gpu::update::status::<B>(device),
-            pack: crate::ops::gpu::pack::status::<B>(device),
-            loss: crate::ops::gpu::stats::status::<B>(device),
+            top_k: crate::ops::gpu::topk::status::<B>(options, device),
+            sparse: crate::ops::gpu::sparse::status::<B>(options, device),
+            update: crate::ops::gpu::update::status::<B>(options, device),
+            pack: crate::ops::gpu::pack::status::<B>(options, device),
+            loss: crate::ops::gpu::stats::status::<B>(options, device),
         }
     }
     #[cfg(not(feature = "wgpu"))]
     {
-        let _ = device;
+        let _ = (device, options);
         GpuKernels::default()
     }
 }

@@ -62,7 +62,12 @@
 //! ## Features
 //! - `ndarray` (default): the CPU backend, re-exported as [`backend::NdArray`].
 //! - `flex`: burn's newer CPU backend, re-exported as `backend::Flex`.
-//! - `wgpu`: the GPU backend, re-exported as `backend::Wgpu`.
+//! - `wgpu`: the GPU backend, re-exported as `backend::Wgpu`, with our GPU kernels; which of
+//!   them a model may use is its [`backend::KernelOptions`] ([`TopKSae::with_kernels`]).
+//!
+//! The library reads no environment variable and prints nothing: what it decides is in its
+//! arguments (configs, options), and what it reports is in its return values (a GPU kernel
+//! that fails its first-use check is also a `log` warning).
 //!
 //! ## Stability
 //! Pre-1.0: minor versions may change the API; every change is listed in `CHANGELOG.md`.

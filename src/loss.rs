@@ -11,6 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::ops::engine::KernelOptions;
 use crate::ops::sparse::{decode_rows, gather_rows};
 use crate::ops::stats::{BatchStats, scaled_residual};
 use crate::ops::topk::{PreActivations, Selected};
@@ -266,14 +267,14 @@ impl<B: Backend> AuxLatents<B> {
     }
 
     /// The term's top-k of `pre` (after ReLU).
-    fn select(self, pre: &PreActivations<B>, d_sae: usize) -> Selected<B> {
+    fn select(self, options: &KernelOptions, pre: &PreActivations<B>, d_sae: usize) -> Selected<B> {
         match self {
-            Self::Host { dead, k_aux } => pre.select(d_sae, k_aux, dead.as_deref()),
+            Self::Host { dead, k_aux } => pre.select(options, d_sae, k_aux, dead.as_deref()),
             Self::Device { allowed, k_aux } => {
                 let pre = pre
                     .device()
                     .expect("deferred only with device pre-activations");
-                let (indices, values) = crate::ops::topk::masked_topk(pre, k_aux, allowed)
+                let (indices, values) = crate::ops::topk::masked_topk(options, pre, k_aux, allowed)
                     .expect("deferred only where the masked top-k runs");
                 Selected {
                     indices,
@@ -336,7 +337,7 @@ impl SaeLoss {
             self.evaluate_on_device(model, x, dead.map(Candidates::Host), with_grads, true);
         let mut values = evaluated.losses.clone();
         values.extend(evaluated.left.clone());
-        let host = to_host(crate::ops::linalg::concat(values));
+        let host = to_host(crate::ops::linalg::concat(&model.kernels(), values));
         let terms = evaluated.losses.len();
         let parts = evaluated.parts(&host[..terms]);
         // Deferred: the main indices, and how many candidates were left, come back now.
@@ -362,6 +363,7 @@ impl SaeLoss {
     /// when deferred), the fired latents on the device (when deferred), and the AuxK latents.
     fn aux_latents<B: Backend>(
         &self,
+        options: &KernelOptions,
         pre: &PreActivations<B>,
         main: &mut Selected<B>,
         dead: Option<Candidates<'_, B>>,
@@ -374,13 +376,13 @@ impl SaeLoss {
         let deferred = (defer && main.host_indices.is_none())
             .then(|| pre.device())
             .flatten()
-            .filter(|pre| crate::ops::topk::masked_topk_runs(pre, k_aux.max(1)))
+            .filter(|pre| crate::ops::topk::masked_topk_runs(options, pre, k_aux.max(1)))
             .and_then(|_| {
                 let candidates = match &dead {
                     Some(d) => d.on_device(&device),
                     None => Tensor::zeros([d_sae], &device),
                 };
-                crate::ops::topk::fired_latents(main.indices.clone(), candidates)
+                crate::ops::topk::fired_latents(options, main.indices.clone(), candidates)
             });
         if let Some((allowed, fired)) = deferred {
             return (
@@ -427,6 +429,7 @@ impl SaeLoss {
     ) -> Evaluated<B> {
         let [batch, d_in] = x.dims();
         let (d_sae, k) = (model.d_sae(), model.k());
+        let options = &model.kernels();
         let w_dec = model.w_dec.val();
         let b_dec = model.b_dec.val().unsqueeze_dim::<2>(0);
         let scale = 2.0 / (batch * d_in) as f32;
@@ -436,15 +439,16 @@ impl SaeLoss {
         let device = x.device();
         mark::<B>(&device, "encoder matmul");
 
-        let mut main = pre.select(d_sae, k, None);
+        let mut main = pre.select(options, d_sae, k, None);
         mark::<B>(&device, "top-k (main)");
-        let dec = decode_rows(&w_dec, main.indices.clone(), main.values.clone());
+        let dec = decode_rows(options, &w_dec, main.indices.clone(), main.values.clone());
         mark::<B>(&device, "decode (main)");
-        let (indices, fired, aux) = self.aux_latents(&pre, &mut main, dead, d_sae, defer);
+        let (indices, fired, aux) = self.aux_latents(options, &pre, &mut main, dead, d_sae, defer);
         let device_indices = fired.as_ref().map(|_| main.indices.clone());
         mark::<B>(&device, "indices read-back or fired latents (main)");
         let k_aux_used = aux.k_aux();
         let stats = BatchStats::new(
+            options,
             x.clone(),
             dec,
             model.b_dec.val(),
@@ -464,14 +468,14 @@ impl SaeLoss {
         let aux_index = (k_aux_used > 0).then(|| {
             let e = stats.e.clone();
             let var_e = stats.var_e.clone().expect("computed with an AuxK term");
-            let aux = aux.select(&pre, d_sae);
+            let aux = aux.select(options, &pre, d_sae);
             // Fewer candidates left than the width: the padding decodes zeros. None left: the
             // term is 0, as when it is skipped.
             let live = stats.live.clone();
             mark::<B>(&device, "top-k (aux)");
-            let e_hat = decode_rows(&w_dec, aux.indices.clone(), aux.values.clone());
+            let e_hat = decode_rows(options, &w_dec, aux.indices.clone(), aux.values.clone());
             let (loss, grad_out) =
-                scaled_residual(e_hat, e, var_e, live, scale * self.config.aux_coef);
+                scaled_residual(options, e_hat, e, var_e, live, scale * self.config.aux_coef);
             losses.push(loss);
             mark::<B>(&device, "decode (aux)");
             coefs.push(self.config.aux_coef);
@@ -487,9 +491,9 @@ impl SaeLoss {
 
         let multi_index = self.config.multi_k.then(|| {
             let k_mk = (self.config.multi_k_factor * k).min(d_sae);
-            let mk = pre.select(d_sae, k_mk, None);
+            let mk = pre.select(options, d_sae, k_mk, None);
             let x_hat_mk =
-                decode_rows(&w_dec, mk.indices.clone(), mk.values.clone()) + b_dec.clone();
+                decode_rows(options, &w_dec, mk.indices.clone(), mk.values.clone()) + b_dec.clone();
             let diff = x_hat_mk - x.clone();
             losses.push(diff.clone().powi_scalar(2).mean() / var_x.clone().reshape([1]));
             coefs.push(self.config.multi_k_coef);
@@ -533,6 +537,7 @@ fn backward<B: Backend>(
         .iter()
         .map(|t| {
             gated_dots(
+                &model.kernels(),
                 t.selected.indices.clone(),
                 &w_dec,
                 t.grad_out.clone(),
@@ -583,13 +588,17 @@ fn decoder_bias_gradient<B: Backend>(
 /// `out[b, j] = w_dec[indices[b, j]] . g[b]` where `values[b, j] > 0` (ReLU's derivative), else
 /// 0: our kernel on burn-wgpu, else a gather of the `[batch, k, d_in]` rows.
 fn gated_dots<B: Backend>(
+    options: &KernelOptions,
     indices: Tensor<B, 2, Int>,
     w_dec: &Tensor<B, 2>,
     g: Tensor<B, 2>,
     values: &Tensor<B, 2>,
 ) -> Tensor<B, 2> {
+    #[cfg(not(feature = "wgpu"))]
+    let _ = options;
     #[cfg(feature = "wgpu")]
     if let Some(dots) = crate::ops::gpu::sparse::gathered_dots(
+        options,
         indices.clone(),
         w_dec.clone(),
         g.clone(),
@@ -649,7 +658,8 @@ fn grouped_gradients<B: Backend>(
 ) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>)> {
     use crate::ops::gpu::sparse::{Groups, sum_rows, sum_rows_and_weights, supports};
     use crate::ops::linalg::{concat, concat_rows};
-    if !supports::<B>(&xc.device()) {
+    let options = &model.kernels();
+    if !supports::<B>(options, &xc.device()) {
         return None;
     }
     let device = xc.device();
@@ -660,32 +670,36 @@ fn grouped_gradients<B: Backend>(
     let on_device: Vec<Tensor<B, 2, Int>> =
         terms.iter().map(|t| t.selected.indices.clone()).collect();
     let values: Vec<Tensor<B, 2>> = terms.iter().map(|t| t.selected.values.clone()).collect();
-    let groups = Groups::by_latent_on_device(&on_device, &values, d_sae).or_else(|| {
-        let skip = usize::from(main_indices.is_some());
-        let read: Vec<Vec<i64>> = terms[skip..]
-            .iter_mut()
-            .map(|t| t.selected.take_host_indices())
-            .collect();
-        let lists: Vec<&[i64]> = main_indices
-            .into_iter()
-            .chain(read.iter().map(Vec::as_slice))
-            .collect();
-        Groups::by_latent(&lists, batch, d_sae, &device)
-    })?;
+    let groups =
+        Groups::by_latent_on_device(options, &on_device, &values, d_sae).or_else(|| {
+            let skip = usize::from(main_indices.is_some());
+            let read: Vec<Vec<i64>> = terms[skip..]
+                .iter_mut()
+                .map(|t| t.selected.take_host_indices())
+                .collect();
+            let lists: Vec<&[i64]> = main_indices
+                .into_iter()
+                .chain(read.iter().map(Vec::as_slice))
+                .collect();
+            Groups::by_latent(&lists, batch, d_sae, &device)
+        })?;
     mark::<B>(&device, "grouping by latent");
     let flat = |t: &Tensor<B, 2>| {
         let [rows, k] = t.dims();
         t.clone().reshape([rows * k])
     };
     // dL/dw_dec[j] = sum of values * g over the (term, row) that selected j.
-    let values = concat(terms.iter().map(|t| flat(&t.selected.values)).collect());
-    let grad_out = concat_rows(terms.iter().map(|t| t.grad_out.clone()).collect());
-    let grad_w_dec = sum_rows(&groups, values, grad_out, terms.len() * batch)?;
+    let values = concat(
+        options,
+        terms.iter().map(|t| flat(&t.selected.values)).collect(),
+    );
+    let grad_out = concat_rows(options, terms.iter().map(|t| t.grad_out.clone()).collect());
+    let grad_w_dec = sum_rows(options, &groups, values, grad_out, terms.len() * batch)?;
     mark::<B>(&device, "w_dec grad (grouped sums)");
     // dL/dw_enc[:, j] = sum of dL/dvalue * xc over the rows that selected j, and dL/db_enc[j]
     // the sum of dL/dvalue: one pass over [xc | 1].
-    let weights = concat(grad_values.iter().map(flat).collect());
-    let (enc, grad_b_enc) = sum_rows_and_weights(&groups, weights, xc.clone(), batch)?;
+    let weights = concat(options, grad_values.iter().map(flat).collect());
+    let (enc, grad_b_enc) = sum_rows_and_weights(options, &groups, weights, xc.clone(), batch)?;
     let grad_w_enc = enc.transpose();
     mark::<B>(&device, "w_enc grad (grouped sums)");
     Some((grad_w_enc, grad_b_enc, grad_w_dec))

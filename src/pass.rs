@@ -86,7 +86,7 @@ pub(crate) fn run<B: Backend>(
     normalizer.check(model.d_in())?;
     let want_recon = outputs == Outputs::Reconstructions;
     // On CPU backends the host kernels skip the backend's tensors (and the bias broadcast).
-    let codec = crate::ops::is_cpu_backend::<B>(device).then(|| HostCodec::new(model));
+    let codec = crate::ops::engine::Engine::is_host::<B>().then(|| HostCodec::new(model));
     // On a GPU, chunks whose pre-activations would not fit in one buffer are made smaller.
     let batch_size = batch_size.min(model.max_batch_rows());
     let mut pre = Vec::new();
@@ -140,7 +140,7 @@ pub(crate) fn run<B: Backend>(
         pending = Some(Pending {
             rows: range,
             x,
-            copies: HostCopies::issue(floats, ints, ReadFor::Chunk),
+            copies: HostCopies::issue(&model.kernels(), floats, ints, ReadFor::Chunk),
         });
         mark::<B>(device, "encode (matmul, top-k), read-back");
     }

@@ -183,21 +183,33 @@ mod tests {
         print(
             "top-k kernel, k",
             time(device, || {
-                let _ = crate::ops::gpu::topk::topk(&pre, k, None, false);
+                let _ = crate::ops::gpu::topk::topk(&Default::default(), &pre, k, None, false);
             }),
         );
         print(
             "top-k kernel, 2k, two thirds of the columns",
             time(device, || {
-                let _ = crate::ops::gpu::topk::topk(&pre, 2 * k, Some(&mask), false);
+                let _ = crate::ops::gpu::topk::topk(
+                    &Default::default(),
+                    &pre,
+                    2 * k,
+                    Some(&mask),
+                    false,
+                );
             }),
         );
-        let (indices, values) = crate::ops::gpu::topk::topk(&pre, k, None, false).unwrap();
+        let (indices, values) =
+            crate::ops::gpu::topk::topk(&Default::default(), &pre, k, None, false).unwrap();
         let w_dec = w.clone().transpose().mul_scalar(1.0);
         print(
             "decode (sum_rows per row)",
             time(device, || {
-                let _ = crate::ops::sparse::decode_rows(&w_dec, indices.clone(), values.clone());
+                let _ = crate::ops::sparse::decode_rows(
+                    &Default::default(),
+                    &w_dec,
+                    indices.clone(),
+                    values.clone(),
+                );
             }),
         );
         print(

@@ -30,12 +30,14 @@ pub enum StepEngine {
 }
 
 impl StepEngine {
-    /// Whether this choice runs on the host for backend `B` on `device`.
+    /// Whether this choice runs on the host for backend `B` (on any of its devices: `Auto`
+    /// picks the host engine for the CPU backends, burn-ndarray and Flex).
     pub fn is_host<B: Backend>(self, device: &B::Device) -> bool {
+        let _ = device;
         match self {
             Self::Host => true,
             Self::Tensor => false,
-            Self::Auto => crate::ops::is_cpu_backend::<B>(device),
+            Self::Auto => crate::ops::engine::Engine::is_host::<B>(),
         }
     }
 }

@@ -9,7 +9,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::Embeddings;
 use crate::error::{Error, Result};
-use crate::ops::linalg::{encoder_parts, matmul, matmul_split};
+use crate::ops::engine::{Engine, KernelOptions};
+use crate::ops::linalg::matmul;
 use crate::ops::sparse::decode_rows;
 use crate::ops::topk::PreActivations;
 use crate::ops::transfer::{int_to_host, to_host};
@@ -267,6 +268,9 @@ pub struct TopKSae<B: Backend> {
     /// Decoder bias, `[d_in]`: subtracted before encoding, added after decoding.
     pub b_dec: Param<Tensor<B, 1>>,
     k: usize,
+    /// Which of our GPU kernels this model's operations (and its trainer's) may use; not saved.
+    #[module(skip)]
+    kernels: KernelOptions,
 }
 
 /// The top-k latents of a batch: indices and post-ReLU values, each `[batch, k]`, every row in
@@ -419,6 +423,7 @@ impl<B: Backend> TopKSae<B> {
             w_dec: Param::from_tensor(w_dec),
             b_dec: Param::from_tensor(b_dec),
             k,
+            kernels: KernelOptions::default(),
         }
     }
 
@@ -440,7 +445,36 @@ impl<B: Backend> TopKSae<B> {
             w_dec: Param::initialized(self.w_dec.id, params.w_dec),
             b_dec: Param::initialized(self.b_dec.id, params.b_dec),
             k: self.k,
+            kernels: self.kernels,
         }
+    }
+
+    /// Which of this crate's GPU kernels the model may use ([`KernelOptions::default`] unless
+    /// [`TopKSae::with_kernels`] set them): its forward pass, evaluation, corpus encoding and
+    /// training all follow them. Other backends run none.
+    pub fn kernels(&self) -> KernelOptions {
+        self.kernels
+    }
+
+    /// This model with `options` deciding which of this crate's GPU kernels it may use (not
+    /// saved with it: a loaded model starts from the defaults). Results are the same to float
+    /// rounding; only the speed differs.
+    ///
+    /// ```
+    /// # #[cfg(feature = "ndarray")] {
+    /// use topk_sae::backend::{KernelOptions, NdArray};
+    /// use topk_sae::TopKSaeConfig;
+    /// let mut options = KernelOptions::default();
+    /// options.loss = true;
+    /// let model = TopKSaeConfig::new(8, 32, 4).init::<NdArray<f32>>(&Default::default());
+    /// let model = model.with_kernels(options);
+    /// assert!(model.kernels().loss);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_kernels(mut self, options: KernelOptions) -> Self {
+        self.kernels = options;
+        self
     }
 
     /// Input dimension.
@@ -535,10 +569,9 @@ impl<B: Backend> TopKSae<B> {
         self.pre_from_centred(x - self.b_dec.val().unsqueeze_dim(0))
     }
 
-    /// `xc @ w_enc + b_enc` on the device, for `xc = x - b_dec` (split along `d_in` when
-    /// `TOPK_SAE_ENCODER_PARTS` says so: [`encoder_parts`]).
+    /// `xc @ w_enc + b_enc` on the device, for `xc = x - b_dec`.
     fn pre_from_centred(&self, xc: Tensor<B, 2>) -> Tensor<B, 2> {
-        matmul_split(xc, self.w_enc.val(), encoder_parts()).add(self.b_enc.val().unsqueeze_dim(0))
+        matmul(xc, self.w_enc.val()).add(self.b_enc.val().unsqueeze_dim(0))
     }
 
     /// `xc @ w_enc + b_enc` on the host, row-major `[batch, d_sae]`, for `xc = x - b_dec`. The
@@ -556,7 +589,7 @@ impl<B: Backend> TopKSae<B> {
     /// Pre-activations for `xc = x - b_dec`, where their top-k will be taken (see
     /// [`PreActivations`]).
     pub(crate) fn pre_activations_for_topk(&self, xc: Tensor<B, 2>) -> PreActivations<B> {
-        if crate::ops::topk::has_device_topk::<B>(&xc.device()) {
+        if crate::ops::topk::has_device_topk::<B>(&self.kernels, &xc.device()) {
             PreActivations::Device(self.pre_from_centred(xc))
         } else {
             let device = xc.device();
@@ -574,7 +607,7 @@ impl<B: Backend> TopKSae<B> {
     pub fn encode_topk(&self, x: Tensor<B, 2>) -> TopKLatents<B> {
         self.check_input(&x);
         let pre = self.pre_activations_for_topk(x - self.b_dec.val().unsqueeze_dim(0));
-        let selected = pre.select(self.d_sae(), self.k, None);
+        let selected = pre.select(&self.kernels, self.d_sae(), self.k, None);
         TopKLatents {
             indices: selected.indices,
             values: selected.values,
@@ -636,7 +669,7 @@ impl<B: Backend> TopKSae<B> {
         if k > 0
             && batch * k >= self.d_sae()
             && values.dtype() == burn::tensor::DType::F32
-            && crate::ops::is_cpu_backend::<B>(&device)
+            && Engine::is_host::<B>()
         {
             assert_eq!(
                 values.dims(),
@@ -661,7 +694,8 @@ impl<B: Backend> TopKSae<B> {
             );
             return Tensor::from_data(TensorData::new(out, [batch, self.d_in()]), &device);
         }
-        decode_rows(&self.w_dec.val(), indices, values).add(self.b_dec.val().unsqueeze_dim(0))
+        decode_rows(&self.kernels, &self.w_dec.val(), indices, values)
+            .add(self.b_dec.val().unsqueeze_dim(0))
     }
 
     /// Encodes and decodes a batch without building dense latents.
@@ -702,10 +736,10 @@ mod tests {
 
     use crate::TestBackend;
 
-    /// The split product equals the plain one (to f32 rounding of a sum in another order) for
-    /// slices that divide the shared dimension, and is the plain product for those that do not.
+    /// Every product goes through `matmul`: it equals the host's product in f64 (to f32
+    /// rounding), one output column (its two-column guard) included.
     #[test]
-    fn split_product_equals_the_plain_one() {
+    fn products_equal_the_host_product() {
         let device = Default::default();
         let (m, k, n) = (37usize, 48usize, 70usize);
         let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -725,21 +759,19 @@ mod tests {
                     .sum()
             })
             .collect();
-        for parts in [0usize, 1, 2, 3, 4, 8, 5, 48] {
-            let got = to_host(matmul_split(a.clone(), b.clone(), parts));
-            assert_eq!(got.len(), m * n, "parts {parts}");
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(&g, &w)| (f64::from(g) - w).abs())
-                .fold(0f64, f64::max);
-            // Sums of 48 products below 1 in size: f32 rounding left at most 2.0e-6 on
-            // burn-ndarray, plain or split; 1e-5 leaves room for another summation order.
-            assert!(worst < 1e-5, "parts {parts}: max |diff| {worst:e}");
-        }
+        let got = to_host(matmul(a.clone(), b.clone()));
+        assert_eq!(got.len(), m * n);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(&g, &w)| (f64::from(g) - w).abs())
+            .fold(0f64, f64::max);
+        // Sums of 48 products below 1 in size: f32 rounding left at most 2.0e-6 on
+        // burn-ndarray; 1e-5 leaves room for another summation order.
+        assert!(worst < 1e-5, "max |diff| {worst:e}");
         // One output column goes through `matmul`'s two-column guard.
         let column = b.clone().slice([0..k, 0..1]);
-        let got = to_host(matmul_split(a, column, 4));
+        let got = to_host(matmul(a, column));
         let worst = (0..m)
             .map(|i| (f64::from(got[i]) - want[i * n]).abs())
             .fold(0f64, f64::max);

@@ -371,6 +371,15 @@ impl<B: Backend> Trainer<B> {
         self
     }
 
+    /// Trains with `options` deciding which of this crate's GPU kernels the steps may use (the
+    /// model's own, [`TopKSae::kernels`], otherwise: the defaults for [`Trainer::new`] and
+    /// [`Trainer::resume`]). Results are the same to float rounding; only the speed differs.
+    #[must_use]
+    pub fn with_kernels(mut self, options: crate::ops::engine::KernelOptions) -> Self {
+        self.model = self.model.with_kernels(options);
+        self
+    }
+
     /// Where and how often checkpoints are saved, if they are.
     pub fn checkpoints(&self) -> Option<&CheckpointPolicy> {
         self.checkpoints.as_ref()
@@ -970,7 +979,7 @@ impl<B: Backend> Trainer<B> {
     /// [`RESIDENT_MAX_BYTES`] or the largest buffer the device allocates; the batches are then
     /// uploaded step by step, as before.
     fn resident_rows(&self, data: &Embeddings) -> Option<Tensor<B, 2>> {
-        if matches!(self.engine, Engine::Host(_)) || crate::ops::is_cpu_backend::<B>(&self.device) {
+        if matches!(self.engine, Engine::Host(_)) || crate::ops::engine::Engine::is_host::<B>() {
             return None;
         }
         let (n, d_in) = (data.rows(), data.d_in());
@@ -1056,6 +1065,7 @@ impl<B: Backend> Trainer<B> {
         // The update is computed before the loss and the gradient norm are read back, in one
         // transfer (each read-back waits for the device), and kept only if both are finite.
         let (params, adam, squares) = update(
+            &model.kernels(),
             &model.params(),
             grads.into_params(),
             adam,
@@ -1074,7 +1084,8 @@ impl<B: Backend> Trainer<B> {
             epoch: self.epoch,
             batch,
             read_back: HostCopies::issue(
-                vec![crate::ops::linalg::concat(parts)],
+                &model.kernels(),
+                vec![crate::ops::linalg::concat(&model.kernels(), parts)],
                 vec![],
                 ReadFor::Step,
             ),

@@ -26,6 +26,7 @@ pub fn run_on(name: &str, job: impl Job) -> Result<()> {
             let result = job.run::<topk_sae::backend::Wgpu>(&device);
             warn_failed_kernels(topk_sae::backend::gpu_kernels::<topk_sae::backend::Wgpu>(
                 &device,
+                &kernel_options(),
             ));
             result
         }
@@ -35,6 +36,27 @@ pub fn run_on(name: &str, job: impl Job) -> Result<()> {
             reason: backend_choices(),
         }),
     }
+}
+
+/// Which of the crate's GPU kernels the examples' models use: the defaults, changed by the
+/// variables the benchmark script (`scripts/gpu_bench.sh`) sets to time a kernel against the
+/// portable path: `TOPK_SAE_DEVICE_{TOPK,SPARSE,UPDATE,PACK,READ}=0` and
+/// `TOPK_SAE_TOPK_FILTER=0` leave one out, `TOPK_SAE_DEVICE_{LOSS,STEP_READ}=1` add an opt-in
+/// one.
+pub fn kernel_options() -> topk_sae::backend::KernelOptions {
+    let var = |name: &str| std::env::var(name).ok();
+    let off = |name: &str| var(name).is_some_and(|v| v == "0");
+    let on = |name: &str| var(name).is_some_and(|v| v == "1");
+    let mut options = topk_sae::backend::KernelOptions::default();
+    options.top_k &= !off("TOPK_SAE_DEVICE_TOPK");
+    options.top_k_filter &= !off("TOPK_SAE_TOPK_FILTER");
+    options.sparse &= !off("TOPK_SAE_DEVICE_SPARSE");
+    options.update &= !off("TOPK_SAE_DEVICE_UPDATE");
+    options.pack &= !off("TOPK_SAE_DEVICE_PACK");
+    options.issued_reads &= !off("TOPK_SAE_DEVICE_READ");
+    options.loss |= on("TOPK_SAE_DEVICE_LOSS");
+    options.issued_step_reads |= on("TOPK_SAE_DEVICE_STEP_READ");
+    options
 }
 
 /// What `--backend` accepts in this build, and how to get the others.

@@ -6,16 +6,23 @@ use burn::tensor::backend::Backend;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use crate::ops::engine::KernelOptions;
+
 /// `Tensor::cat(parts, 0)` of vectors: in one launch of our kernel on burn-wgpu
 /// (`crate::ops::gpu::pack`), else burn's `cat`.
 ///
 /// # Shapes
 /// - `parts`: `[n_i]` each → `[sum of n_i]`
-pub(crate) fn concat<B: Backend>(parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+pub(crate) fn concat<B: Backend>(
+    options: &KernelOptions,
+    parts: Vec<Tensor<B, 1>>,
+) -> Tensor<B, 1> {
     #[cfg(feature = "wgpu")]
-    if let Some(joined) = crate::ops::gpu::pack::concat(&parts) {
+    if let Some(joined) = crate::ops::gpu::pack::concat(options, &parts) {
         return joined;
     }
+    #[cfg(not(feature = "wgpu"))]
+    let _ = options;
     Tensor::cat(parts, 0)
 }
 
@@ -25,10 +32,14 @@ pub(crate) fn concat<B: Backend>(parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
 /// # Shapes
 /// - `parts`: `[r_i, cols]` each → `[sum of r_i, cols]`
 #[cfg(feature = "wgpu")]
-pub(crate) fn concat_rows<B: Backend>(parts: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
+pub(crate) fn concat_rows<B: Backend>(
+    options: &KernelOptions,
+    parts: Vec<Tensor<B, 2>>,
+) -> Tensor<B, 2> {
     let device = parts.first().map(Tensor::device);
-    let runs = device
-        .is_some_and(|d| crate::ops::gpu::pack::status::<B>(&d) == crate::ops::KernelStatus::Runs);
+    let runs = device.is_some_and(|d| {
+        crate::ops::gpu::pack::status::<B>(options, &d) == crate::ops::KernelStatus::Runs
+    });
     if runs {
         let cols = parts[0].dims()[1];
         let flat: Vec<Tensor<B, 1>> = parts
@@ -38,7 +49,7 @@ pub(crate) fn concat_rows<B: Backend>(parts: Vec<Tensor<B, 2>>) -> Tensor<B, 2> 
                 p.clone().reshape([rows * cols])
             })
             .collect();
-        if let Some(joined) = crate::ops::gpu::pack::concat(&flat) {
+        if let Some(joined) = crate::ops::gpu::pack::concat(options, &flat) {
             let n = joined.dims()[0];
             return joined.reshape([n / cols.max(1), cols]);
         }
@@ -63,42 +74,6 @@ pub(crate) fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 
     let padded = Tensor::cat(vec![b, zeros], 1);
     let [m, _] = a.dims();
     a.matmul(padded).slice([0..m, 0..1])
-}
-
-/// `a @ b` as `parts` products over equal slices of the shared dimension, run as one batched
-/// product and summed (split-K): `parts` times the workgroups of one product, for a GPU that a
-/// small product leaves partly idle. A `parts` of 0 or 1, or one that does not divide the shared
-/// dimension, gives [`matmul`].
-///
-/// # Shapes
-/// - `a`: `[m, k]`, `b`: `[k, n]` → `[m, n]`
-pub(crate) fn matmul_split<B: Backend>(
-    a: Tensor<B, 2>,
-    b: Tensor<B, 2>,
-    parts: usize,
-) -> Tensor<B, 2> {
-    let [m, k] = a.dims();
-    let [_, n] = b.dims();
-    if parts <= 1 || k % parts != 0 || n == 1 {
-        return matmul(a, b);
-    }
-    let slice = k / parts;
-    let a = a.reshape([m, parts, slice]).swap_dims(0, 1);
-    let b = b.reshape([parts, slice, n]);
-    a.matmul(b).sum_dim(0).reshape([m, n])
-}
-
-/// Slices of the encoder's product on the device (see [`matmul_split`]): 1, the plain product,
-/// unless `TOPK_SAE_ENCODER_PARTS` is a number. A switch for timing the split on a GPU
-/// (`scripts/gpu_bench.sh`, variant `rust-split8`), read once per process.
-pub(crate) fn encoder_parts() -> usize {
-    static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PARTS.get_or_init(|| {
-        std::env::var("TOPK_SAE_ENCODER_PARTS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1)
-    })
 }
 
 /// `pre = xc @ w_enc_t^T`, `[batch, d_sae]`, through ndarray's GEMM (matrixmultiply, or BLAS

@@ -3,6 +3,7 @@
 //! backends, burn's tensor operations, our cubecl kernels on burn-wgpu under `gpu/`). Nothing in
 //! this layer knows the model, the loss or training; `docs/layers.txt` says who may use whom.
 
+pub(crate) mod engine;
 #[cfg(feature = "wgpu")]
 pub(crate) mod gpu;
 pub(crate) mod linalg;
@@ -66,13 +67,6 @@ pub(crate) fn device_rows_cap<B: Backend>(device: &B::Device, cols: usize) -> us
     usize::MAX
 }
 
-/// Whether the host kernels are the fast path for backend `B` on `device`: true on the CPU
-/// backends (burn-ndarray, Flex), where host buffers are the backend's own memory.
-pub(crate) fn is_cpu_backend<B: burn::tensor::backend::Backend>(device: &B::Device) -> bool {
-    let name = B::name(device).to_ascii_lowercase();
-    name.contains("ndarray") || name.contains("flex")
-}
-
 /// Whether one of this crate's GPU kernels runs, and if not, why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -82,7 +76,7 @@ pub enum KernelStatus {
     /// Not this backend: the kernels are burn-wgpu's (feature `wgpu`).
     #[default]
     Unavailable,
-    /// Switched off by its environment variable set to `0`.
+    /// Left out by the [`KernelOptions`](crate::backend::KernelOptions) in use.
     SwitchedOff,
     /// It gave a wrong answer (or panicked) in its first-use check on this device, so the
     /// portable path runs: slower, same results.

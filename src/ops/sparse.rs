@@ -7,6 +7,7 @@ use burn::tensor::{Int, Tensor};
 use rayon::prelude::*;
 
 use super::ROWS_PER_TASK;
+use super::engine::KernelOptions;
 use super::linalg::axpy;
 
 /// The decoder rows each example selected, `w_dec[indices[b, j]]`, with burn's `select`.
@@ -30,6 +31,7 @@ pub(crate) fn gather_rows<B: Backend>(
 /// # Shapes
 /// - `w_dec`: `[d_sae, d_in]`, `indices` and `values`: `[batch, k]` → `[batch, d_in]`
 pub(crate) fn decode_rows<B: Backend>(
+    options: &KernelOptions,
     w_dec: &Tensor<B, 2>,
     indices: Tensor<B, 2, Int>,
     values: Tensor<B, 2>,
@@ -41,14 +43,16 @@ pub(crate) fn decode_rows<B: Backend>(
         "values must be [batch, k] like indices"
     );
     let [_, d_in] = w_dec.dims();
+    #[cfg(not(feature = "wgpu"))]
+    let _ = options;
     #[cfg(feature = "wgpu")]
-    if crate::ops::gpu::sparse::supports::<B>(&indices.device()) {
+    if crate::ops::gpu::sparse::supports::<B>(options, &indices.device()) {
         // burn-wgpu: our kernel, one cube per row, no [batch, k, d_in] intermediate.
         let weights = values.clone().reshape([batch * k]);
         let d_sae = w_dec.dims()[0];
         if let Some(groups) = crate::ops::gpu::sparse::Groups::per_row(indices.clone())
             && let Some(out) =
-                crate::ops::gpu::sparse::sum_rows(&groups, weights, w_dec.clone(), d_sae)
+                crate::ops::gpu::sparse::sum_rows(options, &groups, weights, w_dec.clone(), d_sae)
         {
             return out;
         }

@@ -8,6 +8,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use crate::ops::engine::KernelOptions;
+
 // ---- The host engine ----
 
 /// NMSE of `recon` against `target` and its gradient `scale * (recon - target) / var`.
@@ -79,16 +81,20 @@ impl<B: Backend> BatchStats<B> {
     /// The statistics of `x` (`[batch, d_in]`) against `x_hat = dec + b_dec`; `var_e` with
     /// `aux`, `left` and `live` with `allowed` (`[d_sae]`).
     pub(crate) fn new(
+        options: &KernelOptions,
         x: Tensor<B, 2>,
         dec: Tensor<B, 2>,
         b_dec: Tensor<B, 1>,
         allowed: Option<Tensor<B, 1, Int>>,
         aux: bool,
     ) -> Self {
+        #[cfg(not(feature = "wgpu"))]
+        let _ = options;
         #[cfg(feature = "wgpu")]
         {
             let with_left = allowed.is_some();
             if let Some(r) = crate::ops::gpu::stats::residual(
+                options,
                 x.clone(),
                 dec.clone(),
                 b_dec.clone(),
@@ -129,14 +135,18 @@ impl<B: Backend> BatchStats<B> {
 /// # Shapes
 /// - `a`, `b`: `[batch, d_in]`, `var`: `[1, 1]`, `live`: `[1]` → `[1]` and `[batch, d_in]`
 pub(crate) fn scaled_residual<B: Backend>(
+    options: &KernelOptions,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
     var: Tensor<B, 2>,
     live: Option<Tensor<B, 1>>,
     factor: f32,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    #[cfg(not(feature = "wgpu"))]
+    let _ = options;
     #[cfg(feature = "wgpu")]
     if let Some(found) = crate::ops::gpu::stats::scaled_residual(
+        options,
         a.clone(),
         b.clone(),
         var.clone().reshape([1]),

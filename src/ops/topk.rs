@@ -6,6 +6,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::ROWS_PER_TASK;
+use super::engine::KernelOptions;
 use super::transfer::int_to_host;
 
 /// The top `k` entries of each row of a `[rows, cols]` tensor, restricted to the columns where
@@ -36,7 +37,7 @@ pub fn topk_tensor<B: Backend>(
     k: usize,
     allowed: Option<&[bool]>,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
-    select_tensor(data, k, allowed, false)
+    select_tensor(&KernelOptions::default(), data, k, allowed, false)
 }
 
 /// [`topk_tensor`] with ReLU's values: a negative one as 0 (NaN and `-0.0` stay, as with
@@ -45,15 +46,17 @@ pub fn topk_tensor<B: Backend>(
 /// # Shapes
 /// - `data`: `[rows, cols]`; `allowed`: `cols` entries → indices and values `[rows, k]`
 pub(crate) fn topk_tensor_relu<B: Backend>(
+    options: &KernelOptions,
     data: Tensor<B, 2>,
     k: usize,
     allowed: Option<&[bool]>,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
-    select_tensor(data, k, allowed, true)
+    select_tensor(options, data, k, allowed, true)
 }
 
 /// [`topk_tensor`], with ReLU's values where `relu`.
 fn select_tensor<B: Backend>(
+    options: &KernelOptions,
     data: Tensor<B, 2>,
     k: usize,
     allowed: Option<&[bool]>,
@@ -67,7 +70,7 @@ fn select_tensor<B: Backend>(
             data.dims()[1]
         );
     }
-    if let Some(found) = device_topk(&data, k, allowed, relu) {
+    if let Some(found) = device_topk(options, &data, k, allowed, relu) {
         return found;
     }
     let [rows, cols] = data.dims();
@@ -86,20 +89,21 @@ fn select_tensor<B: Backend>(
 }
 
 /// Whether [`topk_tensor`] selects on the device for backend `B` (for sizes the kernel takes).
-pub(crate) fn has_device_topk<B: Backend>(device: &B::Device) -> bool {
+pub(crate) fn has_device_topk<B: Backend>(options: &KernelOptions, device: &B::Device) -> bool {
     #[cfg(feature = "wgpu")]
     {
-        crate::ops::gpu::topk::supports::<B>(device)
+        crate::ops::gpu::topk::supports::<B>(options, device)
     }
     #[cfg(not(feature = "wgpu"))]
     {
-        let _ = device;
+        let _ = (options, device);
         false
     }
 }
 
 /// The device top-k, or `None` where the backend or the sizes have none.
 fn device_topk<B: Backend>(
+    options: &KernelOptions,
     data: &Tensor<B, 2>,
     k: usize,
     allowed: Option<&[bool]>,
@@ -107,24 +111,28 @@ fn device_topk<B: Backend>(
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     #[cfg(feature = "wgpu")]
     {
-        crate::ops::gpu::topk::topk(data, k, allowed, relu)
+        crate::ops::gpu::topk::topk(options, data, k, allowed, relu)
     }
     #[cfg(not(feature = "wgpu"))]
     {
-        let _ = (data, k, allowed, relu);
+        let _ = (options, data, k, allowed, relu);
         None
     }
 }
 
 /// Whether [`masked_topk`] runs for `pre` and `k` (burn-wgpu with our kernel, sizes it takes).
-pub(crate) fn masked_topk_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool {
+pub(crate) fn masked_topk_runs<B: Backend>(
+    options: &KernelOptions,
+    pre: &Tensor<B, 2>,
+    k: usize,
+) -> bool {
     #[cfg(feature = "wgpu")]
     {
-        crate::ops::gpu::topk::masked_runs(pre, k)
+        crate::ops::gpu::topk::masked_runs(options, pre, k)
     }
     #[cfg(not(feature = "wgpu"))]
     {
-        let _ = (pre, k);
+        let _ = (options, pre, k);
         false
     }
 }
@@ -136,17 +144,18 @@ pub(crate) fn masked_topk_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool
 /// # Shapes
 /// - `pre`: `[rows, cols]`; `allowed`: `[cols]` → `[rows, k]` twice
 pub(crate) fn masked_topk<B: Backend>(
+    options: &KernelOptions,
     pre: &Tensor<B, 2>,
     k: usize,
     allowed: Tensor<B, 1, Int>,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     #[cfg(feature = "wgpu")]
     {
-        crate::ops::gpu::topk::topk_device_mask(pre, k, allowed)
+        crate::ops::gpu::topk::topk_device_mask(options, pre, k, allowed)
     }
     #[cfg(not(feature = "wgpu"))]
     {
-        let _ = (pre, k, allowed);
+        let _ = (options, pre, k, allowed);
         None
     }
 }
@@ -158,16 +167,17 @@ pub(crate) fn masked_topk<B: Backend>(
 /// # Shapes
 /// - `indices`: `[rows, k]`; `candidates`: `[d_sae]`, non-zero for a candidate
 pub(crate) fn fired_latents<B: Backend>(
+    options: &KernelOptions,
     indices: Tensor<B, 2, Int>,
     candidates: Tensor<B, 1, Int>,
 ) -> Option<(Tensor<B, 1, Int>, Tensor<B, 1>)> {
     #[cfg(feature = "wgpu")]
     {
-        crate::ops::gpu::topk::fired_latents(indices, candidates)
+        crate::ops::gpu::topk::fired_latents(options, indices, candidates)
     }
     #[cfg(not(feature = "wgpu"))]
     {
-        let _ = (indices, candidates);
+        let _ = (options, indices, candidates);
         None
     }
 }
@@ -458,11 +468,17 @@ impl<B: Backend> PreActivations<B> {
     }
 
     /// Top `k` of each row among `allowed` latents, after ReLU.
-    pub fn select(&self, d_sae: usize, k: usize, allowed: Option<&[bool]>) -> Selected<B> {
+    pub fn select(
+        &self,
+        options: &KernelOptions,
+        d_sae: usize,
+        k: usize,
+        allowed: Option<&[bool]>,
+    ) -> Selected<B> {
         match self {
             Self::Device(pre) => {
                 // The kernel, or (sizes it does not take) the host selection; ReLU inside.
-                let (indices, values) = crate::ops::topk::topk_tensor_relu(pre.clone(), k, allowed);
+                let (indices, values) = topk_tensor_relu(options, pre.clone(), k, allowed);
                 Selected {
                     indices,
                     values,

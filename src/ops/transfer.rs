@@ -5,6 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::ops::engine::{Engine, KernelOptions};
 
 /// Most bytes per host-to-device write of [`upload_rows`]. On the H200 machine of
 /// `docs/benchmarks.md`, burn-wgpu wrote 25 MB in one piece at 0.44-0.63 GB/s, in 1.6 MB pieces
@@ -35,12 +36,13 @@ pub(crate) struct HostCopies<B: Backend, const D: usize> {
 impl<B: Backend, const D: usize> HostCopies<B, D> {
     /// Starts copying `floats` and `ints` to the host, for `what` (a chunk, or a training step).
     pub(crate) fn issue(
+        options: &KernelOptions,
         floats: Vec<Tensor<B, D>>,
         ints: Vec<Tensor<B, D, Int>>,
         what: ReadFor,
     ) -> Self {
         #[cfg(feature = "wgpu")]
-        let (issued, floats, ints) = if crate::ops::gpu::read::issued_for(what) {
+        let (issued, floats, ints) = if crate::ops::gpu::read::issued_for(options, what) {
             match crate::ops::gpu::read::issue(floats, ints) {
                 Ok(issued) => (Some(issued), Vec::new(), Vec::new()),
                 Err((floats, ints)) => (None, floats, ints),
@@ -49,7 +51,7 @@ impl<B: Backend, const D: usize> HostCopies<B, D> {
             (None, floats, ints)
         };
         #[cfg(not(feature = "wgpu"))]
-        let _ = what;
+        let _ = (options, what);
         Self {
             #[cfg(feature = "wgpu")]
             issued,
@@ -91,7 +93,7 @@ impl<B: Backend, const D: usize> HostCopies<B, D> {
 /// 41 ms for 384 x 3072, against 5 ms for the multiply plus a move (docs/decisions.md). On a GPU
 /// the multiply would be one more kernel launch before every read-back, so it is left out.
 pub(crate) fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    let tensor = if crate::ops::is_cpu_backend::<B>(&tensor.device()) {
+    let tensor = if Engine::is_host::<B>() {
         tensor.mul_scalar(1.0)
     } else {
         tensor
@@ -125,7 +127,7 @@ pub(crate) fn upload_rows<B: Backend>(
     mut piece: impl FnMut(std::ops::Range<usize>) -> Vec<f32>,
 ) -> Tensor<B, 2> {
     assert!(rows > 0, "nothing to upload");
-    let per = if crate::ops::is_cpu_backend::<B>(device) {
+    let per = if Engine::is_host::<B>() {
         rows
     } else {
         (UPLOAD_PIECE_BYTES / (4 * d_in.max(1))).max(1)

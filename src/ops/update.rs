@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 
+use crate::ops::engine::KernelOptions;
 use crate::ops::linalg::{axpy, dot, normalize_row};
 
 /// Adam hyper-parameters (PyTorch's formula: bias-corrected moments, `eps` outside the root).
@@ -211,6 +212,7 @@ impl<B: Backend> AdamState<B> {
 /// before clipping). Our kernels run it where they can (six launches instead of 26), else
 /// burn's tensor operations; the results agree to float rounding.
 pub(crate) fn update<B: Backend>(
+    options: &KernelOptions,
     params: &Params<B>,
     grads: Params<B>,
     state: &AdamState<B>,
@@ -219,9 +221,11 @@ pub(crate) fn update<B: Backend>(
 ) -> (Params<B>, AdamState<B>, Tensor<B, 1>) {
     let step = AdamStep::new(opt, state.step + 1, max_norm);
     #[cfg(feature = "wgpu")]
-    if let Some(done) = update_gpu(params, &grads, state, &step) {
+    if let Some(done) = update_gpu(options, params, &grads, state, &step) {
         return done;
     }
+    #[cfg(not(feature = "wgpu"))]
+    let _ = options;
     let (grads, squares) = project_and_clip(params, grads, &step);
     let mut state = state.clone();
     state.step += 1;
@@ -273,6 +277,7 @@ fn project_and_clip<B: Backend>(
 /// [`update`] by our kernels; `None` where they do not run.
 #[cfg(feature = "wgpu")]
 fn update_gpu<B: Backend>(
+    options: &KernelOptions,
     params: &Params<B>,
     grads: &Params<B>,
     state: &AdamState<B>,
@@ -292,6 +297,7 @@ fn update_gpu<B: Backend>(
         }
     }
     let done = adam_step(
+        options,
         &slot(&params.w_enc, &grads.w_enc, &state.w_enc),
         &slot(&params.b_enc, &grads.b_enc, &state.b_enc),
         &slot(&params.w_dec, &grads.w_dec, &state.w_dec),

@@ -298,15 +298,15 @@ fn one_latent_or_one_input_dimension_matches_naive_reference() {
 #[test]
 fn gpu_kernels_run_on_wgpu_and_only_there() {
     use topk_sae::backend::KernelStatus;
-    let kernels = topk_sae::backend::gpu_kernels::<TestBackend>(&Default::default());
+    let options = crate::kernels();
+    let kernels = topk_sae::backend::gpu_kernels::<TestBackend>(&Default::default(), &options);
     let want = if cfg!(feature = "test-wgpu") {
         KernelStatus::Runs
     } else {
         KernelStatus::Unavailable
     };
-    // The loss statistics are opt-in (`TOPK_SAE_DEVICE_LOSS=1`, which CI's lavapipe run sets).
-    let loss_on = std::env::var("TOPK_SAE_DEVICE_LOSS").is_ok_and(|v| v == "1");
-    let want_loss = if want == KernelStatus::Runs && !loss_on {
+    // The loss statistics are opt-in (CI's lavapipe run opts in: `crate::kernels`).
+    let want_loss = if want == KernelStatus::Runs && !options.loss {
         KernelStatus::SwitchedOff
     } else {
         want
@@ -320,6 +320,20 @@ fn gpu_kernels_run_on_wgpu_and_only_there() {
             kernels.loss
         ),
         (want, want, want, want, want_loss)
+    );
+    // Options that leave every kernel out switch every kernel off.
+    let none = topk_sae::backend::gpu_kernels::<TestBackend>(
+        &Default::default(),
+        &topk_sae::backend::KernelOptions::none(),
+    );
+    let want_none = if want == KernelStatus::Runs {
+        KernelStatus::SwitchedOff
+    } else {
+        want
+    };
+    assert_eq!(
+        (none.top_k, none.sparse, none.update, none.pack, none.loss),
+        (want_none, want_none, want_none, want_none, want_none)
     );
 }
 

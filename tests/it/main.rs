@@ -26,8 +26,20 @@ pub type TestBackend = topk_sae::backend::Wgpu;
 #[cfg(all(feature = "test-flex", not(feature = "test-wgpu")))]
 pub type TestBackend = topk_sae::backend::Flex;
 
+/// The GPU kernel options the tests run with: the defaults, with the opt-in kernels added when
+/// `TOPK_SAE_DEVICE_LOSS=1` (the loss statistics) or `TOPK_SAE_DEVICE_STEP_READ=1` (a queued
+/// step's read issued at once) are set, as CI's lavapipe run does. These variables are the
+/// tests' own: the library reads none.
+pub fn kernels() -> topk_sae::backend::KernelOptions {
+    let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    let mut options = topk_sae::backend::KernelOptions::default();
+    options.loss = on("TOPK_SAE_DEVICE_LOSS");
+    options.issued_step_reads = on("TOPK_SAE_DEVICE_STEP_READ");
+    options
+}
+
 /// A small model with random (seeded) weights and a non-zero `b_enc`/`b_dec`, so every term of
-/// the forward pass matters.
+/// the forward pass matters, with the tests' [`kernels`].
 pub fn random_model(
     d_in: usize,
     d_sae: usize,
@@ -43,6 +55,7 @@ pub fn random_model(
     let b_enc = Tensor::random([d_sae], Distribution::Uniform(-0.1, 0.1), &device);
     let b_dec = Tensor::random([d_in], Distribution::Uniform(-0.2, 0.2), &device);
     topk_sae::TopKSae::from_parts(model.w_enc.val(), b_enc, model.w_dec.val(), b_dec, k)
+        .with_kernels(kernels())
 }
 
 /// `rows x d_in` standard-normal values, seeded.

@@ -292,7 +292,9 @@ fn queued_steps_match_one_step_at_a_time() {
             .with_epochs(2)
             .with_dead_threshold_samples(threshold)
             .with_engine(StepEngine::Tensor);
-        let mut trainer = Trainer::<TestBackend>::new(config, &set.embeddings, &device).unwrap();
+        let mut trainer = Trainer::<TestBackend>::new(config, &set.embeddings, &device)
+            .unwrap()
+            .with_kernels(crate::kernels());
         if let Some(every) = every {
             trainer = trainer.with_checkpoints(CheckpointPolicy::new(dir.path(), every));
         }
@@ -330,6 +332,51 @@ fn queued_steps_match_one_step_at_a_time() {
             queued_weights == single_weights,
             "threshold {threshold}: the weights differ"
         );
+    }
+}
+
+/// Which GPU kernels run changes no result beyond float rounding: the same run with every
+/// kernel left out, with the defaults and with the opt-in ones added (the loss statistics, a
+/// queued step's read issued at once) gives the same losses and weights, AuxK included. On the
+/// CPU backends the options change nothing at all.
+#[test]
+fn kernel_options_change_no_result() {
+    use topk_sae::Trainer;
+    use topk_sae::backend::KernelOptions;
+    use topk_sae::train::StepEngine;
+    let set = small_set();
+    let device = Default::default();
+    let run = |options: KernelOptions| {
+        // Two epochs of 16 steps, AuxK candidates after two quiet batches.
+        let config = small_config()
+            .with_epochs(2)
+            .with_dead_threshold_samples(512)
+            .with_engine(StepEngine::Tensor);
+        let trainer = Trainer::<TestBackend>::new(config, &set.embeddings, &device)
+            .unwrap()
+            .with_kernels(options);
+        let mut losses = Vec::new();
+        let trained = trainer
+            .fit(&set.embeddings, |r| losses.push((r.loss.recon, r.loss.aux)))
+            .unwrap();
+        assert_eq!(trained.model.kernels(), options);
+        (losses, to_host_vec(trained.model.w_dec.val()))
+    };
+    let mut all = KernelOptions::default();
+    all.loss = true;
+    all.issued_step_reads = true;
+    let (want_losses, want_w) = run(KernelOptions::none());
+    assert!(want_losses.iter().any(|l| l.1 > 0.0), "AuxK must run");
+    for options in [KernelOptions::default(), all] {
+        let (losses, w) = run(options);
+        assert_eq!(losses.len(), want_losses.len());
+        for (got, want) in losses.iter().zip(&want_losses) {
+            approx::assert_relative_eq!(got.0, want.0, max_relative = 1e-4);
+            approx::assert_relative_eq!(got.1, want.1, max_relative = 1e-3, epsilon = 1e-6);
+        }
+        for (a, b) in w.iter().zip(&want_w) {
+            approx::assert_abs_diff_eq!(a, b, epsilon = 1e-4);
+        }
     }
 }
 

@@ -34,6 +34,7 @@ use burn_ir::{InitOperationIr, OperationIr};
 use burn_wgpu::WgpuRuntime;
 
 use crate::ops::KernelStatus;
+use crate::ops::engine::KernelOptions;
 
 /// burn-wgpu's inner backend (before fusion), for every element type we accept.
 type Inner = CubeBackend<WgpuRuntime, f32, i32, u32>;
@@ -42,53 +43,44 @@ type Fused = FusionTensor<FusionCubeRuntime<WgpuRuntime>>;
 /// The fusion layer's client, which takes our kernels' outputs back.
 type Client = GlobalFusionClient<FusionCubeRuntime<WgpuRuntime>>;
 
-/// Whether a kernel runs: on burn-wgpu's tensors only, unless its environment variable is `0`
-/// (an opt-in kernel: only when it is `1`), and only once its first-use check has passed. A
-/// kernel a driver miscompiles gives wrong numbers without an error (seen while writing one: a
-/// kernel that did not compile left its output uninitialised), so each kernel runs once on a
-/// small problem with a known answer before it is trusted; if the answer is wrong, the callers
-/// use the portable path for the rest of the process, a `log` warning says so, and
-/// [`crate::backend::gpu_kernels`] reports [`KernelStatus::FailedCheck`] (the examples print it).
+/// Whether a kernel runs: on burn-wgpu's tensors only, where the caller's [`KernelOptions`]
+/// allow it, and only once its first-use check has passed. A kernel a driver miscompiles gives
+/// wrong numbers without an error (seen while writing one: a kernel that did not compile left
+/// its output uninitialised), so each kernel runs once on a small problem with a known answer
+/// before it is trusted; if the answer is wrong, the callers use the portable path for the rest
+/// of the process, a `log` warning says so, and [`crate::backend::gpu_kernels`] reports
+/// [`KernelStatus::FailedCheck`] (the examples print it).
 struct Switch {
-    /// The environment variable that switches the kernel off with `0` (or, opt-in, on with `1`).
-    var: &'static str,
-    /// Whether the kernel runs when the variable is unset.
-    default_on: bool,
+    /// Whether the options allow the kernel.
+    allowed: fn(&KernelOptions) -> bool,
     /// The kernel, for the warning.
     what: &'static str,
-    env: OnceLock<bool>,
     checked: OnceLock<bool>,
 }
 
 impl Switch {
-    const fn new(var: &'static str, what: &'static str) -> Self {
+    const fn new(allowed: fn(&KernelOptions) -> bool, what: &'static str) -> Self {
         Self {
-            var,
-            default_on: true,
+            allowed,
             what,
-            env: OnceLock::new(),
             checked: OnceLock::new(),
         }
     }
 
-    /// A kernel that runs only with its variable set to `1`.
-    const fn opt_in(var: &'static str, what: &'static str) -> Self {
-        let mut switch = Self::new(var, what);
-        switch.default_on = false;
-        switch
-    }
-
-    /// The kernel's status for backend `B`; `check` (run once per process, the first time the
-    /// rest allows it) launches the kernel on a small problem and says whether the answer was
-    /// right.
-    fn status<B: Backend>(&self, check: impl FnOnce() -> bool) -> KernelStatus {
+    /// The kernel's status for backend `B` under `options`; `check` (run once per process, the
+    /// first time the rest allows it) launches the kernel on a small problem and says whether
+    /// the answer was right.
+    fn status<B: Backend>(
+        &self,
+        options: &KernelOptions,
+        check: impl FnOnce() -> bool,
+    ) -> KernelStatus {
         if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<Fused>()
             || TypeId::of::<B::IntTensorPrimitive>() != TypeId::of::<Fused>()
         {
             return KernelStatus::Unavailable;
         }
-        let on = *self.env.get_or_init(|| env_on(self.var, self.default_on));
-        if !on {
+        if !(self.allowed)(options) {
             return KernelStatus::SwitchedOff;
         }
         let passed = *self.checked.get_or_init(|| {
@@ -96,10 +88,8 @@ impl Switch {
             if !ok {
                 log::warn!(
                     "the GPU {} kernel gave a wrong answer in its first-use check on this \
-                     device; the portable path runs instead (slower, same results). {}=0 \
-                     switches the kernel off without the check.",
+                     device; the portable path runs instead (slower, same results).",
                     self.what,
-                    self.var
                 );
             }
             ok
@@ -109,16 +99,6 @@ impl Switch {
         } else {
             KernelStatus::FailedCheck
         }
-    }
-}
-
-/// Whether environment variable `var` switches something on: unless it is `0` when it is on by
-/// default, only when it is `1` when it is opt-in.
-fn env_on(var: &str, default_on: bool) -> bool {
-    match std::env::var(var) {
-        Ok(v) if default_on => v != "0",
-        Ok(v) => v == "1",
-        Err(_) => default_on,
     }
 }
 
@@ -254,16 +234,18 @@ fn int_output<B: Backend, const D: usize>(
 
 #[cfg(all(test, feature = "ndarray"))]
 mod tests {
-    use super::{KernelStatus, Switch, close};
+    use super::{KernelOptions, KernelStatus, Switch, close};
 
     type Wgpu = burn_wgpu::Wgpu;
 
     #[test]
     fn a_failed_or_panicking_first_use_check_switches_the_kernel_off() {
-        static FAILS: Switch = Switch::new("TOPK_SAE_TEST_UNSET", "failing");
-        static PANICS: Switch = Switch::new("TOPK_SAE_TEST_UNSET", "panicking");
-        static PASSES: Switch = Switch::new("TOPK_SAE_TEST_UNSET", "passing");
-        static OTHER: Switch = Switch::new("TOPK_SAE_TEST_UNSET", "other");
+        static FAILS: Switch = Switch::new(|o| o.top_k, "failing");
+        static PANICS: Switch = Switch::new(|o| o.top_k, "panicking");
+        static PASSES: Switch = Switch::new(|o| o.top_k, "passing");
+        static OTHER: Switch = Switch::new(|o| o.top_k, "other");
+        static OFF: Switch = Switch::new(|o| o.loss, "off");
+        let on = KernelOptions::default();
 
         let mut calls = 0;
         let mut check = |answer| {
@@ -271,22 +253,32 @@ mod tests {
             answer
         };
         assert_eq!(
-            FAILS.status::<Wgpu>(|| check(false)),
+            FAILS.status::<Wgpu>(&on, || check(false)),
             KernelStatus::FailedCheck
         );
         // Checked once per process: a later right answer does not switch it back on.
         assert_eq!(
-            FAILS.status::<Wgpu>(|| check(true)),
+            FAILS.status::<Wgpu>(&on, || check(true)),
             KernelStatus::FailedCheck
         );
         assert_eq!(calls, 1);
 
-        let panics = PANICS.status::<Wgpu>(|| panic!("a launch that fails"));
+        let panics = PANICS.status::<Wgpu>(&on, || panic!("a launch that fails"));
         assert_eq!(panics, KernelStatus::FailedCheck);
-        assert_eq!(PASSES.status::<Wgpu>(|| true), KernelStatus::Runs);
+        assert_eq!(PASSES.status::<Wgpu>(&on, || true), KernelStatus::Runs);
         // Other backends never run our kernels, nor their checks.
-        let other = OTHER.status::<burn_ndarray::NdArray<f32>>(|| unreachable!());
+        let other = OTHER.status::<burn_ndarray::NdArray<f32>>(&on, || unreachable!());
         assert_eq!(other, KernelStatus::Unavailable);
+        // A kernel the options leave out is switched off, its check never run.
+        assert_eq!(
+            OFF.status::<Wgpu>(&on, || unreachable!()),
+            KernelStatus::SwitchedOff
+        );
+        let none = KernelOptions::none();
+        assert_eq!(
+            PASSES.status::<Wgpu>(&none, || unreachable!()),
+            KernelStatus::SwitchedOff
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! (and for the pieces that are computed, after the fusion layer has run them); a training step
 //! concatenated 17 pieces that way, and a step at the GPU issue's small size is bound by a cost
 //! per step (docs/benchmarks.md). The kernel copies element `i` of the output from the piece it
-//! falls in. Returns `None` for any backend but burn-wgpu, with `TOPK_SAE_DEVICE_PACK=0`, or for
+//! falls in. Returns `None` for any backend but burn-wgpu, with `KernelOptions::pack` off, or for
 //! more pieces than it takes; the callers then use `Tensor::cat`.
 
 use burn::tensor::backend::Backend;
@@ -14,6 +14,7 @@ use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{KernelStatus, Switch, empty, float_input, float_output, pattern};
+use crate::ops::engine::KernelOptions;
 use crate::ops::transfer::to_host;
 
 /// Most pieces one launch takes.
@@ -73,12 +74,12 @@ mod kernel {
     }
 }
 
-/// The kernel's switch (`TOPK_SAE_DEVICE_PACK=0` turns it off) and first-use check.
-static SWITCH: Switch = Switch::new("TOPK_SAE_DEVICE_PACK", "concatenation");
+/// The kernel's switch (`KernelOptions::pack`) and first-use check.
+static SWITCH: Switch = Switch::new(|o| o.pack, "concatenation");
 
 /// The kernel's [`KernelStatus`] on `device` for backend `B` (runs the first-use check once).
-pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
-    SWITCH.status::<B>(|| check::<B>(device).unwrap_or(false))
+pub(crate) fn status<B: Backend>(options: &KernelOptions, device: &B::Device) -> KernelStatus {
+    SWITCH.status::<B>(options, || check::<B>(device).unwrap_or(false))
 }
 
 /// `parts` end to end in one launch, as `Tensor::cat(parts, 0)` gives them. `None` where the
@@ -87,9 +88,12 @@ pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
 ///
 /// # Shapes
 /// - `parts`: `[n_i]` each → `[sum of n_i]`
-pub(crate) fn concat<B: Backend>(parts: &[Tensor<B, 1>]) -> Option<Tensor<B, 1>> {
+pub(crate) fn concat<B: Backend>(
+    options: &KernelOptions,
+    parts: &[Tensor<B, 1>],
+) -> Option<Tensor<B, 1>> {
     let first = parts.first()?;
-    if status::<B>(&first.device()) != KernelStatus::Runs {
+    if status::<B>(options, &first.device()) != KernelStatus::Runs {
         return None;
     }
     launch(parts)
@@ -180,6 +184,7 @@ mod tests {
     fn concatenation_matches_the_host() {
         let device = Default::default();
         assert_eq!(check::<Wgpu>(&device), Some(true));
-        assert_eq!(status::<Wgpu>(&device), KernelStatus::Runs);
+        let options = crate::ops::engine::KernelOptions::default();
+        assert_eq!(status::<Wgpu>(&options, &device), KernelStatus::Runs);
     }
 }

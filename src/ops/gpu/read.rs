@@ -13,16 +13,16 @@
 //! submission made then waits for the device to finish the work before it.
 //!
 //! Where it is used ([`issued_for`]): corpus encoding and evaluation issue each chunk's read
-//! (unless `TOPK_SAE_DEVICE_READ=0`); they collect it before they issue the next one, and queue
-//! between the two only the next chunk's upload and its few launches. A queued training step
-//! issues its read only with `TOPK_SAE_DEVICE_STEP_READ=1`: the next step, built while that read
-//! is outstanding, submits its work in several pieces, each of which would wait for the device
-//! as above; whether that costs more than the read saves is for a GPU to tell.
+//! (with `KernelOptions::issued_reads`, the default); they collect it before they issue the
+//! next one, and queue between the two only the next chunk's upload and its few launches. A
+//! queued training step issues its read only with `KernelOptions::issued_step_reads`: the next
+//! step, built while that read is outstanding, submits its work in several pieces, each of
+//! which would wait for the device as above; whether that costs more than the read saves is
+//! for a GPU to tell.
 
 use std::any::TypeId;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 use burn::tensor::backend::Backend;
@@ -32,18 +32,16 @@ use burn_wgpu::WgpuRuntime;
 use cubecl::bytes::Bytes;
 use cubecl::server::{CopyDescriptor, ServerError};
 
-use super::{Fused, env_on, float_input, int_input};
+use super::{Fused, float_input, int_input};
+use crate::ops::engine::KernelOptions;
 use crate::ops::transfer::ReadFor;
 
-/// Whether reads for `what` are issued at once: a corpus chunk's unless
-/// `TOPK_SAE_DEVICE_READ=0`, a training step's only with `TOPK_SAE_DEVICE_STEP_READ=1` (the
-/// environment is read once a process).
-pub(crate) fn issued_for(what: ReadFor) -> bool {
-    static CHUNK: OnceLock<bool> = OnceLock::new();
-    static STEP: OnceLock<bool> = OnceLock::new();
+/// Whether reads for `what` are issued at once: a corpus chunk's with
+/// [`KernelOptions::issued_reads`], a training step's with [`KernelOptions::issued_step_reads`].
+pub(crate) fn issued_for(options: &KernelOptions, what: ReadFor) -> bool {
     match what {
-        ReadFor::Chunk => *CHUNK.get_or_init(|| env_on("TOPK_SAE_DEVICE_READ", true)),
-        ReadFor::Step => *STEP.get_or_init(|| env_on("TOPK_SAE_DEVICE_STEP_READ", false)),
+        ReadFor::Chunk => options.issued_reads,
+        ReadFor::Step => options.issued_step_reads,
     }
 }
 

@@ -25,7 +25,7 @@
 //!   in shared memory, instead of burn's gather of `[batch, k, d_in]` rows.
 //!
 //! Both return `None` for any backend but burn-wgpu (see [`super`]) or with
-//! `TOPK_SAE_DEVICE_SPARSE=0`, and the callers use burn's tensor operations.
+//! `KernelOptions::sparse` off, and the callers use burn's tensor operations.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
@@ -38,6 +38,7 @@ use super::{
     KernelStatus, Switch, close, empty, float_input, float_output, int_client, int_input,
     int_output, pattern,
 };
+use crate::ops::engine::KernelOptions;
 use crate::ops::linalg::dot;
 use crate::ops::transfer::{int_to_host, to_host};
 
@@ -477,18 +478,18 @@ mod kernel {
     }
 }
 
-/// The kernels' switch (`TOPK_SAE_DEVICE_SPARSE=0` turns both off) and first-use check.
-static SWITCH: Switch = Switch::new("TOPK_SAE_DEVICE_SPARSE", "sparse decode and gradient");
+/// The kernels' switch (`KernelOptions::sparse`, for both) and first-use check.
+static SWITCH: Switch = Switch::new(|o| o.sparse, "sparse decode and gradient");
 
 /// Whether [`sum_rows`] and [`gathered_dots`] run on `device` for backend `B`: burn-wgpu, not
 /// switched off, first-use check of both passed (see [`Switch`]).
-pub(crate) fn supports<B: Backend>(device: &B::Device) -> bool {
-    status::<B>(device) == KernelStatus::Runs
+pub(crate) fn supports<B: Backend>(options: &KernelOptions, device: &B::Device) -> bool {
+    status::<B>(options, device) == KernelStatus::Runs
 }
 
 /// The kernel's [`KernelStatus`] on `device` for backend `B` (runs the first-use check once).
-pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
-    SWITCH.status::<B>(|| check::<B>(device).unwrap_or(false))
+pub(crate) fn status<B: Backend>(options: &KernelOptions, device: &B::Device) -> KernelStatus {
+    SWITCH.status::<B>(options, || check::<B>(device).unwrap_or(false))
 }
 
 /// Both kernels on a small problem against the same sums on the host: rows of 300 columns (more
@@ -777,12 +778,13 @@ impl<B: Backend> Groups<B> {
     /// # Shapes
     /// - `lists`, `values`: `[batch, k_t]` each, every latent below `d_sae`
     pub fn by_latent_on_device(
+        options: &KernelOptions,
         lists: &[Tensor<B, 2, Int>],
         values: &[Tensor<B, 2>],
         d_sae: usize,
     ) -> Option<Self> {
         let device = lists.first()?.device();
-        if !supports::<B>(&device) {
+        if !supports::<B>(options, &device) {
             return None;
         }
         launch_by_latent(lists, values, d_sae)
@@ -1062,12 +1064,13 @@ fn latent_groups(
 /// # Shapes
 /// - `weights`: `[n]`, `rows`: `[r, cols]` → `[groups, cols]`
 pub(crate) fn sum_rows<B: Backend>(
+    options: &KernelOptions,
     groups: &Groups<B>,
     weights: Tensor<B, 1>,
     rows: Tensor<B, 2>,
     row_mod: usize,
 ) -> Option<Tensor<B, 2>> {
-    if !supports::<B>(&rows.device()) {
+    if !supports::<B>(options, &rows.device()) {
         return None;
     }
     launch_sum_rows(groups, weights, rows, row_mod, false).map(|(sums, _)| sums)
@@ -1080,12 +1083,13 @@ pub(crate) fn sum_rows<B: Backend>(
 /// # Shapes
 /// - `weights`: `[n]`, `rows`: `[r, cols]` → `[groups, cols]` and `[groups]`
 pub(crate) fn sum_rows_and_weights<B: Backend>(
+    options: &KernelOptions,
     groups: &Groups<B>,
     weights: Tensor<B, 1>,
     rows: Tensor<B, 2>,
     row_mod: usize,
 ) -> Option<(Tensor<B, 2>, Tensor<B, 1>)> {
-    if !supports::<B>(&rows.device()) {
+    if !supports::<B>(options, &rows.device()) {
         return None;
     }
     let (sums, weight_sums) = launch_sum_rows(groups, weights, rows, row_mod, true)?;
@@ -1190,12 +1194,13 @@ fn launch_sum_rows<B: Backend>(
 /// # Shapes
 /// - `indices`: `[n, k]`, `rows`: `[r, cols]`, `other`: `[n, cols]`, `gate`: `[n, k]` → `[n, k]`
 pub(crate) fn gathered_dots<B: Backend>(
+    options: &KernelOptions,
     indices: Tensor<B, 2, Int>,
     rows: Tensor<B, 2>,
     other: Tensor<B, 2>,
     gate: Tensor<B, 2>,
 ) -> Option<Tensor<B, 2>> {
-    if !supports::<B>(&rows.device()) {
+    if !supports::<B>(options, &rows.device()) {
         return None;
     }
     launch_gathered_dots(indices, rows, other, gate)

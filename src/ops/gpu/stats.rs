@@ -21,7 +21,7 @@
 //! The formulas are the tensor path's (`crate::loss`): means over the batch, then means over
 //! all elements; the variance of the residual is at least `1e-20`. Only the sums add in another
 //! order, so results agree to float rounding. [`residual`] and [`scaled_residual`] return `None`
-//! for any backend but burn-wgpu, and unless `TOPK_SAE_DEVICE_LOSS=1`, and the loss runs burn's
+//! for any backend but burn-wgpu, and without `KernelOptions::loss`, and the loss runs burn's
 //! tensor operations: fewer launches did not make the step faster on an H200 (8.0-8.4 ms a
 //! step at the large size without these kernels, 9.2-9.4 with them; docs/benchmarks.md), so
 //! they are opt-in until that is understood.
@@ -32,6 +32,7 @@ use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{KernelStatus, Switch, close, empty, float_input, float_output, int_input, pattern};
+use crate::ops::engine::KernelOptions;
 use crate::ops::transfer::to_host;
 
 /// Units per cube.
@@ -264,13 +265,13 @@ mod kernel {
     }
 }
 
-/// The kernels' switch and first-use check. Off unless `TOPK_SAE_DEVICE_LOSS=1`: on an H200
+/// The kernels' switch and first-use check. Off unless `KernelOptions::loss`: on an H200
 /// they made the large step slower (docs/benchmarks.md).
-static SWITCH: Switch = Switch::opt_in("TOPK_SAE_DEVICE_LOSS", "loss statistics");
+static SWITCH: Switch = Switch::new(|o| o.loss, "loss statistics");
 
 /// The kernels' [`KernelStatus`] on `device` for backend `B` (runs the first-use check once).
-pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
-    SWITCH.status::<B>(|| check::<B>(device).unwrap_or(false))
+pub(crate) fn status<B: Backend>(options: &KernelOptions, device: &B::Device) -> KernelStatus {
+    SWITCH.status::<B>(options, || check::<B>(device).unwrap_or(false))
 }
 
 /// What [`residual`] returns; the scalars are `[1]` each.
@@ -295,12 +296,13 @@ pub(crate) struct Residual<B: Backend> {
 /// # Shapes
 /// - `x`, `dec`: `[rows, cols]`, `bias`: `[cols]`, `allowed`: `[n]`
 pub(crate) fn residual<B: Backend>(
+    options: &KernelOptions,
     x: Tensor<B, 2>,
     dec: Tensor<B, 2>,
     bias: Tensor<B, 1>,
     allowed: Option<Tensor<B, 1, Int>>,
 ) -> Option<Residual<B>> {
-    if status::<B>(&x.device()) != KernelStatus::Runs {
+    if status::<B>(options, &x.device()) != KernelStatus::Runs {
         return None;
     }
     launch(x, dec, bias, allowed)
@@ -389,13 +391,14 @@ const CHUNK: usize = 4096;
 /// # Shapes
 /// - `a`, `b`: `[rows, cols]`, `var` and `live`: `[1]` → `[1]` and `[rows, cols]`
 pub(crate) fn scaled_residual<B: Backend>(
+    options: &KernelOptions,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
     var: Tensor<B, 1>,
     live: Option<Tensor<B, 1>>,
     factor: f32,
 ) -> Option<(Tensor<B, 1>, Tensor<B, 2>)> {
-    if status::<B>(&a.device()) != KernelStatus::Runs {
+    if status::<B>(options, &a.device()) != KernelStatus::Runs {
         return None;
     }
     launch_scaled(a, b, var, live, factor, CHUNK)
@@ -544,12 +547,10 @@ mod tests {
     fn the_loss_statistics_kernels_match_the_host_reference() {
         let device = Default::default();
         assert_eq!(check::<Wgpu>(&device), Some(true));
-        let on = std::env::var("TOPK_SAE_DEVICE_LOSS").is_ok_and(|v| v == "1");
-        let want = if on {
-            KernelStatus::Runs
-        } else {
-            KernelStatus::SwitchedOff
-        };
-        assert_eq!(status::<Wgpu>(&device), want);
+        // Opt-in: off by default, on when the options say so.
+        let mut options = crate::ops::engine::KernelOptions::default();
+        assert_eq!(status::<Wgpu>(&options, &device), KernelStatus::SwitchedOff);
+        options.loss = true;
+        assert_eq!(status::<Wgpu>(&options, &device), KernelStatus::Runs);
     }
 }

@@ -15,7 +15,7 @@
 //! units' counts, and a rank sort writes the first `k` best first. The filter takes 4
 //! barriers, the radix select 33 more. The result equals [`crate::ops::topk::topk_rows`]: same
 //! indices in the same order, same values, with or without the filter
-//! (`TOPK_SAE_TOPK_FILTER=0` leaves it out).
+//! (`KernelOptions::top_k_filter` off leaves it out).
 //!
 //! On an H200 the first version (16 units each walking all 256 units' histograms, one unit
 //! scanning the counts) took 1 to 2.4 ms per call at 1024 rows; docs/benchmarks.md has the
@@ -23,8 +23,6 @@
 //!
 //! [`topk`] returns `None` for any backend but burn-wgpu (see [`super`]), and the callers fall
 //! back to the host top-k.
-
-use std::sync::OnceLock;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
@@ -34,6 +32,7 @@ use cubecl::prelude::{CubeCount, CubeDim};
 use super::{
     KernelStatus, Switch, empty, float_input, float_output, int_input, int_output, pattern,
 };
+use crate::ops::engine::KernelOptions;
 use crate::ops::topk::topk_rows;
 use crate::ops::transfer::{int_to_host, to_host};
 
@@ -455,25 +454,19 @@ fn filter_cap(units: u32, k_cap: u32, filter: bool) -> u32 {
     }
 }
 
-/// Whether the kernel filters by the chunk maxima before its radix select:
-/// `TOPK_SAE_TOPK_FILTER=0` turns it off (to time the radix select alone).
-fn filter_on() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| super::env_on("TOPK_SAE_TOPK_FILTER", true))
-}
-
-/// The kernel's switch (`TOPK_SAE_DEVICE_TOPK=0` turns it off) and first-use check.
-static SWITCH: Switch = Switch::new("TOPK_SAE_DEVICE_TOPK", "top-k");
+/// The kernel's switch ([`KernelOptions::top_k`]) and first-use check; its filter pass is
+/// [`KernelOptions::top_k_filter`].
+static SWITCH: Switch = Switch::new(|o| o.top_k, "top-k");
 
 /// Whether [`topk`] runs on `device` for backend `B`: burn-wgpu, not switched off, first-use
 /// check passed (see [`Switch`]).
-pub(crate) fn supports<B: Backend>(device: &B::Device) -> bool {
-    status::<B>(device) == KernelStatus::Runs
+pub(crate) fn supports<B: Backend>(options: &KernelOptions, device: &B::Device) -> bool {
+    status::<B>(options, device) == KernelStatus::Runs
 }
 
 /// The kernel's [`KernelStatus`] on `device` for backend `B` (runs the first-use check once).
-pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
-    SWITCH.status::<B>(|| {
+pub(crate) fn status<B: Backend>(options: &KernelOptions, device: &B::Device) -> KernelStatus {
+    SWITCH.status::<B>(options, || {
         // Three rows of 600 with ties, a mask, k 5: every unit owns more than one column.
         // With ReLU, k 20 and shifted: each row's top 20 hold values from 0.029 down to
         // -0.032 or -0.053, on both sides of 0. Each with the filter (which leaves few enough
@@ -512,15 +505,16 @@ pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
 /// # Panics
 /// If `k` exceeds the number of allowed columns.
 pub(crate) fn topk<B: Backend>(
+    options: &KernelOptions,
     pre: &Tensor<B, 2>,
     k: usize,
     allowed: Option<&[bool]>,
     relu: bool,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
-    if !supports::<B>(&pre.device()) {
+    if !supports::<B>(options, &pre.device()) {
         return None;
     }
-    launch(pre, k, allowed, relu, filter_on())
+    launch(pre, k, allowed, relu, options.top_k_filter)
 }
 
 /// [`topk`] without the switch, with the filter or without it.
@@ -560,9 +554,13 @@ fn takes(rows: usize, cols: usize, k: usize) -> bool {
 
 /// Whether [`topk_device_mask`] runs for `pre` and `k`: the kernel runs here, takes the sizes,
 /// and its shared memory fits the device.
-pub(crate) fn masked_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool {
+pub(crate) fn masked_runs<B: Backend>(
+    options: &KernelOptions,
+    pre: &Tensor<B, 2>,
+    k: usize,
+) -> bool {
     let [rows, cols] = pre.dims();
-    if !supports::<B>(&pre.device()) || !takes(rows, cols, k) {
+    if !supports::<B>(options, &pre.device()) || !takes(rows, cols, k) {
         return false;
     }
     let Some(device) = super::cast::<B::Device, burn_wgpu::WgpuDevice>(pre.device()) else {
@@ -580,15 +578,17 @@ pub(crate) fn masked_runs<B: Backend>(pre: &Tensor<B, 2>, k: usize) -> bool {
 /// # Shapes
 /// - `pre`: `[rows, cols]`; `allowed`: `[cols]` → `[rows, k]` twice
 pub(crate) fn topk_device_mask<B: Backend>(
+    options: &KernelOptions,
     pre: &Tensor<B, 2>,
     k: usize,
     allowed: Tensor<B, 1, Int>,
 ) -> Option<(Tensor<B, 2, Int>, Tensor<B, 2>)> {
     let [rows, cols] = pre.dims();
-    if !supports::<B>(&pre.device()) || !takes(rows, cols, k) || allowed.dims()[0] != cols {
+    if !supports::<B>(options, &pre.device()) || !takes(rows, cols, k) || allowed.dims()[0] != cols
+    {
         return None;
     }
-    launch_masked(pre, k, allowed, true, filter_on())
+    launch_masked(pre, k, allowed, true, options.top_k_filter)
 }
 
 /// The latents selected in `indices`, on the device, for the AuxK term and the dead-latent
@@ -600,6 +600,7 @@ pub(crate) fn topk_device_mask<B: Backend>(
 /// - `indices`: `[rows, k]`, every latent below `d_sae`; `candidates`: `[d_sae]`, non-zero for a
 ///   candidate
 pub(crate) fn fired_latents<B: Backend>(
+    options: &KernelOptions,
     indices: Tensor<B, 2, Int>,
     candidates: Tensor<B, 1, Int>,
 ) -> Option<(Tensor<B, 1, Int>, Tensor<B, 1>)> {
@@ -607,7 +608,8 @@ pub(crate) fn fired_latents<B: Backend>(
     let [rows, k] = indices.dims();
     let [d_sae] = candidates.dims();
     let entries = rows * k;
-    if !supports::<B>(&device) || d_sae == 0 || u32::try_from(entries.max(d_sae)).is_err() {
+    if !supports::<B>(options, &device) || d_sae == 0 || u32::try_from(entries.max(d_sae)).is_err()
+    {
         return None;
     }
     let client = super::int_client(&candidates)?;

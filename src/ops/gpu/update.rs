@@ -21,7 +21,7 @@
 //! The formulas, and the order of the operations within each, are those of the tensor path in
 //! `crate::train`; only the reductions add in a different order, so results agree to float
 //! rounding. [`adam_step`] returns `None` for any backend but burn-wgpu or with
-//! `TOPK_SAE_DEVICE_UPDATE=0`, and the trainer uses burn's tensor operations.
+//! `KernelOptions::update` off, and the trainer uses burn's tensor operations.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
@@ -30,6 +30,7 @@ use burn_wgpu::WgpuRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{Client, Fused, Inner, KernelStatus, Switch, cast, close, empty, float_output};
+use crate::ops::engine::KernelOptions;
 use crate::ops::transfer::to_host;
 use crate::ops::update::{AdamConfig, AdamStep};
 
@@ -317,12 +318,12 @@ mod kernel {
     }
 }
 
-/// The kernels' switch (`TOPK_SAE_DEVICE_UPDATE=0` turns them off) and first-use check.
-static SWITCH: Switch = Switch::new("TOPK_SAE_DEVICE_UPDATE", "optimiser update");
+/// The kernels' switch (`KernelOptions::update`) and first-use check.
+static SWITCH: Switch = Switch::new(|o| o.update, "optimiser update");
 
 /// The kernels' [`KernelStatus`] on `device` for backend `B` (runs the first-use check once).
-pub(crate) fn status<B: Backend>(device: &B::Device) -> KernelStatus {
-    SWITCH.status::<B>(|| check::<B>(device).unwrap_or(false))
+pub(crate) fn status<B: Backend>(options: &KernelOptions, device: &B::Device) -> KernelStatus {
+    SWITCH.status::<B>(options, || check::<B>(device).unwrap_or(false))
 }
 
 /// One parameter for [`adam_step`]: its value, gradient and Adam moments, all of one shape.
@@ -361,13 +362,14 @@ pub(crate) struct Step<B: Backend> {
 /// - `w_enc`: `[d_in, d_sae]` (its gradient may be a strided view), `b_enc`: `[d_sae]`, `w_dec`:
 ///   `[d_sae, d_in]`, `b_dec`: `[d_in]`
 pub(crate) fn adam_step<B: Backend>(
+    options: &KernelOptions,
     w_enc: &Slot<B, 2>,
     b_enc: &Slot<B, 1>,
     w_dec: &Slot<B, 2>,
     b_dec: &Slot<B, 1>,
     hyper: &AdamStep,
 ) -> Option<Step<B>> {
-    if status::<B>(&w_dec.param.device()) != KernelStatus::Runs {
+    if status::<B>(options, &w_dec.param.device()) != KernelStatus::Runs {
         return None;
     }
     launch(w_enc, b_enc, w_dec, b_dec, hyper, CHUNK)
@@ -717,6 +719,7 @@ mod tests {
     fn the_update_kernels_match_the_host_reference() {
         let device = Default::default();
         assert_eq!(check::<Wgpu>(&device), Some(true));
-        assert_eq!(status::<Wgpu>(&device), KernelStatus::Runs);
+        let options = crate::ops::engine::KernelOptions::default();
+        assert_eq!(status::<Wgpu>(&options, &device), KernelStatus::Runs);
     }
 }
