@@ -8,8 +8,9 @@
 #   scripts/gpu_bench.sh run [STEPS]  # there: generate data, time both, print the table
 #   scripts/gpu_bench.sh perf-bundle  # here: this machine's perf and its libraries, into .perf/
 #
-# With the `device` tool (see its README): carry `.gpu` (and `.gl` with the Vulkan loader
-# packages), and run `for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; scripts/gpu_bench.sh run`.
+# On the GPU machine: copy `.gpu` (and `.gl`, the Vulkan loader's Debian packages, where the
+# machine has no loader), and run `for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig;
+# scripts/gpu_bench.sh run`.
 # The first wgpu step of each size includes shader compilation, autotuning and our kernels'
 # first-use checks: the script reports the median step and, separately, the first step's time.
 # topk-sae runs three times per size: with both GPU kernels (the default), with
@@ -33,9 +34,9 @@
 # first. Each run has a time limit (RUN_LIMIT_S, 150 s) and none starts after DEADLINE_S (500 s):
 # a hang on some driver (seen with burn's matmul on OpenGL, docs/decisions.md) costs that run
 # only, and the table is printed anyway. Logs and JSON land in $OUT, the card's name on stdout.
-# Give the device call a limit of about 570 s.
+# Give the whole run a limit of about 570 s.
 #
-# Status: run on an NVIDIA H200 through the device tool on 2026-11-28 (docs/benchmarks.md has the
+# Last run on an NVIDIA H200 on 2026-11-28 (docs/benchmarks.md has the
 # figures; a full run took 155 s). burn-wgpu's autotune keeps its results on disk: a second run on
 # the same machine starts warm, which changed the small size's median step from 12-13 to 5.7 ms.
 set -euo pipefail
@@ -45,7 +46,7 @@ if [ "$mode" = build ]; then
   cargo build --release --features wgpu --example train
   mkdir -p .gpu
   rm -f .gpu/train .gpu/train.xz
-  # Stripped and compressed: 57 MB becomes about 8 MB, well inside the device tool's 64 MiB.
+  # Stripped and compressed: 57 MB becomes about 8 MB, quick to copy to the GPU machine.
   strip -o .gpu/train target/release/examples/train
   # The same binary with its symbols, kept here (not carried), for reading a `rust-perf` profile
   # from the device: the stripped copy has the same build id.
@@ -85,8 +86,7 @@ mkdir -p "$out"
 echo "topk-sae binary built from $(cat .gpu/commit 2>/dev/null || echo 'an unrecorded commit')"
 # The card the figures are for (nothing on a machine without an NVIDIA driver).
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-# The device tool's README: where the loader finds no NVIDIA Vulkan driver, point it at the one
-# the driver mount carries.
+# Where the loader finds no NVIDIA Vulkan driver, point it at the one the driver mount carries.
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$icd" ] &&
   ! ls /usr/share/vulkan/icd.d/nvidia_icd*.json /etc/vulkan/icd.d/nvidia_icd*.json >/dev/null 2>&1; then
