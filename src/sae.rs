@@ -7,7 +7,6 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::Embeddings;
 use crate::error::{Error, Result};
 use crate::ops::engine::{Engine, KernelOptions};
 use crate::ops::linalg::matmul;
@@ -114,33 +113,8 @@ impl TopKSaeConfig {
         }
     }
 
-    /// Initialises a model as the reference recipe does, with `b_dec` computed from the first
-    /// `b_dec_init_rows` rows of `data` by `b_dec_init`.
-    ///
-    /// # Errors
-    /// The errors of [`TopKSaeConfig::try_init`]; [`Error::WidthMismatch`] when the data's width
-    /// is not `d_in`.
-    pub fn try_init_from_data<B: Backend>(
-        &self,
-        data: &Embeddings,
-        device: &B::Device,
-    ) -> Result<TopKSae<B>> {
-        self.validate()?;
-        data.check_width(self.d_in)?;
-        self.check_fits::<B>(device)?;
-        let rows = data.rows().min(self.b_dec_init_rows);
-        let head = &data.as_slice()[..rows * self.d_in];
-        let b_dec = match self.b_dec_init {
-            DecoderBiasInit::Median => coordinate_median(head, self.d_in),
-            DecoderBiasInit::Mean => coordinate_mean(head, self.d_in),
-            DecoderBiasInit::GeometricMedian => geometric_median(head, self.d_in),
-            DecoderBiasInit::Zeros => vec![0.0; self.d_in],
-        };
-        Ok(self.build(b_dec, device))
-    }
-
     /// Whether the weights fit in one buffer of `device` ([`check_fits_device`]).
-    fn check_fits<B: Backend>(&self, device: &B::Device) -> Result<()> {
+    pub(crate) fn check_fits<B: Backend>(&self, device: &B::Device) -> Result<()> {
         check_fits_device::<B>(
             device,
             "d_sae",
@@ -150,7 +124,9 @@ impl TopKSaeConfig {
         )
     }
 
-    fn build<B: Backend>(&self, b_dec: Vec<f32>, device: &B::Device) -> TopKSae<B> {
+    /// The model with seeded weights (Xavier-uniform decoder rows scaled to unit norm, the
+    /// encoder their transpose, `b_enc` zero) and `b_dec`.
+    pub(crate) fn build<B: Backend>(&self, b_dec: Vec<f32>, device: &B::Device) -> TopKSae<B> {
         let (d_in, d_sae) = (self.d_in, self.d_sae);
         let bound = (6.0 / (d_in + d_sae) as f64).sqrt() as f32;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
@@ -187,70 +163,6 @@ fn normalize(row: &mut [f32]) {
             *v /= norm;
         }
     }
-}
-
-fn coordinate_median(rows: &[f32], d_in: usize) -> Vec<f32> {
-    let n = rows.len() / d_in;
-    let mut column = Vec::with_capacity(n);
-    (0..d_in)
-        .map(|i| {
-            column.clear();
-            column.extend(rows.iter().skip(i).step_by(d_in).copied());
-            // Lower middle for an even count, as torch.median does.
-            let mid = (n - 1) / 2;
-            *column.select_nth_unstable_by(mid, f32::total_cmp).1
-        })
-        .collect()
-}
-
-fn coordinate_mean(rows: &[f32], d_in: usize) -> Vec<f32> {
-    let n = (rows.len() / d_in) as f64;
-    let mut sum = vec![0.0f64; d_in];
-    for row in rows.chunks_exact(d_in) {
-        sum.iter_mut()
-            .zip(row)
-            .for_each(|(s, v)| *s += f64::from(*v));
-    }
-    sum.into_iter().map(|s| (s / n) as f32).collect()
-}
-
-/// Weiszfeld's algorithm, started at the mean, at most 100 iterations or until the estimate
-/// moves less than 1e-7 (relative).
-fn geometric_median(rows: &[f32], d_in: usize) -> Vec<f32> {
-    let mut estimate: Vec<f64> = coordinate_mean(rows, d_in)
-        .into_iter()
-        .map(f64::from)
-        .collect();
-    for _ in 0..100 {
-        let mut numerator = vec![0.0f64; d_in];
-        let mut denominator = 0.0f64;
-        for row in rows.chunks_exact(d_in) {
-            let dist = row
-                .iter()
-                .zip(&estimate)
-                .map(|(v, m)| (f64::from(*v) - m).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-12);
-            numerator
-                .iter_mut()
-                .zip(row)
-                .for_each(|(s, v)| *s += f64::from(*v) / dist);
-            denominator += 1.0 / dist;
-        }
-        let next: Vec<f64> = numerator.iter().map(|s| s / denominator).collect();
-        let shift: f64 = next
-            .iter()
-            .zip(&estimate)
-            .map(|(a, b)| (a - b).powi(2))
-            .sum::<f64>();
-        let scale: f64 = next.iter().map(|a| a * a).sum::<f64>().max(1e-30);
-        estimate = next;
-        if shift.sqrt() < 1e-7 * scale.sqrt() {
-            break;
-        }
-    }
-    estimate.into_iter().map(|v| v as f32).collect()
 }
 
 /// A top-k sparse autoencoder (SPEC §1).

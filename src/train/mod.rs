@@ -5,6 +5,8 @@
 //! gradient norm; Adam; renormalise every decoder row to unit norm; update the dead-latent
 //! counters (counted in samples).
 
+mod init;
+
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
