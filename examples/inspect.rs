@@ -111,7 +111,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     if let Some(train) = &ckpt.config.train {
         println!(
             "training config: {}",
-            serde_json::to_string(train).map_err(|e| Error::Json(e.to_string()))?
+            serde_json::to_string(train).expect("a training config serialises to JSON")
         );
     }
     let w_dec = to_host_vec(model.w_dec.val());

@@ -289,7 +289,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     if let Some(path) = &args.json {
         // Which of the crate's GPU kernels ran (none off burn-wgpu), so timings say what they measured.
         let kernels = topk_sae::backend::gpu_kernels::<B>(&device, &backend::kernel_options());
-        let mut summary = serde_json::to_value(&metrics).map_err(|e| Error::Json(e.to_string()))?;
+        let mut summary = serde_json::to_value(&metrics).expect("metrics serialise to JSON");
         let extra = serde_json::json!({
             "steps": trained.steps,
             "steps_run": trained.steps_run,
@@ -318,8 +318,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             .as_object_mut()
             .expect("metrics serialise to an object")
             .extend(extra.as_object().expect("json! object").clone());
-        let text =
-            serde_json::to_string_pretty(&summary).map_err(|e| Error::Json(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&summary).expect("a JSON value serialises");
         std::fs::write(path, text).map_err(|source| Error::Io {
             action: "write",
             path: path.clone(),

@@ -108,15 +108,38 @@ pub enum Error {
         /// What is there, and what to do instead.
         reason: String,
     },
-    /// Serialising or parsing JSON failed.
-    #[error("json: {0}")]
-    Json(String),
+    /// An argument of a call is outside what the call accepts: a batch size of 0, a row or
+    /// latent past the end, a weight that is not finite, a tensor of one row for a step, data
+    /// the call cannot use. (A config's field is [`Error::InvalidConfig`].)
+    #[error("invalid argument: {name} ({value}) {reason}")]
+    InvalidArgument {
+        /// Name of the argument, as the call's documentation spells it.
+        name: &'static str,
+        /// The rejected value, formatted.
+        value: String,
+        /// What the argument must satisfy.
+        reason: String,
+    },
 }
 
 /// Shorthand for `std::result::Result<T, topk_sae::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// [`Error::InvalidArgument`].
+    pub(crate) fn argument(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::InvalidArgument {
+            name,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::InvalidConfig`].
     pub(crate) fn invalid(
         field: &'static str,
         value: impl std::fmt::Display,

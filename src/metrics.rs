@@ -227,8 +227,8 @@ impl MetricsAccumulator {
 ///
 /// # Errors
 /// [`crate::Error::WidthMismatch`] when the data's width is not the model's `d_in`;
-/// [`crate::Error::InvalidConfig`] when `batch_size` is 0 or `normalizer` does not fit the model
-/// ([`Normalizer::check`]).
+/// [`crate::Error::InvalidArgument`] when `batch_size` is 0; [`crate::Error::InvalidConfig`] when
+/// `normalizer` does not fit the model ([`Normalizer::check`]).
 pub fn evaluate<B: Backend>(
     model: &TopKSae<B>,
     data: &Embeddings,

@@ -71,8 +71,9 @@ impl<B: Backend> Pending<B> {
 /// `batch_size` rows and hands each chunk to `each`, in order.
 ///
 /// # Errors
-/// [`crate::Error::WidthMismatch`] when `data` is not `d_in` wide; [`crate::Error::InvalidConfig`]
-/// when `batch_size` is 0 or `normalizer` does not fit the model.
+/// [`crate::Error::WidthMismatch`] when `data` is not `d_in` wide;
+/// [`crate::Error::InvalidArgument`] when `batch_size` is 0; [`crate::Error::InvalidConfig`]
+/// when `normalizer` does not fit the model.
 pub(crate) fn run<B: Backend>(
     model: &TopKSae<B>,
     data: &Embeddings,

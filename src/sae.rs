@@ -424,10 +424,10 @@ impl<B: Backend> TopKSae<B> {
     /// The same model with another `k` (top-k SAEs are often evaluated at several k).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `k` is 0 or larger than `d_sae`.
+    /// [`Error::InvalidArgument`] when `k` is 0 or larger than `d_sae`.
     pub fn with_k(mut self, k: usize) -> Result<Self> {
         if k == 0 || k > self.d_sae() {
-            return Err(Error::invalid(
+            return Err(Error::argument(
                 "k",
                 k,
                 format!("must be in 1..=d_sae ({})", self.d_sae()),

@@ -115,8 +115,9 @@ pub struct CorpusCodes {
 /// the device's largest buffer. [`encode_corpus_with_progress`] reports the rows done.
 ///
 /// # Errors
-/// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`] when
-/// `batch_size` is 0 or `normalizer` does not fit the model ([`Normalizer::check`]).
+/// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidArgument`] when
+/// `batch_size` is 0; [`Error::InvalidConfig`] when `normalizer` does not fit the model
+/// ([`Normalizer::check`]).
 pub fn encode_corpus<B: Backend>(
     model: &TopKSae<B>,
     data: &Embeddings,

@@ -85,8 +85,8 @@ pub struct Ranked {
 ///
 /// # Errors
 /// [`Error::WidthMismatch`] when `query` is not `d_in` long; [`Error::NonFinite`] when it holds
-/// NaN or an infinity; [`Error::InvalidConfig`] when an edit names a latent `>= d_sae` or a value
-/// or factor that is not finite.
+/// NaN or an infinity; [`Error::InvalidArgument`] when an edit names a latent `>= d_sae` or a
+/// value or factor that is not finite.
 pub fn steer<B: Backend>(
     model: &TopKSae<B>,
     query: &[f32],
@@ -102,7 +102,7 @@ pub fn steer<B: Backend>(
     }
     crate::data::check_finite(query, query.len(), "query")?;
     if let Some(bad) = edits.iter().find(|e| e.latent() >= model.d_sae()) {
-        return Err(Error::invalid(
+        return Err(Error::argument(
             "latent",
             bad.latent(),
             format!("must be < d_sae ({})", model.d_sae()),
@@ -114,7 +114,7 @@ pub fn steer<B: Backend>(
         | FeatureEdit::Scale { factor: v, .. } = *edit
             && !v.is_finite()
         {
-            return Err(Error::invalid(
+            return Err(Error::argument(
                 "edit",
                 format!("{edit:?}"),
                 "value and factor must be finite",
@@ -186,8 +186,8 @@ pub fn steer_raw<B: Backend>(
 ///
 /// # Errors
 /// [`Error::WidthMismatch`] when `query` is not `d_in` long; [`Error::NonFinite`] when it holds
-/// NaN or an infinity; [`Error::InvalidConfig`] when a latent is `>= d_sae` or a weight is not
-/// finite.
+/// NaN or an infinity; [`Error::InvalidArgument`] when a latent is `>= d_sae` or a weight is
+/// not finite.
 pub fn add_decoder_rows<B: Backend>(
     model: &TopKSae<B>,
     query: &[f32],
@@ -203,14 +203,14 @@ pub fn add_decoder_rows<B: Backend>(
     }
     crate::data::check_finite(query, d_in, "query")?;
     if let Some((bad, _)) = rows.iter().find(|(j, _)| *j >= model.d_sae()) {
-        return Err(Error::invalid(
+        return Err(Error::argument(
             "latent",
             bad,
             format!("must be < d_sae ({})", model.d_sae()),
         ));
     }
     if let Some((_, bad)) = rows.iter().find(|(_, w)| !w.is_finite()) {
-        return Err(Error::invalid("weight", bad, "must be finite"));
+        return Err(Error::argument("weight", bad, "must be finite"));
     }
     let w_dec = to_host(model.w_dec.val());
     let mut out = query.to_vec();
@@ -231,7 +231,7 @@ pub fn add_decoder_rows<B: Backend>(
 /// # Errors
 /// [`Error::ShapeMismatch`] when `queries` is not a multiple of `d_in` long;
 /// [`Error::NonFinite`] naming the first query that holds NaN or an infinity;
-/// [`Error::InvalidConfig`] when `chunk_rows` is 0.
+/// [`Error::InvalidArgument`] when `chunk_rows` is 0.
 pub fn search<B: Backend>(
     corpus: &Embeddings,
     queries: &[f32],
@@ -292,7 +292,7 @@ fn search_impl<B: Backend>(
     }
     crate::data::check_finite(queries, d_in, "queries")?;
     if chunk_rows == 0 {
-        return Err(Error::invalid("chunk_rows", 0, "must be >= 1"));
+        return Err(Error::argument("chunk_rows", 0, "must be >= 1"));
     }
     // On a GPU, a chunk's `[chunk, d_in]` rows and `[n_queries, chunk]` scores must each fit in
     // one buffer.

@@ -174,16 +174,16 @@ impl Embeddings {
     /// let picked = data.select_rows(&[3, 0])?;
     /// assert_eq!(picked.as_slice(), &[9.0, 10.0, 11.0, 0.0, 1.0, 2.0]);
     /// assert_eq!(data.select_rows(&[4]).unwrap_err().to_string(),
-    ///     "invalid config: row (4) must be < rows (4) of input");
+    ///     "invalid argument: row (4) must be < rows (4) of input");
     /// # Ok(()) }
     /// ```
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming `row` when an index is `>= rows`; [`Error::EmptyData`]
+    /// [`Error::InvalidArgument`] naming `row` when an index is `>= rows`; [`Error::EmptyData`]
     /// when `rows` is empty.
     pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
         if let Some(&bad) = rows.iter().find(|&&r| r >= self.rows) {
-            return Err(Error::invalid(
+            return Err(Error::argument(
                 "row",
                 bad,
                 format!("must be < rows ({}) of {}", self.rows, self.name),
@@ -199,10 +199,10 @@ impl Embeddings {
     /// A copy of the contiguous rows `range` as new `Embeddings` (named after these ones).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming `range` when it is empty or ends past `rows`.
+    /// [`Error::InvalidArgument`] naming `range` when it is empty or ends past `rows`.
     pub fn slice_rows(&self, range: std::ops::Range<usize>) -> Result<Self> {
         if range.start >= range.end || range.end > self.rows {
-            return Err(Error::invalid(
+            return Err(Error::argument(
                 "range",
                 format!("{range:?}"),
                 format!(

@@ -149,13 +149,13 @@ pub(crate) fn upload_rows<B: Backend>(
 /// Consecutive row ranges of at most `batch_size` rows covering `0..rows`.
 ///
 /// # Errors
-/// [`Error::InvalidConfig`] when `batch_size` is 0.
+/// [`Error::InvalidArgument`] when `batch_size` is 0.
 pub(crate) fn batch_ranges(
     rows: usize,
     batch_size: usize,
 ) -> Result<impl Iterator<Item = std::ops::Range<usize>>> {
     if batch_size == 0 {
-        return Err(Error::invalid("batch_size", 0, "must be >= 1"));
+        return Err(Error::argument("batch_size", 0, "must be >= 1"));
     }
     Ok((0..rows)
         .step_by(batch_size)

@@ -262,9 +262,9 @@ impl<B: Backend> Trainer<B> {
     /// Starts training an existing model (fresh optimiser state and dead-latent counters).
     ///
     /// # Errors
-    /// The errors of [`TrainConfig::validate`]; [`Error::InvalidConfig`] when the model's
-    /// dimensions differ from `config.model` or `normalizer` does not fit them
-    /// ([`Normalizer::check`]).
+    /// The errors of [`TrainConfig::validate`]; [`Error::InvalidArgument`] naming `model` when
+    /// its dimensions differ from `config.model`; [`Error::InvalidConfig`] when `normalizer`
+    /// does not fit them ([`Normalizer::check`]).
     pub fn from_model(
         config: TrainConfig,
         model: TopKSae<B>,
@@ -275,7 +275,7 @@ impl<B: Backend> Trainer<B> {
         let m = &config.model;
         normalizer.check(m.d_in)?;
         if (model.d_in(), model.d_sae(), model.k()) != (m.d_in, m.d_sae, m.k) {
-            return Err(Error::invalid(
+            return Err(Error::argument(
                 "model",
                 format!(
                     "[d_in {}, d_sae {}, k {}]",
@@ -461,9 +461,9 @@ impl<B: Backend> Trainer<B> {
     /// is due is read back before the next is queued.
     ///
     /// # Errors
-    /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`]
+    /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidArgument`]
     /// naming `data` when it holds fewer than 2 rows or only copies of one row (the loss
-    /// divides by a batch's variance), and naming `batch_size` on a GPU whose largest buffer
+    /// divides by a batch's variance); [`Error::InvalidConfig`] naming `batch_size` on a GPU whose largest buffer
     /// cannot hold a batch's `[rows, d_sae]` pre-activations; [`Error::Diverged`] naming the step
     /// whose loss or gradient was NaN or infinite.
     pub fn fit(
@@ -628,10 +628,10 @@ impl<B: Backend> Trainer<B> {
     /// the first and last included: a change confined to rows it does not read passes.
     ///
     /// # Errors
-    /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidConfig`] naming
-    /// `data` when it holds fewer than 2 rows or only copies of one row, or, for a resumed run,
-    /// when it is not the data the run was checkpointed with (another row count, or other
-    /// rows); naming `batch_size` on a GPU whose largest buffer cannot hold a batch's
+    /// [`Error::WidthMismatch`] when `data` is not `d_in` wide; [`Error::InvalidArgument`]
+    /// naming `data` when it holds fewer than 2 rows or only copies of one row, or, for a
+    /// resumed run, when it is not the data the run was checkpointed with (another row count,
+    /// or other rows); [`Error::InvalidConfig`] naming `batch_size` on a GPU whose largest buffer cannot hold a batch's
     /// `[rows, d_sae]` pre-activations.
     pub fn check_data(&self, data: &Embeddings) -> Result<()> {
         data.check_width(self.config.model.d_in)?;
@@ -643,7 +643,7 @@ impl<B: Backend> Trainer<B> {
             self.config.largest_batch_of(n),
         )?;
         if !self.order.is_empty() && self.order.len() != n {
-            return Err(Error::invalid(
+            return Err(Error::argument(
                 "data",
                 format!("{n} rows"),
                 format!(
@@ -656,7 +656,7 @@ impl<B: Backend> Trainer<B> {
             && let Some(saved) = self.data_fingerprint
             && saved != data.fingerprint()
         {
-            return Err(Error::invalid(
+            return Err(Error::argument(
                 "data",
                 data.name(),
                 format!(
@@ -724,9 +724,9 @@ impl<B: Backend> Trainer<B> {
     /// - `x`: `[batch, d_in]`
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming `x` when it holds fewer than 2 rows (the loss divides by
-    /// the batch's variance), or on a GPU whose largest buffer cannot hold its `[batch, d_sae]`
-    /// pre-activations; [`Error::Diverged`] when the loss or the gradient norm is NaN or
+    /// [`Error::InvalidArgument`] naming `x` when it holds fewer than 2 rows (the loss divides
+    /// by the batch's variance); [`Error::InvalidConfig`] naming `x` on a GPU whose largest
+    /// buffer cannot hold its `[batch, d_sae]` pre-activations; [`Error::Diverged`] when the loss or the gradient norm is NaN or
     /// infinite (a batch of copies of one row gives that too). Either way the model and the
     /// trainer's state are unchanged.
     ///
@@ -741,7 +741,7 @@ impl<B: Backend> Trainer<B> {
         );
         if batch < 2 {
             let rows = if batch == 1 { "1 row" } else { "0 rows" };
-            return Err(Error::invalid("x", rows, ONE_ROW));
+            return Err(Error::argument("x", rows, ONE_ROW));
         }
         self.check_batch_fits("x", batch, batch)?;
         let Engine::Tensor(adam) = &self.engine else {
@@ -996,15 +996,15 @@ impl<B: Backend> Trainer<B> {
 /// Checks that `data` gives batches with a variance: at least 2 rows, not all the same row.
 ///
 /// # Errors
-/// [`Error::InvalidConfig`] naming `data`.
+/// [`Error::InvalidArgument`] naming `data`.
 fn check_rows_vary(data: &Embeddings) -> Result<()> {
     let n = data.rows();
     if n < 2 {
-        return Err(Error::invalid("data", format!("{n} row"), ONE_ROW));
+        return Err(Error::argument("data", format!("{n} row"), ONE_ROW));
     }
     let first = data.row(0);
     if (1..n).all(|i| data.row(i) == first) {
-        return Err(Error::invalid(
+        return Err(Error::argument(
             "data",
             format!("{n} rows"),
             "are all the same row: the loss divides by a batch's variance, which is then 0",

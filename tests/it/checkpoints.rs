@@ -256,7 +256,7 @@ fn resuming_with_other_data_is_an_error() {
     let trainer = Trainer::<TestBackend>::resume(latest, &Default::default()).unwrap();
     assert!(matches!(
         trainer.fit(&other, |_| {}).unwrap_err(),
-        Error::InvalidConfig { field: "data", .. }
+        Error::InvalidArgument { name: "data", .. }
     ));
 }
 

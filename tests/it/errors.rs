@@ -338,14 +338,14 @@ fn non_finite_queries_and_edits_are_errors() {
     ] {
         let err = analysis::steer(&model, &good, &[edit], &device).unwrap_err();
         assert!(
-            matches!(err, Error::InvalidConfig { field: "edit", .. }),
+            matches!(err, Error::InvalidArgument { name: "edit", .. }),
             "{edit:?}: {err:?}"
         );
     }
     let err = analysis::add_decoder_rows(&model, &good, &[(1, f32::NAN)]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid config: weight (NaN) must be finite"
+        "invalid argument: weight (NaN) must be finite"
     );
     let mut larger = good.repeat(2);
     larger[5] = f32::NAN;
@@ -496,11 +496,11 @@ fn data_without_variance_is_rejected_before_training() {
     for (data, what) in [(&one, "1 row"), (&copies, "6 rows")] {
         let trainer = Trainer::<TestBackend>::new(config(), data, &device).unwrap();
         match trainer.fit(data, |_| panic!("no step may run")) {
-            Err(Error::InvalidConfig { field, value, .. }) => {
-                assert_eq!((field, value.as_str()), ("data", what));
+            Err(Error::InvalidArgument { name, value, .. }) => {
+                assert_eq!((name, value.as_str()), ("data", what));
             }
             other => panic!(
-                "{what}: expected InvalidConfig, got {:?}",
+                "{what}: expected InvalidArgument, got {:?}",
                 other.map(|_| ())
             ),
         }
@@ -514,7 +514,7 @@ fn data_without_variance_is_rejected_before_training() {
         .step(crate::tensor(&crate::random_rows(1, 4, 1), 4))
         .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig { field: "x", .. }),
+        matches!(err, Error::InvalidArgument { name: "x", .. }),
         "{err:?}"
     );
     assert_eq!(trainer.steps_done(), 0);
@@ -690,7 +690,7 @@ fn folders_and_row_subsets_are_typed_errors() {
         data.slice_rows(2..6).unwrap_err(),
         data.slice_rows(3..3).unwrap_err(),
     ] {
-        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     }
     assert!(matches!(
         data.select_rows(&[]).unwrap_err(),

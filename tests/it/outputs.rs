@@ -268,7 +268,7 @@ fn a_resume_on_other_rows_of_the_same_shape_is_refused() {
     assert!(err.to_string().contains("other values"), "{err}");
     assert!(matches!(
         trainer.fit(&other, |_| {}).unwrap_err(),
-        Error::InvalidConfig { field: "data", .. }
+        Error::InvalidArgument { name: "data", .. }
     ));
 }
 
