@@ -82,6 +82,9 @@ pub mod metrics;
 mod ops;
 mod pass;
 pub mod prelude;
+#[cfg(feature = "profile")]
+pub mod profile;
+#[cfg(not(feature = "profile"))]
 mod profile;
 mod recipe;
 pub mod sae;
