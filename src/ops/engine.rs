@@ -1,5 +1,5 @@
-//! Which engine runs an operation, decided in one place: [`Engine::of`] from the backend's
-//! device type (the host kernels on the CPU backends, our kernels on burn-wgpu, burn's tensor
+//! Which engine runs an operation, decided in one place: [`Engine::of`] from the backend's types
+//! (the host kernels on the CPU backends, our kernels on burn-wgpu's own tensors, burn's tensor
 //! operations elsewhere), and which of our GPU kernels a model or trainer may use
 //! ([`KernelOptions`], carried by the model and passed down to every operation).
 
@@ -13,8 +13,8 @@ pub(crate) enum Engine {
     /// burn-ndarray or Flex (with or without autodiff): host buffers are the backend's own
     /// memory, and the host kernels are the fast path.
     Host,
-    /// burn-wgpu: our cubecl kernels where [`KernelOptions`] and their first-use checks allow,
-    /// else burn's tensor operations.
+    /// burn-wgpu's own tensors (`backend::Wgpu`, not wrapped in autodiff): our cubecl kernels
+    /// where [`KernelOptions`] and their first-use checks allow, else burn's tensor operations.
     #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     Wgpu,
     /// Any other backend: burn's tensor operations.
@@ -22,8 +22,9 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
-    /// The engine of backend `B`, from the type of its device (autodiff wraps a backend and
-    /// keeps its device type, so it keeps its engine).
+    /// The engine of backend `B`: the host kernels by the type of its device (autodiff wraps a
+    /// backend and keeps its device type, so it keeps the host engine), our GPU kernels by the
+    /// type of its tensors (they take burn-wgpu's fused tensors, which autodiff wraps).
     pub(crate) fn of<B: Backend>() -> Self {
         let device = TypeId::of::<B::Device>();
         #[cfg(feature = "ndarray")]
@@ -35,7 +36,7 @@ impl Engine {
             return Self::Host;
         }
         #[cfg(feature = "wgpu")]
-        if device == TypeId::of::<burn_wgpu::WgpuDevice>() {
+        if crate::ops::gpu::takes_tensors_of::<B>() {
             return Self::Wgpu;
         }
         let _ = device;

@@ -4,8 +4,8 @@
 //! term values ([`stats`]); and read-backs issued at once and collected later ([`read`]).
 //!
 //! Each is used only when the backend's tensors are burn-wgpu's (`Fusion<CubeBackend<WgpuRuntime,
-//! f32, i32, _>>`, the `backend::Wgpu` this crate exports), checked by `TypeId`; for any other
-//! backend the callers run burn's tensor operations (or the host top-k) instead. The tensors are
+//! f32, i32, _>>`, the `backend::Wgpu` this crate exports): where `crate::ops::engine::Engine`
+//! says so (it asks [`takes_tensors_of`]); for any other backend the callers run burn's tensor operations (or the host top-k) instead. The tensors are
 //! resolved to cubecl tensors (which flushes the fusion queue), the kernel is launched, and its
 //! outputs are registered back with the fusion client (an `Init` operation), all in safe code.
 
@@ -34,7 +34,7 @@ use burn_ir::{InitOperationIr, OperationIr};
 use burn_wgpu::WgpuRuntime;
 
 use crate::ops::KernelStatus;
-use crate::ops::engine::KernelOptions;
+use crate::ops::engine::{Engine, KernelOptions};
 
 /// burn-wgpu's inner backend (before fusion), for every element type we accept.
 type Inner = CubeBackend<WgpuRuntime, f32, i32, u32>;
@@ -75,9 +75,7 @@ impl Switch {
         options: &KernelOptions,
         check: impl FnOnce() -> bool,
     ) -> KernelStatus {
-        if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<Fused>()
-            || TypeId::of::<B::IntTensorPrimitive>() != TypeId::of::<Fused>()
-        {
+        if Engine::of::<B>() != Engine::Wgpu {
             return KernelStatus::Unavailable;
         }
         if !(self.allowed)(options) {
@@ -100,6 +98,13 @@ impl Switch {
             KernelStatus::FailedCheck
         }
     }
+}
+
+/// Whether our kernels take backend `B`'s tensors: burn-wgpu's fused tensors for both floats and
+/// ints (the `backend::Wgpu` this crate exports). [`Engine::of`] asks this.
+pub(crate) fn takes_tensors_of<B: Backend>() -> bool {
+    TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<Fused>()
+        && TypeId::of::<B::IntTensorPrimitive>() == TypeId::of::<Fused>()
 }
 
 /// `#[cube]` helpers our kernels share.

@@ -20,7 +20,6 @@
 //! which would wait for the device as above; whether that costs more than the read saves is
 //! for a GPU to tell.
 
-use std::any::TypeId;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -32,8 +31,8 @@ use burn_wgpu::WgpuRuntime;
 use cubecl::bytes::Bytes;
 use cubecl::server::{CopyDescriptor, ServerError};
 
-use super::{Fused, float_input, int_input};
-use crate::ops::engine::KernelOptions;
+use super::{float_input, int_input};
+use crate::ops::engine::{Engine, KernelOptions};
 use crate::ops::transfer::ReadFor;
 
 /// Whether reads for `what` are issued at once: a corpus chunk's with
@@ -90,8 +89,7 @@ pub(crate) fn issue<B: Backend, const D: usize>(
     floats: Vec<Tensor<B, D>>,
     ints: Vec<Tensor<B, D, Int>>,
 ) -> Result<Issued, Unread<B, D>> {
-    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<Fused>()
-        || TypeId::of::<B::IntTensorPrimitive>() != TypeId::of::<Fused>()
+    if Engine::of::<B>() != Engine::Wgpu
         || floats.is_empty() && ints.is_empty()
         || floats.iter().any(|t| t.dtype() != DType::F32)
         || ints.iter().any(|t| t.dtype() != DType::I32)
