@@ -85,8 +85,9 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         format: args.format.parse::<Format>()?,
         k: args.k,
     };
-    let ckpt = checkpoint::load_any::<B>(&args.checkpoint, &options, &device)?;
-    let model = &ckpt.model.clone().with_kernels(backend::kernel_options());
+    let mut ckpt = checkpoint::load_any::<B>(&args.checkpoint, &options, &device)?;
+    ckpt.model = ckpt.model.with_kernels(backend::kernel_options());
+    let model = &ckpt.model;
     println!("checkpoint: {}", args.checkpoint.display());
     println!(
         "d_in {}  d_sae {}  k {}",

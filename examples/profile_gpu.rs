@@ -77,11 +77,7 @@ fn run(args: &Args) -> Result<()> {
             .split_whitespace()
             .map(str::parse)
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| topk_sae::Error::InvalidArgument {
-                name: "sizes",
-                value: size.to_owned(),
-                reason: format!("must be three numbers, k d_sae k_aux: {e}"),
-            })?;
+            .unwrap_or_default();
         let [k, d_sae, k_aux] = v[..] else {
             return Err(topk_sae::Error::InvalidArgument {
                 name: "sizes",

@@ -288,7 +288,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
     });
     if let Some(path) = &args.json {
         // Which of the crate's GPU kernels ran (none off burn-wgpu), so timings say what they measured.
-        let kernels = topk_sae::backend::gpu_kernels::<B>(&device, &backend::kernel_options());
+        let kernels = topk_sae::backend::gpu_kernels::<B>(&device, &trained.model.kernels());
         let mut summary = serde_json::to_value(&metrics).expect("metrics serialise to JSON");
         let extra = serde_json::json!({
             "steps": trained.steps,

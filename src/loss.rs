@@ -532,12 +532,13 @@ fn backward<B: Backend>(
 ) -> SaeGradients<B> {
     let [_, d_in] = xc.dims();
     let w_dec = model.w_dec.val();
+    let options = model.kernels();
     // dL/dvalue[b, j] = g[b] . w_dec[idx[b, j]], zero where ReLU clipped the value.
     let grad_values: Vec<Tensor<B, 2>> = terms
         .iter()
         .map(|t| {
             gated_dots(
-                &model.kernels(),
+                &options,
                 t.selected.indices.clone(),
                 &w_dec,
                 t.grad_out.clone(),
