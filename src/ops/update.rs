@@ -5,8 +5,8 @@
 //! into six launches, are in `gpu/update.rs` and take their settings from [`AdamStep`].
 
 use burn::config::Config;
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::ops::engine::KernelOptions;
@@ -165,6 +165,14 @@ pub(crate) struct Moments<B: Backend, const D: usize> {
 }
 
 impl<B: Backend, const D: usize> Moments<B, D> {
+    /// The moments `m` and `v` (as saved) on `device`.
+    pub(crate) fn from_data(m: TensorData, v: TensorData, device: &B::Device) -> Self {
+        Self {
+            m: Tensor::from_data(m, device),
+            v: Tensor::from_data(v, device),
+        }
+    }
+
     fn zeros_like(t: &Tensor<B, D>) -> Self {
         Self {
             m: t.zeros_like(),

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use rand::seq::SliceRandom;
 
 use super::{Engine, Trainer};
@@ -274,22 +274,11 @@ impl<B: Backend> Trainer<B> {
                     let (v, d) = it.next().expect("eight moments");
                     TensorData::new(v, d)
                 };
-                a.w_enc = Moments {
-                    m: Tensor::from_data(next(), device),
-                    v: Tensor::from_data(next(), device),
-                };
-                a.b_enc = Moments {
-                    m: Tensor::from_data(next(), device),
-                    v: Tensor::from_data(next(), device),
-                };
-                a.w_dec = Moments {
-                    m: Tensor::from_data(next(), device),
-                    v: Tensor::from_data(next(), device),
-                };
-                a.b_dec = Moments {
-                    m: Tensor::from_data(next(), device),
-                    v: Tensor::from_data(next(), device),
-                };
+                // Arguments are evaluated left to right: `m`, then `v`, of each parameter in turn.
+                a.w_enc = Moments::from_data(next(), next(), device);
+                a.b_enc = Moments::from_data(next(), next(), device);
+                a.w_dec = Moments::from_data(next(), next(), device);
+                a.b_dec = Moments::from_data(next(), next(), device);
                 a.step = step;
             }
             Engine::Host(h) => {
