@@ -62,6 +62,8 @@
 //! ## Features
 //! - `ndarray` (default): the CPU backend, re-exported as [`backend::NdArray`].
 //! - `flex`: burn's newer CPU backend, re-exported as `backend::Flex`.
+//! - `report` (default): [`report`], the analysis as an HTML page and a JSON file (pulls in
+//!   plotters for the SVG plots).
 //! - `wgpu`: the GPU backend, re-exported as `backend::Wgpu`, with our GPU kernels; which of
 //!   them a model may use is its [`backend::KernelOptions`] ([`TopKSae::with_kernels`]).
 //!
@@ -87,6 +89,8 @@ pub mod profile;
 #[cfg(not(feature = "profile"))]
 mod profile;
 mod recipe;
+#[cfg(feature = "report")]
+pub mod report;
 pub mod sae;
 pub mod train;
 

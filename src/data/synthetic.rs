@@ -3,6 +3,7 @@
 use burn::config::Config;
 
 use super::Embeddings;
+use super::texts::{Document, planted_documents};
 use crate::error::{Error, Result};
 use crate::ops::linalg::dot;
 
@@ -308,6 +309,14 @@ pub fn synthetic_families(config: &FamilySyntheticConfig) -> Result<SyntheticFam
 }
 
 impl Synthetic {
+    /// Made-up texts, one per row, for reports on synthetic data: each planted direction gets
+    /// three words of its own, a row's text holds the words of the directions it mixes, and its
+    /// title names them (`"doc 7: topics [12, 3, 40, 1]"`).
+    pub fn documents(&self) -> Vec<Document> {
+        let per_row = self.active.len() / self.embeddings.rows().max(1);
+        planted_documents(&self.active, per_row)
+    }
+
     /// Fraction of planted directions that some decoder row matches with cosine above
     /// `threshold` (0.9 is the usual bar). `w_dec` is row-major `[d_sae, d_in]`.
     ///
