@@ -11,7 +11,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -99,6 +98,8 @@ mod memory;
 mod outputs;
 #[path = "common/progress.rs"]
 mod progress;
+#[path = "common/timings.rs"]
+mod timings;
 
 backend::backend_main!(Args, run);
 
@@ -202,25 +203,17 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         )
         .expect("valid template"),
     );
-    let mut step_ms = Vec::with_capacity(total as usize);
-    let mut wait_ms = Vec::with_capacity(total as usize);
-    // Steps with a live AuxK term (dead latents present), so timings say which step they measured.
-    let mut aux_steps = 0u64;
-    let started = Instant::now();
-    let mut last = Instant::now();
+    let mut times = timings::StepTimes::start(total);
     bar.set_position(trainer.steps_done());
     let trained = trainer.fit(&data, |r| {
-        step_ms.push(last.elapsed().as_secs_f64() * 1e3);
-        wait_ms.push(r.device_wait.as_secs_f64() * 1e3);
-        last = Instant::now();
-        aux_steps += u64::from(r.loss.aux > 0.0);
+        times.record(r);
         bar.set_position(r.step);
         bar.set_message(format!(
             "nmse {:.4} aux {:.4} dead {:.3}",
             r.loss.recon, r.loss.aux, r.dead_frac
         ));
     })?;
-    let train_seconds = started.elapsed().as_secs_f64();
+    times.finish();
     bar.finish_and_clear();
 
     let bar = progress::rows_bar("evaluating", data.rows(), args.quiet);
@@ -233,31 +226,11 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         |done| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
-    // Corpus encoding, timed on its own, best of --encode-passes (the side-by-side script compares
-    // it with PyTorch's, measured the same way).
-    let mut encode_seconds = f64::NAN;
-    for pass in 1..=args.encode_passes {
-        let what = format!("encoding (timed, pass {pass}/{})", args.encode_passes);
-        let bar = progress::rows_bar(&what, data.rows(), args.quiet);
-        let started = std::time::Instant::now();
-        let codes = topk_sae::analysis::encode_corpus_with_progress(
-            &trained.model,
-            &data,
-            &trained.normalizer,
-            4096,
-            &device,
-            |done| bar.set_position(done as u64),
-        )?;
-        encode_seconds = encode_seconds.min(started.elapsed().as_secs_f64());
-        bar.finish_and_clear();
-        drop(codes);
-    }
-    // The first step includes kernel compilation and autotuning on GPU backends; the steps in
-    // their order (for the JSON) say when a process still autotuning settles.
-    let first_step_ms = step_ms.first().copied().unwrap_or(f64::NAN);
-    let median = median_of(&step_ms);
+    let encode_seconds =
+        timings::timed_encoding(&trained, &data, args.encode_passes, args.quiet, &device)?;
     println!("{}\n{metrics}", Metrics::table_header());
-    if step_ms.is_empty() {
+    let (train_seconds, median) = (times.seconds(), times.median_ms());
+    if times.steps() == 0 {
         println!("steps {}, none run now", trained.steps);
     } else if trained.steps_run < trained.steps {
         println!(
@@ -270,9 +243,7 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
             trained.steps
         );
     }
-    // Of a step, how long the host waited for the device's results (GPU backends; 0 on the
-    // host engine): the median, like the step's.
-    let wait_median = median_of(&wait_ms);
+    let wait_median = times.wait_median_ms();
     if wait_median > 0.0 {
         println!("waiting for the device: median {wait_median:.2} ms/step");
     }
@@ -287,37 +258,25 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         fraction
     });
     if let Some(path) = &args.json {
-        // Which of the crate's GPU kernels ran (none off burn-wgpu), so timings say what they measured.
-        let kernels = topk_sae::backend::gpu_kernels::<B>(&device, &trained.model.kernels());
         let mut summary = serde_json::to_value(&metrics).expect("metrics serialise to JSON");
         let extra = serde_json::json!({
             "steps": trained.steps,
             "steps_run": trained.steps_run,
-            "train_seconds": train_seconds,
-            "ms_per_step_median": median,
             "encode_seconds": encode_seconds,
-            "device_wait_ms_median": wait_median,
-            "first_step_ms": first_step_ms,
-            "step_ms": step_ms,
-            "aux_steps": aux_steps,
             "backend": args.backend,
             "data": data.name(),
             "batch": config.batch_size,
             "lr": lr,
             "seed": config.seed,
             "recovered_fraction": recovered,
-            "gpu_kernels": {
-                "top_k": kernels.top_k.name(),
-                "sparse": kernels.sparse.name(),
-                "update": kernels.update.name(),
-                "pack": kernels.pack.name(),
-                "loss": kernels.loss.name(),
-            },
+            "gpu_kernels": timings::gpu_kernels_json(&trained.model, &device),
         });
-        summary
+        let fields = summary
             .as_object_mut()
-            .expect("metrics serialise to an object")
-            .extend(extra.as_object().expect("json! object").clone());
+            .expect("metrics serialise to an object");
+        for part in [extra, times.json()] {
+            fields.extend(part.as_object().expect("json! object").clone());
+        }
         let text = serde_json::to_string_pretty(&summary).expect("a JSON value serialises");
         std::fs::write(path, text).map_err(|source| Error::Io {
             action: "write",
@@ -326,13 +285,6 @@ fn run<B: burn::tensor::backend::Backend>(args: &Args, device: &B::Device) -> Re
         })?;
     }
     Ok(())
-}
-
-/// The median of `values` (the upper one of an even count; NaN when there are none).
-fn median_of(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The training configuration of a new run, from the flags and the data's defaults.
