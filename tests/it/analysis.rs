@@ -11,7 +11,9 @@ use topk_sae::{
     evaluate_with_progress, train,
 };
 
-use crate::{TestBackend, random_model, random_rows};
+use topk_sae::backend::NdArray;
+
+use crate::{TestBackend, on_test_backend, random_model, random_rows};
 
 /// Runs `f` on 50 rows with a progress callback, and checks that it reported them in chunks of
 /// 16.
@@ -513,8 +515,10 @@ fn boosting_a_planted_feature_moves_results_towards_it() {
         .with_epochs(20)
         .with_optimizer(AdamConfig::new().with_lr(3e-3));
     let device = Default::default();
-    let t = train::<TestBackend>(config, &set.embeddings, &device, |_| {}).unwrap();
-    let w_dec = to_host_vec(t.model.w_dec.val());
+    // Trained on the CPU: what is tested is steering and search on the test backend.
+    let trained = train::<NdArray<f32>>(config, &set.embeddings, &Default::default(), |_| {});
+    let model = on_test_backend(&trained.unwrap().model);
+    let w_dec = to_host_vec(model.w_dec.val());
     let contains = |doc: usize, dir: u32| set.active[doc * 2..doc * 2 + 2].contains(&dir);
     // The planted direction a query lacks, and the latent that learned it.
     let query_doc = 0;
@@ -544,7 +548,7 @@ fn boosting_a_planted_feature_moves_results_towards_it() {
     };
     let before = share(&query);
     let steered = analysis::steer(
-        &t.model,
+        &model,
         &query,
         &[FeatureEdit::Set { latent, value: 1.0 }],
         &device,
@@ -557,18 +561,18 @@ fn boosting_a_planted_feature_moves_results_towards_it() {
             .any(|(j, v)| *j == latent && *v == 1.0)
     );
     let after = share(&steered.embedding);
-    let added = analysis::add_decoder_rows(&t.model, &query, &[(latent, 1.0)]).unwrap();
+    let added = analysis::add_decoder_rows(&model, &query, &[(latent, 1.0)]).unwrap();
     assert!(
         after >= 10 && after > before,
         "top-20 holding the boosted direction: {before} -> {after}"
     );
     assert!(share(&added) > before);
     // Removing a latent that is active takes it out.
-    let active = analysis::steer(&t.model, &query, &[], &device)
+    let active = analysis::steer(&model, &query, &[], &device)
         .unwrap()
         .latents;
     let removed = analysis::steer(
-        &t.model,
+        &model,
         &query,
         &[FeatureEdit::Remove {
             latent: active[0].0,

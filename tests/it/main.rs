@@ -58,6 +58,31 @@ pub fn random_model(
         .with_kernels(kernels())
 }
 
+/// `model` on the test backend, with the tests' [`kernels`]: for tests whose subject is what a
+/// trained model does (search, steering), trained on burn-ndarray where training on the test
+/// backend would only add minutes on CI's software GPU (training itself is compared across
+/// backends in `training`).
+pub fn on_test_backend(
+    model: &topk_sae::TopKSae<topk_sae::backend::NdArray<f32>>,
+) -> topk_sae::TopKSae<TestBackend> {
+    use burn::tensor::Tensor;
+    let device = Default::default();
+    let to2 = |t: Tensor<topk_sae::backend::NdArray<f32>, 2>| {
+        Tensor::<TestBackend, 2>::from_data(t.into_data(), &device)
+    };
+    let to1 = |t: Tensor<topk_sae::backend::NdArray<f32>, 1>| {
+        Tensor::<TestBackend, 1>::from_data(t.into_data(), &device)
+    };
+    topk_sae::TopKSae::from_parts(
+        to2(model.w_enc.val()),
+        to1(model.b_enc.val()),
+        to2(model.w_dec.val()),
+        to1(model.b_dec.val()),
+        model.k(),
+    )
+    .with_kernels(kernels())
+}
+
 /// `rows x d_in` standard-normal values, seeded.
 pub fn random_rows(rows: usize, d_in: usize, seed: u64) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
