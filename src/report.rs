@@ -40,7 +40,7 @@ use plotters::prelude::*;
 use crate::analysis::{
     self, Family, FamilyConfig, FeatureEdit, FeatureLabel, FeatureStats, LabelConfig, Metric,
 };
-use crate::data::{Document, Embeddings, NormalizationKind, Normalizer};
+use crate::data::{Document, Embeddings, Normalizer};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, evaluate_with_progress};
 use crate::sae::TopKSae;
@@ -327,11 +327,17 @@ impl Report {
     /// `label` (terms with z-scores, or null) and `top_documents` (the first five: `row`,
     /// `title`, `value`).
     pub fn features_json(&self) -> String {
+        let mut label_of = vec![None; self.features.len()];
+        for l in &self.labels {
+            if let Some(slot @ None) = label_of.get_mut(l.latent) {
+                *slot = Some(l);
+            }
+        }
         let features: Vec<serde_json::Value> = self
             .features
             .iter()
             .map(|s| {
-                let label = self.labels.iter().find(|l| l.latent == s.latent);
+                let label = label_of[s.latent];
                 let top: Vec<serde_json::Value> = s
                     .top_documents
                     .iter()
@@ -402,17 +408,6 @@ fn steered_searches<B: Backend>(
     n: usize,
     device: &B::Device,
 ) -> Result<Vec<SteeredSearch>> {
-    // The corpus in the model's input space, copied only when the normaliser changes it (a copy
-    // of 270,000 x 1536 embeddings is 1.6 GB).
-    let normalized;
-    let corpus = if normalizer.kind == NormalizationKind::None {
-        data
-    } else {
-        let mut copy = data.clone();
-        copy.normalize(normalizer);
-        normalized = copy;
-        &normalized
-    };
     let mut searches = Vec::with_capacity(n);
     for i in 0..n {
         let query = i * data.rows() / n;
@@ -437,7 +432,17 @@ fn steered_searches<B: Backend>(
         let steered = analysis::steer(model, &q, &edits, device)?;
         let mut queries = q;
         queries.extend(&steered.embedding);
-        let hits = analysis::search::<B>(corpus, &queries, 10, Metric::Cosine, 8192, device)?;
+        // Each chunk of the raw corpus is normalised as it is scored: no normalised copy (of
+        // 270,000 x 1536 embeddings, 1.6 GB).
+        let hits = analysis::search_normalized::<B>(
+            data,
+            normalizer,
+            &queries,
+            10,
+            Metric::Cosine,
+            8192,
+            device,
+        )?;
         let rows = |h: &[analysis::Ranked]| h.iter().map(|r| r.document).collect::<Vec<_>>();
         searches.push(SteeredSearch {
             query,
